@@ -198,10 +198,13 @@ fn decrement_integer(integer: &str) -> Option<String> {
     }
 }
 
+/// A valid key split into its integer part and its fraction.
+type Parts<'k> = (&'k str, &'k str);
+
 fn check_pair<'k>(
     a: Option<&'k str>,
     b: Option<&'k str>,
-) -> Result<(Option<(&'k str, &'k str)>, Option<(&'k str, &'k str)>), FracdexError> {
+) -> Result<(Option<Parts<'k>>, Option<Parts<'k>>), FracdexError> {
     let split_a = a.map(split).transpose()?;
     let split_b = b.map(split).transpose()?;
     if let (Some(a), Some(b)) = (a, b) {
@@ -244,11 +247,7 @@ pub fn key_between(a: Option<&str>, b: Option<&str>) -> Result<String, FracdexEr
 
 /// `n` keys in increasing order strictly between `a` and `b`, byte-equal to the package's
 /// `generateNKeysBetween`.
-pub fn n_keys_between(
-    a: Option<&str>,
-    b: Option<&str>,
-    n: usize,
-) -> Result<Vec<String>, FracdexError> {
+pub fn n_keys_between(a: Option<&str>, b: Option<&str>, n: usize) -> Result<Vec<String>, FracdexError> {
     if n > N_KEYS_MAX {
         return Err(FracdexError::TooMany(n));
     }
@@ -470,6 +469,23 @@ pub fn key_between_short(a: Option<&str>, b: Option<&str>) -> Result<String, Fra
     })
 }
 
+/// Where to jitter around a key the midpoint rule chose. A bare integer part that `b` also starts
+/// with (prepending before `b`) leaves room only below `b`'s fraction, which would shrink with every
+/// prepend; the whole integer slot just below is free, so the jitter goes there instead.
+fn jitter_gap<'k>(key: &str, a: Option<&'k str>, b: Option<&'k str>) -> Gap<'k> {
+    let gap = gap_around(key, a, b);
+    if gap.high.is_none() || !split(key).is_ok_and(|(_, fraction)| fraction.is_empty()) {
+        return gap;
+    }
+    match decrement_integer(&gap.integer) {
+        Some(below) if below.as_str() != SMALLEST_INTEGER => {
+            let low = a.and_then(|a| split(a).ok()).filter(|(i, _)| *i == below).map_or("", |(_, f)| f);
+            Gap { integer: below, low, high: None }
+        }
+        _ => gap,
+    }
+}
+
 /// A key strictly between `a` and `b`, drawn from at least 2^31 candidates with `rng`.
 ///
 /// The candidates lie in the unit next to [`key_between_short`]'s key, on the side away from the
@@ -483,7 +499,7 @@ pub fn key_between_jittered<R: RngCore + ?Sized>(
 ) -> Result<String, FracdexError> {
     let (integer, low, high) = match plan(a, b)? {
         Plan::Keep(key) => {
-            let gap = gap_around(&key, a, b);
+            let gap = jitter_gap(&key, a, b);
             (gap.integer, gap.low.to_string(), gap.high.map(str::to_string))
         }
         Plan::Step { integer, near, fresh } => {
@@ -509,8 +525,7 @@ mod tests {
         for round in 0..300 {
             // Alternate typing forward after the newest key and inserting right after the first.
             let position = if round % 2 == 0 { keys.len() - 2 } else { 0 };
-            let key =
-                key_between_short(Some(&keys[position]), Some(&keys[position + 1])).unwrap();
+            let key = key_between_short(Some(&keys[position]), Some(&keys[position + 1])).unwrap();
             assert!(keys[position] < key && key < keys[position + 1], "{key}");
             validate(&key).unwrap();
             keys.insert(position + 1, key);

@@ -1,5 +1,33 @@
-//! The roomlab wire protocol, version 1: messages, codec, error codes and fractional keys.
+//! The roomlab wire protocol, version 1: messages, codec, error codes, queries and fractional keys.
 //!
-//! This crate does no I/O. See docs/PROTOCOL.md for the rules behind every type.
+//! This crate does no I/O, reads no clock and keeps no state: servers, clients, the simulation and
+//! the conformance suite all speak through these types. docs/PROTOCOL.md gives the rule behind each
+//! type, with a stable id that tests cite.
+//!
+//! ```
+//! use roomlab_protocol::{decode, ClientMessage};
+//! let frame = br#"{"type":"ping","nonce":7}"#;
+//! assert_eq!(decode(frame, 1024).unwrap(), ClientMessage::Ping { nonce: 7 });
+//! ```
 
+mod codec;
+mod error;
 pub mod fracdex;
+pub mod fuzzing;
+mod ids;
+mod message;
+pub mod query;
+
+pub use codec::{
+    decode, decode_server, encode, encode_server, write_var_uint, Cursor, YjsFrame, YJS_FRAME_TAG,
+};
+pub use error::{DecodeError, ErrorCode};
+pub use ids::{
+    BucketName, ClientId, DocId, DocType, FieldName, IdError, ItemId, ListKey, ObjectKey, RoomId, SubId,
+    TeamId, UserId,
+};
+pub use message::{
+    AssetInfo, Backend, ClientMessage, Contract, DocSnapshot, ErrorBody, Limits, ListItem, Mutation, Plan,
+    Role, ServerMessage, Target, PROTOCOL_VERSION,
+};
+pub use query::{Direction, Field, Op, Order, Query, QueryError, Where};

@@ -16,13 +16,13 @@ fn optional(value: &Value) -> Option<&str> {
 }
 
 /// One way of placing `n` keys, one after another, as the vector file's sequences label them.
-type Allocate = fn(Option<&str>, Option<&str>) -> String;
+type Allocate<'f> = &'f mut dyn FnMut(Option<&str>, Option<&str>) -> String;
 
 /// Runs a labelled sequence and returns the `n` keys it inserts, in insertion order.
 ///
 /// `append` and `prepend` start from an empty list; `after-first` starts from the list `[a0, a1]`
 /// and inserts each new key right after the first item (so just before the previous insert).
-fn sequence(label: &str, n: usize, allocate: Allocate) -> Vec<String> {
+fn sequence(label: &str, n: usize, allocate: Allocate<'_>) -> Vec<String> {
     let mut keys: Vec<String> = Vec::with_capacity(n);
     for _ in 0..n {
         let newest = keys.last().map(String::as_str);
@@ -74,7 +74,7 @@ fn sequences_match_last_key_and_lengths() {
     for case in vectors()["sequences"].as_array().unwrap() {
         let label = case["label"].as_str().unwrap();
         let n = case["n"].as_u64().unwrap() as usize;
-        let keys = sequence(label, n, midpoint);
+        let keys = sequence(label, n, &mut midpoint);
         assert_eq!(keys.last().unwrap(), case["last"].as_str().unwrap(), "{label}: last key");
         for (count, length) in case["lengths"].as_object().unwrap() {
             let count: usize = count.parse().unwrap();
@@ -101,7 +101,7 @@ fn invalid_keys_are_rejected() {
 #[test]
 fn short_allocator_meets_the_length_target() {
     for (label, n) in [("after-first", 1000), ("append", 10_000), ("prepend", 10_000)] {
-        let keys = sequence(label, n, short);
+        let keys = sequence(label, n, &mut short);
         let longest = keys.iter().map(String::len).max().unwrap();
         assert!(longest <= 12, "{label}: longest key {longest} characters");
         let mut sorted = keys.clone();
@@ -136,17 +136,11 @@ fn jittered_keys_differ_and_stay_between() {
         seen.insert(key);
     }
     assert_eq!(seen.len(), 1000, "jittered keys collided");
-    // The after-first pattern with jitter stays short too.
-    let keys = {
-        let mut keys = vec!["a0".to_string(), "a1".to_string()];
-        for _ in 0..1000 {
-            let newest = keys.last().unwrap();
-            let key = key_between_jittered(Some("a0"), Some(newest), &mut rng).unwrap();
-            assert!(key.as_str() > "a0" && key < *newest, "{key} not before {newest}");
-            keys.push(key);
-        }
-        keys
-    };
-    let longest = keys.iter().map(String::len).max().unwrap();
-    assert!(longest <= 16, "jittered after-first reached {longest} characters");
+    // Every insertion pattern stays short with jitter too.
+    for (label, n) in [("after-first", 1000), ("append", 10_000), ("prepend", 10_000)] {
+        let mut allocate = |a: Option<&str>, b: Option<&str>| key_between_jittered(a, b, &mut rng).unwrap();
+        let keys = sequence(label, n, &mut allocate);
+        let longest = keys.iter().map(String::len).max().unwrap();
+        assert!(longest <= 16, "jittered {label} reached {longest} characters");
+    }
 }
