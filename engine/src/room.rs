@@ -1,0 +1,701 @@
+//! The room state machine: messages in, effects out; one SQLite transaction per accepted change.
+
+use crate::storage::{self, DocumentRow};
+use crate::EngineError;
+use roomlab_protocol::{
+    ClientId, ClientMessage, DocId, DocSnapshot, DocType, ErrorBody, ErrorCode, Limits, Mutation, Query,
+    Role, RoomId, ServerMessage, SubId, Target, UserId, PROTOCOL_VERSION,
+};
+use rusqlite::Connection;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// A connection's id, chosen by the host (server or simulation), unique within the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// Who is on a connection, as the host authenticated them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user.
+    pub user: UserId,
+    /// The role their token grants.
+    pub role: Role,
+}
+
+/// What the host must do after the room handled an input.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send a message to a connection.
+    Send {
+        /// The connection.
+        conn: ConnId,
+        /// The message.
+        message: ServerMessage,
+    },
+    /// Close a connection with a WebSocket close code.
+    Close {
+        /// The connection.
+        conn: ConnId,
+        /// The close code (docs/PROTOCOL.md §2).
+        code: u16,
+        /// The reason, for humans.
+        reason: String,
+    },
+}
+
+/// The room's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    /// The limits the room enforces and announces.
+    pub limits: Limits,
+}
+
+/// A document as the room holds it in memory; SQLite holds the same, committed.
+#[derive(Debug, Clone, PartialEq)]
+struct Document {
+    doc_type: DocType,
+    seq: u64,
+    owner: UserId,
+    data: Value,
+    /// When soft-deleted: the room sequence and the time (ms) of the delete.
+    deleted: Option<(u64, u64)>,
+}
+
+#[derive(Debug)]
+enum Subscription {
+    /// A live query and the ids (with their sequences) of its current result.
+    Query { query: Query, result: BTreeMap<DocId, u64> },
+    /// One document.
+    Doc(DocId),
+}
+
+#[derive(Debug)]
+struct Connection_ {
+    identity: Identity,
+    client: Option<ClientId>,
+    subscriptions: BTreeMap<SubId, Subscription>,
+}
+
+/// One room: its database, its documents, its connections.
+pub struct Room {
+    id: RoomId,
+    config: Config,
+    db: Connection,
+    seq: u64,
+    docs: BTreeMap<DocId, Document>,
+    connections: BTreeMap<ConnId, Connection_>,
+    /// The room sequence of the last change to sys:index / sys:trash.
+    membership_seq: u64,
+}
+
+/// The outcome of a mutation that passed every check: the change to write and push.
+enum Change {
+    /// A document's content changed, or it was created, at the new sequence.
+    Content { doc: DocId, document: Document },
+    /// A document was soft-deleted, restored or purged (`None`).
+    Membership { doc: DocId, document: Option<Document>, action: &'static str },
+}
+
+type Refusal = Box<ErrorBody>;
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Box::new(ErrorBody::new(code, message))
+}
+
+impl Room {
+    /// Opens the room's database (in memory when `path` is `None`) and loads its committed state.
+    pub fn open(id: RoomId, path: Option<&Path>, config: Config) -> Result<Room, EngineError> {
+        let db = storage::open(path)?;
+        let seq = storage::sequence(&db)?;
+        let mut docs = BTreeMap::new();
+        for row in storage::documents(&db)? {
+            let id = DocId::new(row.id).map_err(|e| EngineError::Corrupt(e.to_string()))?;
+            let document = Document {
+                doc_type: DocType::new(row.doc_type).map_err(|e| EngineError::Corrupt(e.to_string()))?,
+                seq: row.seq,
+                owner: UserId::new(row.owner).map_err(|e| EngineError::Corrupt(e.to_string()))?,
+                data: serde_json::from_str(&row.data).map_err(|e| EngineError::Corrupt(e.to_string()))?,
+                deleted: row.deleted,
+            };
+            docs.insert(id, document);
+        }
+        let membership_seq = docs.values().filter_map(|d| d.deleted.map(|(s, _)| s)).max().unwrap_or(0);
+        Ok(Room { id, config, db, seq, docs, connections: BTreeMap::new(), membership_seq })
+    }
+
+    /// The room's committed sequence.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Every live document, by id, as an all-seeing reader would see it.
+    pub fn live_documents(&self) -> Vec<DocSnapshot> {
+        self.docs.iter().filter(|(_, d)| d.deleted.is_none()).map(|(id, d)| snapshot(id, d)).collect()
+    }
+
+    /// A connection was authenticated by the host.
+    pub fn connect(&mut self, conn: ConnId, identity: Identity) {
+        let connection = Connection_ { identity, client: None, subscriptions: BTreeMap::new() };
+        let previous = self.connections.insert(conn, connection);
+        assert!(previous.is_none(), "connection {conn:?} connected twice");
+    }
+
+    /// A connection closed; its subscriptions end.
+    pub fn disconnect(&mut self, conn: ConnId) {
+        self.connections.remove(&conn);
+    }
+
+    /// Handles one message from a connection at time `now_ms`, returning the effects to carry out.
+    pub fn handle(&mut self, conn: ConnId, message: ClientMessage, now_ms: u64) -> Vec<Effect> {
+        let Some(connection) = self.connections.get(&conn) else {
+            return Vec::new();
+        };
+        let greeted = connection.client.is_some();
+        let reply = |message| vec![Effect::Send { conn, message }];
+        match message {
+            ClientMessage::Hello { protocol, client } => self.hello(conn, protocol, client),
+            _ if !greeted => reply(error(ErrorCode::HelloRequired, "send hello first")),
+            ClientMessage::Ping { nonce } => reply(ServerMessage::Pong { nonce }),
+            ClientMessage::Subscribe { sub, target } => self.subscribe(conn, sub, target),
+            ClientMessage::Unsubscribe { sub } => self.unsubscribe(conn, sub),
+            ClientMessage::Mutate { mid, mutation } => self.mutate(conn, mid, mutation, now_ms),
+            ClientMessage::BucketGet { req, .. } | ClientMessage::AssetList { req, .. } => {
+                let mut body = ErrorBody::new(ErrorCode::NotFound, "this room has no buckets");
+                body.req = Some(req);
+                reply(ServerMessage::Error(body))
+            }
+            ClientMessage::YjsClose { .. } => Vec::new(),
+        }
+    }
+
+    fn hello(&mut self, conn: ConnId, protocol: u32, client: ClientId) -> Vec<Effect> {
+        let connection = self.connections.get_mut(&conn).expect("connected");
+        if connection.client.is_some() {
+            return vec![Effect::Send {
+                conn,
+                message: error(ErrorCode::HelloRequired, "hello was already sent"),
+            }];
+        }
+        if protocol != PROTOCOL_VERSION {
+            let message = error(
+                ErrorCode::UnsupportedProtocol,
+                format!("this server speaks protocol {PROTOCOL_VERSION}"),
+            );
+            return vec![
+                Effect::Send { conn, message },
+                Effect::Close { conn, code: 4002, reason: "unsupported protocol version".into() },
+            ];
+        }
+        connection.client = Some(client);
+        let welcome = ServerMessage::Welcome {
+            protocol: PROTOCOL_VERSION,
+            room: self.id.clone(),
+            user: connection.identity.user.clone(),
+            role: connection.identity.role,
+            seq: self.seq,
+            limits: self.config.limits.clone(),
+        };
+        vec![Effect::Send { conn, message: welcome }]
+    }
+
+    fn subscribe(&mut self, conn: ConnId, sub: SubId, target: Target) -> Vec<Effect> {
+        let connection = self.connections.get(&conn).expect("connected");
+        let refusal = if connection.subscriptions.contains_key(&sub) {
+            Some(refuse(ErrorCode::SubscriptionExists, format!("subscription {sub} is live")))
+        } else if connection.subscriptions.len() >= self.config.limits.subscriptions_max {
+            Some(refuse(ErrorCode::SubscriptionLimit, "too many subscriptions on this connection"))
+        } else {
+            None
+        };
+        let outcome = match refusal {
+            Some(refusal) => Err(refusal),
+            None => self.start_subscription(conn, &sub, target),
+        };
+        let message = outcome.unwrap_or_else(|mut body| {
+            body.sub = Some(sub);
+            ServerMessage::Error(*body)
+        });
+        vec![Effect::Send { conn, message }]
+    }
+
+    fn start_subscription(
+        &mut self,
+        conn: ConnId,
+        sub: &SubId,
+        target: Target,
+    ) -> Result<ServerMessage, Refusal> {
+        let reader = self.connections[&conn].identity.clone();
+        let (subscription, first) = match target {
+            Target::Query(query) => {
+                query.check().map_err(|e| refuse(ErrorCode::Invalid, e.to_string()))?;
+                let docs: Vec<DocSnapshot> = self.query_result(&query, &reader);
+                let result = docs.iter().map(|d| (d.id.clone(), d.seq)).collect();
+                let first = ServerMessage::QueryResult { sub: sub.clone(), seq: self.seq, docs };
+                (Subscription::Query { query, result }, first)
+            }
+            Target::Doc(doc) => {
+                let first = self.doc_view(sub, &doc, &reader);
+                (Subscription::Doc(doc), first)
+            }
+            Target::Bucket(_) | Target::Assets(_) => {
+                return Err(refuse(ErrorCode::NotFound, "this room has no buckets"));
+            }
+        };
+        let connection = self.connections.get_mut(&conn).expect("connected");
+        connection.subscriptions.insert(sub.clone(), subscription);
+        Ok(first)
+    }
+
+    fn unsubscribe(&mut self, conn: ConnId, sub: SubId) -> Vec<Effect> {
+        let connection = self.connections.get_mut(&conn).expect("connected");
+        let message = match connection.subscriptions.remove(&sub) {
+            Some(_) => ServerMessage::Unsubscribed { sub },
+            None => {
+                let mut body =
+                    ErrorBody::new(ErrorCode::SubscriptionUnknown, format!("no subscription {sub}"));
+                body.sub = Some(sub);
+                ServerMessage::Error(body)
+            }
+        };
+        vec![Effect::Send { conn, message }]
+    }
+
+    /// The documents a reader sees for `query`, in order.
+    fn query_result(&self, query: &Query, reader: &Identity) -> Vec<DocSnapshot> {
+        let visible: Vec<DocSnapshot> = self
+            .docs
+            .iter()
+            .filter(|(id, d)| d.deleted.is_none() && !id.is_system() && can_read(reader, d))
+            .map(|(id, d)| snapshot(id, d))
+            .collect();
+        query.evaluate(&visible).into_iter().cloned().collect()
+    }
+
+    /// What a document subscription shows a reader now.
+    fn doc_view(&self, sub: &SubId, doc: &DocId, reader: &Identity) -> ServerMessage {
+        let sub = sub.clone();
+        match doc.as_str() {
+            "sys:index" | "sys:trash" => {
+                return ServerMessage::DocSnapshot { sub, doc: self.system_view(doc, reader) };
+            }
+            _ => {}
+        }
+        match self.docs.get(doc) {
+            Some(d) if !can_read(reader, d) => {
+                ServerMessage::DocMissing { sub, doc: doc.clone(), seq: self.seq }
+            }
+            Some(Document { deleted: Some((seq, _)), .. }) => {
+                ServerMessage::DocDeleted { sub, doc: doc.clone(), seq: *seq }
+            }
+            Some(d) => ServerMessage::DocSnapshot { sub, doc: snapshot(doc, d) },
+            None => ServerMessage::DocMissing { sub, doc: doc.clone(), seq: self.seq },
+        }
+    }
+
+    /// `sys:index` (live documents) or `sys:trash` (soft-deleted ones), as `reader` may see them.
+    fn system_view(&self, doc: &DocId, reader: &Identity) -> DocSnapshot {
+        let trash = doc.as_str() == "sys:trash";
+        let entries: Vec<Value> = self
+            .docs
+            .iter()
+            .filter(|(id, d)| !id.is_system() && d.deleted.is_some() == trash && can_read(reader, d))
+            .map(|(id, d)| match d.deleted {
+                Some((seq, at)) => json!({"id": id, "doc_type": d.doc_type, "deleted_at": at, "seq": seq}),
+                None => json!({"id": id, "doc_type": d.doc_type}),
+            })
+            .collect();
+        DocSnapshot {
+            id: doc.clone(),
+            doc_type: DocType::new("sys").expect("valid type"),
+            seq: self.membership_seq,
+            owner: UserId::new("system").expect("valid user"),
+            data: json!({ "docs": entries }),
+            lists: BTreeMap::new(),
+        }
+    }
+}
+
+fn error(code: ErrorCode, message: impl Into<String>) -> ServerMessage {
+    ServerMessage::Error(ErrorBody::new(code, message))
+}
+
+fn snapshot(id: &DocId, document: &Document) -> DocSnapshot {
+    DocSnapshot {
+        id: id.clone(),
+        doc_type: document.doc_type.clone(),
+        seq: document.seq,
+        owner: document.owner.clone(),
+        data: document.data.clone(),
+        lists: BTreeMap::new(),
+    }
+}
+
+/// Default access (no schema): viewers read, members write.
+fn can_read(reader: &Identity, _document: &Document) -> bool {
+    reader.role >= Role::Viewer
+}
+
+fn can_write(writer: &Identity, _document: Option<&Document>) -> bool {
+    writer.role >= Role::Member
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let object = target.as_object_mut().expect("just made an object");
+    for (key, value) in patch {
+        if value.is_null() {
+            object.remove(key);
+        } else {
+            merge_patch(object.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+impl Room {
+    fn mutate(&mut self, conn: ConnId, mid: u64, mutation: Mutation, now_ms: u64) -> Vec<Effect> {
+        let connection = &self.connections[&conn];
+        let writer = connection.identity.clone();
+        let client = connection.client.clone().expect("greeted");
+        let key = (writer.user.as_str().to_string(), client.as_str().to_string());
+        match storage::replay_lookup(&self.db, (&key.0, &key.1), mid) {
+            Ok((Some(newest), answer)) if mid <= newest => {
+                let message = match answer.and_then(|a| serde_json::from_str(&a).ok()) {
+                    Some(original) => original,
+                    None => {
+                        let mut body =
+                            ErrorBody::new(ErrorCode::ReplayExpired, "mutation id already processed");
+                        body.mid = Some(mid);
+                        ServerMessage::Error(body)
+                    }
+                };
+                return vec![Effect::Send { conn, message }];
+            }
+            Ok(_) => {}
+            Err(e) => return vec![Effect::Send { conn, message: internal(mid, &e) }],
+        }
+        let planned = self.plan(&writer, mutation, now_ms);
+        self.commit(conn, mid, (&key.0, &key.1), planned, now_ms)
+    }
+
+    /// Checks a mutation against the in-memory state and returns the change it makes.
+    fn plan(&self, writer: &Identity, mutation: Mutation, now_ms: u64) -> Result<Change, Refusal> {
+        let seq = self.seq + 1;
+        match mutation {
+            Mutation::Create { doc, doc_type, data } => self.plan_create(writer, doc, doc_type, data, seq),
+            Mutation::Put { doc, data, if_seq } => self.plan_write(writer, doc, if_seq, seq, |_| data),
+            Mutation::Patch { doc, data, if_seq } => self.plan_write(writer, doc, if_seq, seq, |old| {
+                let mut merged = old.clone();
+                merge_patch(&mut merged, &data);
+                merged
+            }),
+            Mutation::Remove { doc, if_seq } => self.plan_remove(writer, doc, if_seq, seq, now_ms),
+            Mutation::Restore { doc } => self.plan_restore(writer, doc, false),
+            Mutation::Purge { doc } => self.plan_restore(writer, doc, true),
+            _ => Err(refuse(ErrorCode::Invalid, "this operation is not supported by this room")),
+        }
+    }
+
+    fn plan_create(
+        &self,
+        writer: &Identity,
+        doc: DocId,
+        doc_type: DocType,
+        data: Value,
+        seq: u64,
+    ) -> Result<Change, Refusal> {
+        if doc.is_system() {
+            return Err(refuse(ErrorCode::Protected, format!("{doc} is a system document")));
+        }
+        if !can_write(writer, None) {
+            return Err(refuse(ErrorCode::Forbidden, "your role cannot write"));
+        }
+        match self.docs.get(&doc) {
+            Some(Document { deleted: Some((_, _)), seq: doc_seq, .. }) => {
+                let mut body = ErrorBody::new(
+                    ErrorCode::Deleted,
+                    format!("{doc} is deleted: restore it or pick a new id"),
+                );
+                body.seq = Some(*doc_seq);
+                return Err(Box::new(body));
+            }
+            Some(_) => return Err(refuse(ErrorCode::Exists, format!("{doc} exists"))),
+            None => {}
+        }
+        check_data(&data, self.config.limits.doc_bytes_max)?;
+        let document = Document { doc_type, seq, owner: writer.user.clone(), data, deleted: None };
+        Ok(Change::Content { doc, document })
+    }
+
+    /// The live document `doc` that `writer` may write, with its guard checked.
+    fn writable(&self, writer: &Identity, doc: &DocId, if_seq: Option<u64>) -> Result<&Document, Refusal> {
+        if doc.is_system() {
+            return Err(refuse(ErrorCode::Protected, format!("{doc} is a system document")));
+        }
+        let document =
+            self.docs.get(doc).ok_or_else(|| refuse(ErrorCode::NotFound, format!("no document {doc}")))?;
+        if document.deleted.is_some() {
+            let mut body = ErrorBody::new(ErrorCode::Deleted, format!("{doc} is deleted"));
+            body.seq = Some(document.seq);
+            return Err(Box::new(body));
+        }
+        if !can_write(writer, Some(document)) {
+            return Err(refuse(ErrorCode::Forbidden, "you may not write this document"));
+        }
+        match if_seq {
+            Some(expected) if expected != document.seq => {
+                let mut body = ErrorBody::new(
+                    ErrorCode::Conflict,
+                    format!("{doc} is at seq {}, not {expected}", document.seq),
+                );
+                body.seq = Some(document.seq);
+                Err(Box::new(body))
+            }
+            _ => Ok(document),
+        }
+    }
+
+    fn plan_write(
+        &self,
+        writer: &Identity,
+        doc: DocId,
+        if_seq: Option<u64>,
+        seq: u64,
+        new_data: impl FnOnce(&Value) -> Value,
+    ) -> Result<Change, Refusal> {
+        let document = self.writable(writer, &doc, if_seq)?;
+        let data = new_data(&document.data);
+        check_data(&data, self.config.limits.doc_bytes_max)?;
+        let document = Document { data, seq, ..document.clone() };
+        Ok(Change::Content { doc, document })
+    }
+
+    fn plan_remove(
+        &self,
+        writer: &Identity,
+        doc: DocId,
+        if_seq: Option<u64>,
+        seq: u64,
+        now_ms: u64,
+    ) -> Result<Change, Refusal> {
+        let document = self.writable(writer, &doc, if_seq)?;
+        let document = Document { deleted: Some((seq, now_ms)), ..document.clone() };
+        Ok(Change::Membership { doc, document: Some(document), action: "delete" })
+    }
+
+    fn plan_restore(&self, writer: &Identity, doc: DocId, purge: bool) -> Result<Change, Refusal> {
+        if doc.is_system() {
+            return Err(refuse(ErrorCode::Protected, format!("{doc} is a system document")));
+        }
+        let document =
+            self.docs.get(&doc).ok_or_else(|| refuse(ErrorCode::NotFound, format!("no document {doc}")))?;
+        if document.deleted.is_none() {
+            return Err(refuse(ErrorCode::NotDeleted, format!("{doc} is not deleted")));
+        }
+        if !can_write(writer, Some(document)) {
+            return Err(refuse(ErrorCode::Forbidden, "you may not write this document"));
+        }
+        if purge {
+            return Ok(Change::Membership { doc, document: None, action: "purge" });
+        }
+        let document = Document { deleted: None, ..document.clone() };
+        Ok(Change::Membership { doc, document: Some(document), action: "restore" })
+    }
+}
+
+fn internal(mid: u64, error: &dyn std::fmt::Display) -> ServerMessage {
+    let mut body = ErrorBody::new(ErrorCode::Internal, format!("storage failed: {error}"));
+    body.mid = Some(mid);
+    ServerMessage::Error(body)
+}
+
+fn check_data(data: &Value, doc_bytes_max: usize) -> Result<(), Refusal> {
+    if !data.is_object() {
+        return Err(refuse(ErrorCode::Invalid, "data must be a JSON object"));
+    }
+    let size = serde_json::to_vec(data).map(|b| b.len()).unwrap_or(usize::MAX);
+    if size > doc_bytes_max {
+        return Err(refuse(
+            ErrorCode::LimitExceeded,
+            format!("document is {size} bytes, more than {doc_bytes_max}"),
+        ));
+    }
+    Ok(())
+}
+
+impl Room {
+    /// Writes a planned change (or remembers a refusal) in one transaction, then answers and pushes.
+    fn commit(
+        &mut self,
+        conn: ConnId,
+        mid: u64,
+        key: (&str, &str),
+        planned: Result<Change, Refusal>,
+        now_ms: u64,
+    ) -> Vec<Effect> {
+        let window = self.config.limits.replay_window_max;
+        let (answer, change) = match planned {
+            Ok(change) => {
+                (ServerMessage::Ack { mid, seq: self.seq + 1, version: None, object_key: None }, Some(change))
+            }
+            Err(mut body) => {
+                body.mid = Some(mid);
+                (ServerMessage::Error(*body), None)
+            }
+        };
+        let written = self.write(&answer, change.as_ref(), key, mid, window, now_ms);
+        if let Err(e) = written {
+            return vec![Effect::Send { conn, message: internal(mid, &e) }];
+        }
+        let mut effects = vec![Effect::Send { conn, message: answer }];
+        if let Some(change) = change {
+            self.seq += 1;
+            effects.extend(self.apply(change));
+        }
+        effects
+    }
+
+    fn write(
+        &mut self,
+        answer: &ServerMessage,
+        change: Option<&Change>,
+        key: (&str, &str),
+        mid: u64,
+        window: usize,
+        now_ms: u64,
+    ) -> rusqlite::Result<()> {
+        let transaction = self.db.transaction()?;
+        if let Some(change) = change {
+            let seq = self.seq + 1;
+            storage::set_sequence(&transaction, seq)?;
+            match change {
+                Change::Content { doc, document } => {
+                    storage::write_document(&transaction, &row(doc, document))?
+                }
+                Change::Membership { doc, document, action } => {
+                    match document {
+                        Some(document) => storage::write_document(&transaction, &row(doc, document))?,
+                        None => storage::delete_document(&transaction, doc.as_str())?,
+                    }
+                    storage::log_membership(&transaction, seq, doc.as_str(), action, now_ms)?;
+                }
+            }
+        }
+        let text = serde_json::to_string(answer).expect("answers serialize");
+        storage::remember_answer(&transaction, key, mid, &text, window)?;
+        transaction.commit()
+    }
+
+    /// Applies a committed change to memory and returns the pushes it causes.
+    fn apply(&mut self, change: Change) -> Vec<Effect> {
+        let (doc, membership) = match change {
+            Change::Content { doc, document } => {
+                let created = !self.docs.contains_key(&doc);
+                self.docs.insert(doc.clone(), document);
+                (doc, created)
+            }
+            Change::Membership { doc, document, .. } => {
+                match document {
+                    Some(document) => self.docs.insert(doc.clone(), document),
+                    None => self.docs.remove(&doc),
+                };
+                (doc, true)
+            }
+        };
+        if membership {
+            self.membership_seq = self.seq;
+        }
+        self.push(&doc, membership)
+    }
+
+    /// Pushes a change of `doc` to every subscription it affects.
+    fn push(&mut self, doc: &DocId, membership: bool) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        let conns: Vec<ConnId> = self.connections.keys().copied().collect();
+        for conn in conns {
+            let reader = self.connections[&conn].identity.clone();
+            let subs: Vec<SubId> = self.connections[&conn].subscriptions.keys().cloned().collect();
+            for sub in subs {
+                if let Some(message) = self.push_one(conn, &sub, doc, membership, &reader) {
+                    effects.push(Effect::Send { conn, message });
+                }
+            }
+        }
+        effects
+    }
+
+    fn push_one(
+        &mut self,
+        conn: ConnId,
+        sub: &SubId,
+        doc: &DocId,
+        membership: bool,
+        reader: &Identity,
+    ) -> Option<ServerMessage> {
+        let subscription = &self.connections[&conn].subscriptions[sub];
+        match subscription {
+            Subscription::Doc(watched) if watched == doc => Some(self.doc_view(sub, doc, reader)),
+            Subscription::Doc(watched)
+                if membership && matches!(watched.as_str(), "sys:index" | "sys:trash") =>
+            {
+                Some(self.doc_view(sub, watched, reader))
+            }
+            Subscription::Doc(_) => None,
+            Subscription::Query { query, .. } => {
+                let query = query.clone();
+                let fresh = self.query_result(&query, reader);
+                let Some(Subscription::Query { result, .. }) =
+                    self.connections.get_mut(&conn).and_then(|c| c.subscriptions.get_mut(sub))
+                else {
+                    unreachable!("subscription vanished while pushing");
+                };
+                diff(sub, self.seq, result, fresh)
+            }
+        }
+    }
+}
+
+/// The `query:diff` that turns `result` into `fresh`, updating `result`; `None` when nothing changed.
+fn diff(
+    sub: &SubId,
+    seq: u64,
+    result: &mut BTreeMap<DocId, u64>,
+    fresh: Vec<DocSnapshot>,
+) -> Option<ServerMessage> {
+    let mut added = Vec::new();
+    let mut changed = Vec::new();
+    let mut next = BTreeMap::new();
+    for doc in fresh {
+        match result.get(&doc.id) {
+            None => added.push(doc.clone()),
+            Some(old) if *old != doc.seq => changed.push(doc.clone()),
+            Some(_) => {}
+        }
+        next.insert(doc.id.clone(), doc.seq);
+    }
+    let removed: Vec<DocId> = result.keys().filter(|id| !next.contains_key(*id)).cloned().collect();
+    *result = next;
+    if added.is_empty() && changed.is_empty() && removed.is_empty() {
+        return None;
+    }
+    Some(ServerMessage::QueryDiff { sub: sub.clone(), seq, added, changed, removed })
+}
+
+fn row(id: &DocId, document: &Document) -> DocumentRow {
+    DocumentRow {
+        id: id.to_string(),
+        doc_type: document.doc_type.to_string(),
+        seq: document.seq,
+        owner: document.owner.to_string(),
+        data: document.data.to_string(),
+        deleted: document.deleted,
+    }
+}

@@ -1,0 +1,172 @@
+//! Transcripts: a script of client frames in, every effect out, snapshotted with insta.
+//!
+//! Script lines are `<conn> <frame JSON>`, `connect <conn> <user> <role>`, `disconnect <conn>`, and
+//! `reopen` (drop the room and open its database again, as after a crash).
+
+use roomlab_engine::{Config, ConnId, Effect, Identity, Room};
+use roomlab_protocol::{decode, encode_server, Role, RoomId, UserId};
+use std::path::Path;
+
+fn open(path: &Path) -> Room {
+    Room::open(RoomId::new("r1").unwrap(), Some(path), Config::default()).expect("room opens")
+}
+
+fn role(name: &str) -> Role {
+    match name {
+        "viewer" => Role::Viewer,
+        "member" => Role::Member,
+        "admin" => Role::Admin,
+        other => panic!("unknown role {other}"),
+    }
+}
+
+/// Runs `script` against a fresh file-backed room and returns the transcript.
+fn check(script: &str) -> String {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("room.sqlite");
+    let mut room = open(&path);
+    let mut connections = Vec::new();
+    let mut transcript = String::new();
+    for (number, line) in script.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
+        let now_ms = 1_000 * (number as u64 + 1);
+        let words: Vec<&str> = line.splitn(2, ' ').collect();
+        let effects = match words.as_slice() {
+            ["connect", rest] => {
+                let parts: Vec<&str> = rest.split(' ').collect();
+                let conn = ConnId(parts[0].parse().unwrap());
+                room.connect(conn, Identity { user: UserId::new(parts[1]).unwrap(), role: role(parts[2]) });
+                connections.push((conn, parts[1].to_string(), parts[2].to_string()));
+                Vec::new()
+            }
+            ["disconnect", conn] => {
+                let conn = ConnId(conn.parse().unwrap());
+                room.disconnect(conn);
+                connections.retain(|(c, _, _)| *c != conn);
+                Vec::new()
+            }
+            ["reopen"] => {
+                drop(room);
+                room = open(&path);
+                for (conn, user, role_name) in &connections {
+                    room.connect(
+                        *conn,
+                        Identity { user: UserId::new(user.as_str()).unwrap(), role: role(role_name) },
+                    );
+                }
+                Vec::new()
+            }
+            [conn, frame] => {
+                let message = decode(frame.as_bytes(), 1 << 20).unwrap_or_else(|e| panic!("{line}: {e}"));
+                room.handle(ConnId(conn.parse().unwrap()), message, now_ms)
+            }
+            _ => panic!("bad script line {line}"),
+        };
+        transcript.push_str(&format!("> {line}\n"));
+        for effect in effects {
+            match effect {
+                Effect::Send { conn, message } => {
+                    transcript.push_str(&format!("  {} < {}\n", conn.0, encode_server(&message)))
+                }
+                Effect::Close { conn, code, reason } => {
+                    transcript.push_str(&format!("  {} closed {code} {reason}\n", conn.0))
+                }
+            }
+        }
+    }
+    transcript
+}
+
+const HELLO: &str = r#"
+connect 1 alice member
+connect 2 bob member
+1 {"type":"hello","protocol":1,"client":"ca"}
+2 {"type":"hello","protocol":1,"client":"cb"}
+"#;
+
+#[test]
+fn handshake() {
+    insta::assert_snapshot!(check(
+        r#"
+        connect 1 alice member
+        1 {"type":"ping","nonce":1}
+        1 {"type":"hello","protocol":2,"client":"ca"}
+        connect 2 bob viewer
+        2 {"type":"hello","protocol":1,"client":"cb"}
+        2 {"type":"hello","protocol":1,"client":"cb"}
+        2 {"type":"ping","nonce":9}
+        "#
+    ));
+}
+
+#[test]
+fn delete_restore_purge() {
+    insta::assert_snapshot!(check(&format!(
+        "{HELLO}{}",
+        r#"
+        2 {"type":"subscribe","sub":"d","doc":"t1"}
+        2 {"type":"subscribe","sub":"trash","doc":"sys:trash"}
+        1 {"type":"mutate","mid":1,"op":"create","doc":"t1","doc_type":"tasks","data":{"title":"a"}}
+        1 {"type":"mutate","mid":2,"op":"put","doc":"t1","data":{"title":"b"}}
+        1 {"type":"mutate","mid":3,"op":"remove","doc":"t1"}
+        1 {"type":"mutate","mid":4,"op":"create","doc":"t1","doc_type":"tasks","data":{}}
+        1 {"type":"mutate","mid":5,"op":"put","doc":"t1","data":{}}
+        1 {"type":"mutate","mid":6,"op":"restore","doc":"t1"}
+        1 {"type":"mutate","mid":7,"op":"purge","doc":"t1"}
+        1 {"type":"mutate","mid":8,"op":"remove","doc":"t1"}
+        1 {"type":"mutate","mid":9,"op":"purge","doc":"t1"}
+        1 {"type":"mutate","mid":10,"op":"create","doc":"t1","doc_type":"tasks","data":{"title":"again"}}
+        1 {"type":"mutate","mid":11,"op":"remove","doc":"sys:index"}
+        "#
+    )));
+}
+
+#[test]
+fn queries_push_diffs() {
+    insta::assert_snapshot!(check(&format!(
+        "{HELLO}{}",
+        r#"
+        2 {"type":"subscribe","sub":"q","query":{"collection":"tasks","where":{"field":"status","op":"eq","value":"active"},"order_by":[{"field":"rank"}],"limit":2}}
+        1 {"type":"mutate","mid":1,"op":"create","doc":"a","doc_type":"tasks","data":{"status":"active","rank":3}}
+        1 {"type":"mutate","mid":2,"op":"create","doc":"b","doc_type":"tasks","data":{"status":"done","rank":1}}
+        1 {"type":"mutate","mid":3,"op":"create","doc":"c","doc_type":"tasks","data":{"status":"active","rank":2}}
+        1 {"type":"mutate","mid":4,"op":"create","doc":"d","doc_type":"tasks","data":{"status":"active","rank":1}}
+        1 {"type":"mutate","mid":5,"op":"patch","doc":"b","data":{"status":"active","rank":null}}
+        1 {"type":"mutate","mid":6,"op":"remove","doc":"d"}
+        2 {"type":"unsubscribe","sub":"q"}
+        1 {"type":"mutate","mid":7,"op":"restore","doc":"d"}
+        2 {"type":"subscribe","sub":"bad","query":{"collection":"tasks","limit":0}}
+        "#
+    )));
+}
+
+#[test]
+fn guards_replay_and_crash_recovery() {
+    insta::assert_snapshot!(check(&format!(
+        "{HELLO}{}",
+        r#"
+        1 {"type":"mutate","mid":1,"op":"create","doc":"t","doc_type":"notes","data":{"n":1}}
+        1 {"type":"mutate","mid":2,"op":"put","doc":"t","data":{"n":2},"if_seq":1}
+        2 {"type":"mutate","mid":1,"op":"put","doc":"t","data":{"n":3},"if_seq":1}
+        1 {"type":"mutate","mid":2,"op":"put","doc":"t","data":{"n":99},"if_seq":2}
+        1 {"type":"mutate","mid":1,"op":"create","doc":"t","doc_type":"notes","data":{}}
+        reopen
+        1 {"type":"hello","protocol":1,"client":"ca"}
+        2 {"type":"hello","protocol":1,"client":"cb"}
+        2 {"type":"subscribe","sub":"d","doc":"t"}
+        1 {"type":"mutate","mid":2,"op":"put","doc":"t","data":{"n":99}}
+        1 {"type":"mutate","mid":3,"op":"patch","doc":"t","data":{"m":true}}
+        "#
+    )));
+}
+
+#[test]
+fn viewers_cannot_write() {
+    insta::assert_snapshot!(check(
+        r#"
+        connect 1 val viewer
+        1 {"type":"hello","protocol":1,"client":"cv"}
+        1 {"type":"mutate","mid":1,"op":"create","doc":"t","doc_type":"notes","data":{}}
+        1 {"type":"mutate","mid":2,"op":"create","doc":"t","doc_type":"notes","data":[1]}
+        "#
+    ));
+}
