@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use rand::SeedableRng;
+use rand_chacha::rand_core::SeedableRng;
 use roomlab_protocol::fracdex;
 use std::io::BufRead;
 

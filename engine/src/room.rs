@@ -72,7 +72,8 @@ enum Subscription {
 }
 
 #[derive(Debug)]
-struct Connection_ {
+/// One connected peer: who it is, its client id once greeted, and its subscriptions.
+struct Peer {
     identity: Identity,
     client: Option<ClientId>,
     subscriptions: BTreeMap<SubId, Subscription>,
@@ -85,7 +86,7 @@ pub struct Room {
     db: Connection,
     seq: u64,
     docs: BTreeMap<DocId, Document>,
-    connections: BTreeMap<ConnId, Connection_>,
+    connections: BTreeMap<ConnId, Peer>,
     /// The room sequence of the last change to sys:index / sys:trash.
     membership_seq: u64,
 }
@@ -110,13 +111,14 @@ impl Room {
         let db = storage::open(path)?;
         let seq = storage::sequence(&db)?;
         let mut docs = BTreeMap::new();
+        let corrupt = |e: &dyn std::fmt::Display| EngineError::Corrupt(e.to_string());
         for row in storage::documents(&db)? {
-            let id = DocId::new(row.id).map_err(|e| EngineError::Corrupt(e.to_string()))?;
+            let id = DocId::new(row.id).map_err(|e| corrupt(&e))?;
             let document = Document {
-                doc_type: DocType::new(row.doc_type).map_err(|e| EngineError::Corrupt(e.to_string()))?,
+                doc_type: DocType::new(row.doc_type).map_err(|e| corrupt(&e))?,
                 seq: row.seq,
-                owner: UserId::new(row.owner).map_err(|e| EngineError::Corrupt(e.to_string()))?,
-                data: serde_json::from_str(&row.data).map_err(|e| EngineError::Corrupt(e.to_string()))?,
+                owner: UserId::new(row.owner).map_err(|e| corrupt(&e))?,
+                data: serde_json::from_str(&row.data).map_err(|e| corrupt(&e))?,
                 deleted: row.deleted,
             };
             docs.insert(id, document);
@@ -130,14 +132,9 @@ impl Room {
         self.seq
     }
 
-    /// Every live document, by id, as an all-seeing reader would see it.
-    pub fn live_documents(&self) -> Vec<DocSnapshot> {
-        self.docs.iter().filter(|(_, d)| d.deleted.is_none()).map(|(id, d)| snapshot(id, d)).collect()
-    }
-
     /// A connection was authenticated by the host.
     pub fn connect(&mut self, conn: ConnId, identity: Identity) {
-        let connection = Connection_ { identity, client: None, subscriptions: BTreeMap::new() };
+        let connection = Peer { identity, client: None, subscriptions: BTreeMap::new() };
         let previous = self.connections.insert(conn, connection);
         assert!(previous.is_none(), "connection {conn:?} connected twice");
     }
@@ -162,8 +159,7 @@ impl Room {
             ClientMessage::Unsubscribe { sub } => self.unsubscribe(conn, sub),
             ClientMessage::Mutate { mid, mutation } => self.mutate(conn, mid, mutation, now_ms),
             ClientMessage::BucketGet { req, .. } | ClientMessage::AssetList { req, .. } => {
-                let mut body = ErrorBody::new(ErrorCode::NotFound, "this room has no buckets");
-                body.req = Some(req);
+                let body = ErrorBody::new(ErrorCode::NotFound, "this room has no buckets").with_req(req);
                 reply(ServerMessage::Error(body))
             }
             ClientMessage::YjsClose { .. } => Vec::new(),
@@ -213,10 +209,7 @@ impl Room {
             Some(refusal) => Err(refusal),
             None => self.start_subscription(conn, &sub, target),
         };
-        let message = outcome.unwrap_or_else(|mut body| {
-            body.sub = Some(sub);
-            ServerMessage::Error(*body)
-        });
+        let message = outcome.unwrap_or_else(|body| ServerMessage::Error(body.with_sub(sub)));
         vec![Effect::Send { conn, message }]
     }
 
@@ -253,10 +246,8 @@ impl Room {
         let message = match connection.subscriptions.remove(&sub) {
             Some(_) => ServerMessage::Unsubscribed { sub },
             None => {
-                let mut body =
-                    ErrorBody::new(ErrorCode::SubscriptionUnknown, format!("no subscription {sub}"));
-                body.sub = Some(sub);
-                ServerMessage::Error(body)
+                let message = format!("no subscription {sub}");
+                ServerMessage::Error(ErrorBody::new(ErrorCode::SubscriptionUnknown, message).with_sub(sub))
             }
         };
         vec![Effect::Send { conn, message }]
@@ -264,13 +255,15 @@ impl Room {
 
     /// The documents a reader sees for `query`, in order.
     fn query_result(&self, query: &Query, reader: &Identity) -> Vec<DocSnapshot> {
-        let visible: Vec<DocSnapshot> = self
+        // Only documents of the query's collection are copied into snapshots for the filter.
+        let candidates: Vec<DocSnapshot> = self
             .docs
             .iter()
-            .filter(|(id, d)| d.deleted.is_none() && !id.is_system() && can_read(reader, d))
+            .filter(|(id, d)| d.doc_type == query.collection && d.deleted.is_none() && !id.is_system())
+            .filter(|(_, d)| can_read(reader, d))
             .map(|(id, d)| snapshot(id, d))
             .collect();
-        query.evaluate(&visible).into_iter().cloned().collect()
+        query.evaluate(&candidates).into_iter().cloned().collect()
     }
 
     /// What a document subscription shows a reader now.
@@ -332,11 +325,13 @@ fn snapshot(id: &DocId, document: &Document) -> DocSnapshot {
     }
 }
 
-/// Default access (no schema): viewers read, members write.
-fn can_read(reader: &Identity, _document: &Document) -> bool {
-    reader.role >= Role::Viewer
+/// Whether `reader` may read `document`. Without schemas (not built yet) reading needs `viewer`,
+/// the lowest role, so every reader may; owner-scoped and admin-only reads come with schemas.
+fn can_read(_reader: &Identity, _document: &Document) -> bool {
+    true
 }
 
+/// Whether `writer` may write `document` (`None`: create). Without schemas writing needs `member`.
 fn can_write(writer: &Identity, _document: Option<&Document>) -> bool {
     writer.role >= Role::Member
 }
@@ -371,10 +366,8 @@ impl Room {
                 let message = match answer.and_then(|a| serde_json::from_str(&a).ok()) {
                     Some(original) => original,
                     None => {
-                        let mut body =
-                            ErrorBody::new(ErrorCode::ReplayExpired, "mutation id already processed");
-                        body.mid = Some(mid);
-                        ServerMessage::Error(body)
+                        let body = ErrorBody::new(ErrorCode::ReplayExpired, "mutation id already processed");
+                        ServerMessage::Error(body.with_mid(mid))
                     }
                 };
                 return vec![Effect::Send { conn, message }];
@@ -382,13 +375,13 @@ impl Room {
             Ok(_) => {}
             Err(e) => return vec![Effect::Send { conn, message: internal(mid, &e) }],
         }
-        let planned = self.plan(&writer, mutation, now_ms);
-        self.commit(conn, mid, (&key.0, &key.1), planned, now_ms)
+        let seq = self.seq + 1;
+        let planned = self.plan(&writer, mutation, seq, now_ms);
+        self.commit(conn, (mid, seq), (&key.0, &key.1), planned, now_ms)
     }
 
-    /// Checks a mutation against the in-memory state and returns the change it makes.
-    fn plan(&self, writer: &Identity, mutation: Mutation, now_ms: u64) -> Result<Change, Refusal> {
-        let seq = self.seq + 1;
+    /// Checks a mutation against the in-memory state and returns the change it makes at `seq`.
+    fn plan(&self, writer: &Identity, mutation: Mutation, seq: u64, now_ms: u64) -> Result<Change, Refusal> {
         match mutation {
             Mutation::Create { doc, doc_type, data } => self.plan_create(writer, doc, doc_type, data, seq),
             Mutation::Put { doc, data, if_seq } => self.plan_write(writer, doc, if_seq, seq, |_| data),
@@ -420,12 +413,8 @@ impl Room {
         }
         match self.docs.get(&doc) {
             Some(Document { deleted: Some((_, _)), seq: doc_seq, .. }) => {
-                let mut body = ErrorBody::new(
-                    ErrorCode::Deleted,
-                    format!("{doc} is deleted: restore it or pick a new id"),
-                );
-                body.seq = Some(*doc_seq);
-                return Err(Box::new(body));
+                let message = format!("{doc} is deleted: restore it or pick a new id");
+                return Err(Box::new(ErrorBody::new(ErrorCode::Deleted, message).with_seq(*doc_seq)));
             }
             Some(_) => return Err(refuse(ErrorCode::Exists, format!("{doc} exists"))),
             None => {}
@@ -443,21 +432,16 @@ impl Room {
         let document =
             self.docs.get(doc).ok_or_else(|| refuse(ErrorCode::NotFound, format!("no document {doc}")))?;
         if document.deleted.is_some() {
-            let mut body = ErrorBody::new(ErrorCode::Deleted, format!("{doc} is deleted"));
-            body.seq = Some(document.seq);
-            return Err(Box::new(body));
+            let body = ErrorBody::new(ErrorCode::Deleted, format!("{doc} is deleted"));
+            return Err(Box::new(body.with_seq(document.seq)));
         }
         if !can_write(writer, Some(document)) {
             return Err(refuse(ErrorCode::Forbidden, "you may not write this document"));
         }
         match if_seq {
             Some(expected) if expected != document.seq => {
-                let mut body = ErrorBody::new(
-                    ErrorCode::Conflict,
-                    format!("{doc} is at seq {}, not {expected}", document.seq),
-                );
-                body.seq = Some(document.seq);
-                Err(Box::new(body))
+                let message = format!("{doc} is at seq {}, not {expected}", document.seq);
+                Err(Box::new(ErrorBody::new(ErrorCode::Conflict, message).with_seq(document.seq)))
             }
             _ => Ok(document),
         }
@@ -512,9 +496,9 @@ impl Room {
 }
 
 fn internal(mid: u64, error: &dyn std::fmt::Display) -> ServerMessage {
-    let mut body = ErrorBody::new(ErrorCode::Internal, format!("storage failed: {error}"));
-    body.mid = Some(mid);
-    ServerMessage::Error(body)
+    ServerMessage::Error(
+        ErrorBody::new(ErrorCode::Internal, format!("storage failed: {error}")).with_mid(mid),
+    )
 }
 
 fn check_data(data: &Value, doc_bytes_max: usize) -> Result<(), Refusal> {
@@ -532,32 +516,26 @@ fn check_data(data: &Value, doc_bytes_max: usize) -> Result<(), Refusal> {
 }
 
 impl Room {
-    /// Writes a planned change (or remembers a refusal) in one transaction, then answers and pushes.
+    /// Writes a planned change at `seq` (or remembers a refusal) in one transaction, then answers
+    /// and pushes.
     fn commit(
         &mut self,
         conn: ConnId,
-        mid: u64,
+        (mid, seq): (u64, u64),
         key: (&str, &str),
         planned: Result<Change, Refusal>,
         now_ms: u64,
     ) -> Vec<Effect> {
-        let window = self.config.limits.replay_window_max;
         let (answer, change) = match planned {
-            Ok(change) => {
-                (ServerMessage::Ack { mid, seq: self.seq + 1, version: None, object_key: None }, Some(change))
-            }
-            Err(mut body) => {
-                body.mid = Some(mid);
-                (ServerMessage::Error(*body), None)
-            }
+            Ok(change) => (ServerMessage::Ack { mid, seq, version: None, object_key: None }, Some(change)),
+            Err(body) => (ServerMessage::Error(body.with_mid(mid)), None),
         };
-        let written = self.write(&answer, change.as_ref(), key, mid, window, now_ms);
-        if let Err(e) = written {
+        if let Err(e) = self.write(&answer, change.as_ref(), key, (mid, seq), now_ms) {
             return vec![Effect::Send { conn, message: internal(mid, &e) }];
         }
         let mut effects = vec![Effect::Send { conn, message: answer }];
         if let Some(change) = change {
-            self.seq += 1;
+            self.seq = seq;
             effects.extend(self.apply(change));
         }
         effects
@@ -568,13 +546,12 @@ impl Room {
         answer: &ServerMessage,
         change: Option<&Change>,
         key: (&str, &str),
-        mid: u64,
-        window: usize,
+        (mid, seq): (u64, u64),
         now_ms: u64,
     ) -> rusqlite::Result<()> {
+        let window = self.config.limits.replay_window_max;
         let transaction = self.db.transaction()?;
         if let Some(change) = change {
-            let seq = self.seq + 1;
             storage::set_sequence(&transaction, seq)?;
             match change {
                 Change::Content { doc, document } => {
@@ -598,8 +575,7 @@ impl Room {
     fn apply(&mut self, change: Change) -> Vec<Effect> {
         let (doc, membership) = match change {
             Change::Content { doc, document } => {
-                let created = !self.docs.contains_key(&doc);
-                self.docs.insert(doc.clone(), document);
+                let created = self.docs.insert(doc.clone(), document).is_none();
                 (doc, created)
             }
             Change::Membership { doc, document, .. } => {
@@ -618,29 +594,30 @@ impl Room {
 
     /// Pushes a change of `doc` to every subscription it affects.
     fn push(&mut self, doc: &DocId, membership: bool) -> Vec<Effect> {
+        // A purged document is gone; no query result holds it, since its delete already left them.
+        let changed_type = self.docs.get(doc).map(|d| d.doc_type.clone());
+        let mut connections = std::mem::take(&mut self.connections);
         let mut effects = Vec::new();
-        let conns: Vec<ConnId> = self.connections.keys().copied().collect();
-        for conn in conns {
-            let reader = self.connections[&conn].identity.clone();
-            let subs: Vec<SubId> = self.connections[&conn].subscriptions.keys().cloned().collect();
-            for sub in subs {
-                if let Some(message) = self.push_one(conn, &sub, doc, membership, &reader) {
-                    effects.push(Effect::Send { conn, message });
-                }
+        for (conn, peer) in &mut connections {
+            for (sub, subscription) in &mut peer.subscriptions {
+                let pushed =
+                    self.push_one(sub, subscription, doc, changed_type.as_ref(), membership, &peer.identity);
+                effects.extend(pushed.map(|message| Effect::Send { conn: *conn, message }));
             }
         }
+        self.connections = connections;
         effects
     }
 
     fn push_one(
-        &mut self,
-        conn: ConnId,
+        &self,
         sub: &SubId,
+        subscription: &mut Subscription,
         doc: &DocId,
+        changed_type: Option<&DocType>,
         membership: bool,
         reader: &Identity,
     ) -> Option<ServerMessage> {
-        let subscription = &self.connections[&conn].subscriptions[sub];
         match subscription {
             Subscription::Doc(watched) if watched == doc => Some(self.doc_view(sub, doc, reader)),
             Subscription::Doc(watched)
@@ -649,16 +626,12 @@ impl Room {
                 Some(self.doc_view(sub, watched, reader))
             }
             Subscription::Doc(_) => None,
-            Subscription::Query { query, .. } => {
-                let query = query.clone();
-                let fresh = self.query_result(&query, reader);
-                let Some(Subscription::Query { result, .. }) =
-                    self.connections.get_mut(&conn).and_then(|c| c.subscriptions.get_mut(sub))
-                else {
-                    unreachable!("subscription vanished while pushing");
-                };
+            // A document never changes type, so only its own collection's queries can change.
+            Subscription::Query { query, result } if changed_type == Some(&query.collection) => {
+                let fresh = self.query_result(query, reader);
                 diff(sub, self.seq, result, fresh)
             }
+            Subscription::Query { .. } => None,
         }
     }
 }

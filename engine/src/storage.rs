@@ -148,9 +148,10 @@ pub fn remember_answer(
         "INSERT OR REPLACE INTO replay (user, client, mid, answer) VALUES (?1, ?2, ?3, ?4)",
         params![user, client, mid as i64, answer],
     )?;
+    // Everything at or below the oldest answer to keep, found by one walk down the primary key.
     connection.execute(
-        "DELETE FROM replay WHERE user = ?1 AND client = ?2 AND mid NOT IN
-         (SELECT mid FROM replay WHERE user = ?1 AND client = ?2 ORDER BY mid DESC LIMIT ?3)",
+        "DELETE FROM replay WHERE user = ?1 AND client = ?2 AND mid <=
+         (SELECT mid FROM replay WHERE user = ?1 AND client = ?2 ORDER BY mid DESC LIMIT 1 OFFSET ?3)",
         params![user, client, window as i64],
     )?;
     Ok(())

@@ -170,3 +170,41 @@ fn viewers_cannot_write() {
         "#
     ));
 }
+
+/// The replay window keeps the newest `replay_window_max` answers of a client: older ids answer
+/// `replay_expired`, ids inside the window their original answer, and nothing is applied twice.
+#[test]
+fn replay_window_forgets_the_oldest_answers() {
+    let config = Config { limits: roomlab_protocol::Limits { replay_window_max: 2, ..Default::default() } };
+    let mut room = Room::open(RoomId::new("r1").unwrap(), None, config).unwrap();
+    let conn = ConnId(1);
+    room.connect(conn, Identity { user: UserId::new("alice").unwrap(), role: Role::Member });
+    let send = |room: &mut Room, frame: &str| -> Vec<String> {
+        let message = decode(frame.as_bytes(), 1 << 20).unwrap();
+        room.handle(conn, message, 1_000)
+            .into_iter()
+            .map(|effect| match effect {
+                Effect::Send { message, .. } => encode_server(&message),
+                Effect::Close { code, .. } => format!("closed {code}"),
+            })
+            .collect()
+    };
+    send(&mut room, r#"{"type":"hello","protocol":1,"client":"c"}"#);
+    for mid in 1..=4 {
+        let frame = format!(
+            r#"{{"type":"mutate","mid":{mid},"op":"create","doc":"d{mid}","doc_type":"t","data":{{}}}}"#
+        );
+        assert_eq!(send(&mut room, &frame), [format!(r#"{{"type":"ack","mid":{mid},"seq":{mid}}}"#)]);
+    }
+    let replay = |mid: u64| {
+        format!(
+            r#"{{"type":"mutate","mid":{mid},"op":"create","doc":"again{mid}","doc_type":"t","data":{{}}}}"#
+        )
+    };
+    let expired = send(&mut room, &replay(2));
+    assert_eq!(expired.len(), 1);
+    assert!(expired[0].contains(r#""code":"replay_expired""#), "{expired:?}");
+    assert_eq!(send(&mut room, &replay(3)), [r#"{"type":"ack","mid":3,"seq":3}"#]);
+    assert_eq!(send(&mut room, &replay(4)), [r#"{"type":"ack","mid":4,"seq":4}"#]);
+    assert_eq!(room.seq(), 4, "a replay applied something");
+}

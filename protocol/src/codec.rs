@@ -16,10 +16,15 @@ pub fn decode_server(frame: &[u8], frame_bytes_max: usize) -> Result<ServerMessa
 }
 
 fn decode_json<T: DeserializeOwned>(frame: &[u8], max: usize) -> Result<T, DecodeError> {
-    if frame.len() > max {
-        return Err(DecodeError::TooLarge { length: frame.len(), max });
-    }
+    check_size(frame, max)?;
     serde_json::from_slice(frame).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+fn check_size(frame: &[u8], max: usize) -> Result<(), DecodeError> {
+    match frame.len() {
+        length if length > max => Err(DecodeError::TooLarge { length, max }),
+        _ => Ok(()),
+    }
 }
 
 /// Encodes a client message as a text frame.
@@ -60,10 +65,8 @@ impl YjsFrame {
 
     /// Decodes a binary frame, refusing frames longer than `frame_bytes_max`.
     pub fn decode(frame: &[u8], frame_bytes_max: usize) -> Result<YjsFrame, DecodeError> {
-        if frame.len() > frame_bytes_max {
-            return Err(DecodeError::TooLarge { length: frame.len(), max: frame_bytes_max });
-        }
-        let mut cursor = Cursor { bytes: frame, at: 0 };
+        check_size(frame, frame_bytes_max)?;
+        let mut cursor = Cursor::new(frame);
         if cursor.byte()? != YJS_FRAME_TAG {
             return Err(DecodeError::MalformedBinary("binary frame does not start with the Y tag"));
         }
@@ -71,7 +74,7 @@ impl YjsFrame {
             DocId::new(cursor.var_string()?).map_err(|_| DecodeError::MalformedBinary("bad document id"))?;
         let field = FieldName::new(cursor.var_string()?)
             .map_err(|_| DecodeError::MalformedBinary("bad field name"))?;
-        Ok(YjsFrame { doc, field, payload: frame[cursor.at..].to_vec() })
+        Ok(YjsFrame { doc, field, payload: cursor.rest().to_vec() })
     }
 }
 

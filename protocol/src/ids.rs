@@ -43,21 +43,20 @@ fn check(kind: &'static str, value: &str, max: usize) -> Result<(), IdError> {
     Ok(())
 }
 
-macro_rules! identifier {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:ident = $max_value:expr) => {
+/// A string newtype parsed by `$parse`, serialized as the plain string.
+macro_rules! text_newtype {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $error:ty, $parse:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
         impl $name {
-            #[doc = concat!("The longest ", $kind, " accepted, in bytes.")]
-            pub const $max: usize = $max_value;
-
             #[doc = concat!("Parses a ", $kind, ".")]
-            pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
+            pub fn new(value: impl Into<String>) -> Result<Self, $error> {
                 let value = value.into();
-                check($kind, &value, Self::$max)?;
+                let parse: fn(&str) -> Result<(), $error> = $parse;
+                parse(&value)?;
                 Ok(Self(value))
             }
 
@@ -68,8 +67,8 @@ macro_rules! identifier {
         }
 
         impl TryFrom<String> for $name {
-            type Error = IdError;
-            fn try_from(value: String) -> Result<Self, IdError> {
+            type Error = $error;
+            fn try_from(value: String) -> Result<Self, $error> {
                 Self::new(value)
             }
         }
@@ -84,6 +83,18 @@ macro_rules! identifier {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
             }
+        }
+    };
+}
+
+/// An identifier: non-empty, at most `BYTES_MAX` bytes, no whitespace or control characters.
+macro_rules! identifier {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, BYTES_MAX = $max_value:expr) => {
+        text_newtype!($(#[$doc])* $name, $kind, IdError, |value| check($kind, value, $name::BYTES_MAX));
+
+        impl $name {
+            #[doc = concat!("The longest ", $kind, " accepted, in bytes.")]
+            pub const BYTES_MAX: usize = $max_value;
         }
     };
 }
@@ -153,40 +164,7 @@ impl DocId {
     }
 }
 
-/// A fractional index key, validated against the format of [`crate::fracdex`].
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ListKey(String);
-
-impl ListKey {
-    /// Parses and validates a key.
-    pub fn new(value: impl Into<String>) -> Result<Self, crate::fracdex::FracdexError> {
-        let value = value.into();
-        crate::fracdex::validate(&value)?;
-        Ok(Self(value))
-    }
-
-    /// The key as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for ListKey {
-    type Error = crate::fracdex::FracdexError;
-    fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::new(value)
-    }
-}
-
-impl From<ListKey> for String {
-    fn from(value: ListKey) -> String {
-        value.0
-    }
-}
-
-impl fmt::Display for ListKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+text_newtype!(
+    /// A fractional index key, validated against the format of [`crate::fracdex`].
+    ListKey, "list key", crate::fracdex::FracdexError, crate::fracdex::validate
+);

@@ -615,4 +615,24 @@ impl ErrorBody {
             contract: None,
         }
     }
+
+    /// The same error, naming the mutation it answers.
+    pub fn with_mid(self, mid: u64) -> Self {
+        ErrorBody { mid: Some(mid), ..self }
+    }
+
+    /// The same error, naming the request it answers.
+    pub fn with_req(self, req: u64) -> Self {
+        ErrorBody { req: Some(req), ..self }
+    }
+
+    /// The same error, naming the subscription it answers.
+    pub fn with_sub(self, sub: SubId) -> Self {
+        ErrorBody { sub: Some(sub), ..self }
+    }
+
+    /// The same error, carrying a document's current sequence.
+    pub fn with_seq(self, seq: u64) -> Self {
+        ErrorBody { seq: Some(seq), ..self }
+    }
 }

@@ -141,6 +141,6 @@ fn jittered_keys_differ_and_stay_between() {
         let mut allocate = |a: Option<&str>, b: Option<&str>| key_between_jittered(a, b, &mut rng).unwrap();
         let keys = sequence(label, n, &mut allocate);
         let longest = keys.iter().map(String::len).max().unwrap();
-        assert!(longest <= 16, "jittered {label} reached {longest} characters");
+        assert!(longest <= 12, "jittered {label} reached {longest} characters");
     }
 }
