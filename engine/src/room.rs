@@ -87,16 +87,66 @@ pub struct Room {
     seq: u64,
     docs: BTreeMap<DocId, Document>,
     connections: BTreeMap<ConnId, Peer>,
-    /// The room sequence of the last change to sys:index / sys:trash.
-    membership_seq: u64,
+    /// The room sequence of the last change to `sys:index`.
+    index_seq: u64,
+    /// The room sequence of the last change to `sys:trash`.
+    trash_seq: u64,
 }
 
 /// The outcome of a mutation that passed every check: the change to write and push.
-enum Change {
-    /// A document's content changed, or it was created, at the new sequence.
-    Content { doc: DocId, document: Document },
-    /// A document was soft-deleted, restored or purged (`None`).
-    Membership { doc: DocId, document: Option<Document>, action: &'static str },
+struct Change {
+    doc: DocId,
+    /// The document after the change; `None` when purged.
+    document: Option<Document>,
+    /// The lifecycle event, recorded in the membership log; `None` for a content change.
+    lifecycle: Option<Lifecycle>,
+}
+
+/// A change of a document's membership in the room, as the membership log records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    Create,
+    Delete,
+    Restore,
+    Purge,
+}
+
+impl Lifecycle {
+    const ALL: [Lifecycle; 4] = [Lifecycle::Create, Lifecycle::Delete, Lifecycle::Restore, Lifecycle::Purge];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Create => "create",
+            Lifecycle::Delete => "delete",
+            Lifecycle::Restore => "restore",
+            Lifecycle::Purge => "purge",
+        }
+    }
+
+    /// Whether the event alters `sys:index` (live documents) or `sys:trash` (deleted ones).
+    fn alters(self, view: SystemView) -> bool {
+        match view {
+            SystemView::Index => matches!(self, Lifecycle::Create | Lifecycle::Delete | Lifecycle::Restore),
+            SystemView::Trash => matches!(self, Lifecycle::Delete | Lifecycle::Restore | Lifecycle::Purge),
+        }
+    }
+}
+
+/// The system documents the engine synthesizes from the membership of documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SystemView {
+    Index,
+    Trash,
+}
+
+impl SystemView {
+    fn of(doc: &DocId) -> Option<SystemView> {
+        match doc.as_str() {
+            "sys:index" => Some(SystemView::Index),
+            "sys:trash" => Some(SystemView::Trash),
+            _ => None,
+        }
+    }
 }
 
 type Refusal = Box<ErrorBody>;
@@ -123,8 +173,14 @@ impl Room {
             };
             docs.insert(id, document);
         }
-        let membership_seq = docs.values().filter_map(|d| d.deleted.map(|(s, _)| s)).max().unwrap_or(0);
-        Ok(Room { id, config, db, seq, docs, connections: BTreeMap::new(), membership_seq })
+        let view_seq = |view| {
+            let actions: Vec<&str> =
+                Lifecycle::ALL.iter().filter(|l| l.alters(view)).map(|l| l.as_str()).collect();
+            storage::last_membership_seq(&db, &actions)
+        };
+        let (index_seq, trash_seq) = (view_seq(SystemView::Index)?, view_seq(SystemView::Trash)?);
+        let connections = BTreeMap::new();
+        Ok(Room { id, config, db, seq, docs, connections, index_seq, trash_seq })
     }
 
     /// The room's committed sequence.
@@ -229,6 +285,9 @@ impl Room {
                 (Subscription::Query { query, result }, first)
             }
             Target::Doc(doc) => {
+                if self.docs.get(&doc).is_some_and(|d| !can_read(&reader, d)) {
+                    return Err(refuse(ErrorCode::Forbidden, format!("you may not read {doc}")));
+                }
                 let first = self.doc_view(sub, &doc, &reader);
                 (Subscription::Doc(doc), first)
             }
@@ -269,11 +328,8 @@ impl Room {
     /// What a document subscription shows a reader now.
     fn doc_view(&self, sub: &SubId, doc: &DocId, reader: &Identity) -> ServerMessage {
         let sub = sub.clone();
-        match doc.as_str() {
-            "sys:index" | "sys:trash" => {
-                return ServerMessage::DocSnapshot { sub, doc: self.system_view(doc, reader) };
-            }
-            _ => {}
+        if let Some(view) = SystemView::of(doc) {
+            return ServerMessage::DocSnapshot { sub, doc: self.system_view(doc, view, reader) };
         }
         match self.docs.get(doc) {
             Some(d) if !can_read(reader, d) => {
@@ -288,8 +344,8 @@ impl Room {
     }
 
     /// `sys:index` (live documents) or `sys:trash` (soft-deleted ones), as `reader` may see them.
-    fn system_view(&self, doc: &DocId, reader: &Identity) -> DocSnapshot {
-        let trash = doc.as_str() == "sys:trash";
+    fn system_view(&self, doc: &DocId, view: SystemView, reader: &Identity) -> DocSnapshot {
+        let trash = view == SystemView::Trash;
         let entries: Vec<Value> = self
             .docs
             .iter()
@@ -302,7 +358,7 @@ impl Room {
         DocSnapshot {
             id: doc.clone(),
             doc_type: DocType::new("sys").expect("valid type"),
-            seq: self.membership_seq,
+            seq: if trash { self.trash_seq } else { self.index_seq },
             owner: UserId::new("system").expect("valid user"),
             data: json!({ "docs": entries }),
             lists: BTreeMap::new(),
@@ -421,7 +477,7 @@ impl Room {
         }
         check_data(&data, self.config.limits.doc_bytes_max)?;
         let document = Document { doc_type, seq, owner: writer.user.clone(), data, deleted: None };
-        Ok(Change::Content { doc, document })
+        Ok(Change { doc, document: Some(document), lifecycle: Some(Lifecycle::Create) })
     }
 
     /// The live document `doc` that `writer` may write, with its guard checked.
@@ -459,7 +515,7 @@ impl Room {
         let data = new_data(&document.data);
         check_data(&data, self.config.limits.doc_bytes_max)?;
         let document = Document { data, seq, ..document.clone() };
-        Ok(Change::Content { doc, document })
+        Ok(Change { doc, document: Some(document), lifecycle: None })
     }
 
     fn plan_remove(
@@ -472,7 +528,7 @@ impl Room {
     ) -> Result<Change, Refusal> {
         let document = self.writable(writer, &doc, if_seq)?;
         let document = Document { deleted: Some((seq, now_ms)), ..document.clone() };
-        Ok(Change::Membership { doc, document: Some(document), action: "delete" })
+        Ok(Change { doc, document: Some(document), lifecycle: Some(Lifecycle::Delete) })
     }
 
     fn plan_restore(&self, writer: &Identity, doc: DocId, purge: bool) -> Result<Change, Refusal> {
@@ -488,10 +544,10 @@ impl Room {
             return Err(refuse(ErrorCode::Forbidden, "you may not write this document"));
         }
         if purge {
-            return Ok(Change::Membership { doc, document: None, action: "purge" });
+            return Ok(Change { doc, document: None, lifecycle: Some(Lifecycle::Purge) });
         }
         let document = Document { deleted: None, ..document.clone() };
-        Ok(Change::Membership { doc, document: Some(document), action: "restore" })
+        Ok(Change { doc, document: Some(document), lifecycle: Some(Lifecycle::Restore) })
     }
 }
 
@@ -553,17 +609,12 @@ impl Room {
         let transaction = self.db.transaction()?;
         if let Some(change) = change {
             storage::set_sequence(&transaction, seq)?;
-            match change {
-                Change::Content { doc, document } => {
-                    storage::write_document(&transaction, &row(doc, document))?
-                }
-                Change::Membership { doc, document, action } => {
-                    match document {
-                        Some(document) => storage::write_document(&transaction, &row(doc, document))?,
-                        None => storage::delete_document(&transaction, doc.as_str())?,
-                    }
-                    storage::log_membership(&transaction, seq, doc.as_str(), action, now_ms)?;
-                }
+            match &change.document {
+                Some(document) => storage::write_document(&transaction, &row(&change.doc, document))?,
+                None => storage::delete_document(&transaction, change.doc.as_str())?,
+            }
+            if let Some(lifecycle) = change.lifecycle {
+                storage::log_membership(&transaction, seq, change.doc.as_str(), lifecycle.as_str(), now_ms)?;
             }
         }
         let text = serde_json::to_string(answer).expect("answers serialize");
@@ -573,27 +624,24 @@ impl Room {
 
     /// Applies a committed change to memory and returns the pushes it causes.
     fn apply(&mut self, change: Change) -> Vec<Effect> {
-        let (doc, membership) = match change {
-            Change::Content { doc, document } => {
-                let created = self.docs.insert(doc.clone(), document).is_none();
-                (doc, created)
-            }
-            Change::Membership { doc, document, .. } => {
-                match document {
-                    Some(document) => self.docs.insert(doc.clone(), document),
-                    None => self.docs.remove(&doc),
-                };
-                (doc, true)
-            }
+        let Change { doc, document, lifecycle } = change;
+        match document {
+            Some(document) => self.docs.insert(doc.clone(), document),
+            None => self.docs.remove(&doc),
         };
-        if membership {
-            self.membership_seq = self.seq;
+        if let Some(lifecycle) = lifecycle {
+            if lifecycle.alters(SystemView::Index) {
+                self.index_seq = self.seq;
+            }
+            if lifecycle.alters(SystemView::Trash) {
+                self.trash_seq = self.seq;
+            }
         }
-        self.push(&doc, membership)
+        self.push(&doc, lifecycle)
     }
 
     /// Pushes a change of `doc` to every subscription it affects.
-    fn push(&mut self, doc: &DocId, membership: bool) -> Vec<Effect> {
+    fn push(&mut self, doc: &DocId, lifecycle: Option<Lifecycle>) -> Vec<Effect> {
         // A purged document is gone; no query result holds it, since its delete already left them.
         let changed_type = self.docs.get(doc).map(|d| d.doc_type.clone());
         let mut connections = std::mem::take(&mut self.connections);
@@ -601,7 +649,7 @@ impl Room {
         for (conn, peer) in &mut connections {
             for (sub, subscription) in &mut peer.subscriptions {
                 let pushed =
-                    self.push_one(sub, subscription, doc, changed_type.as_ref(), membership, &peer.identity);
+                    self.push_one(sub, subscription, doc, changed_type.as_ref(), lifecycle, &peer.identity);
                 effects.extend(pushed.map(|message| Effect::Send { conn: *conn, message }));
             }
         }
@@ -615,13 +663,13 @@ impl Room {
         subscription: &mut Subscription,
         doc: &DocId,
         changed_type: Option<&DocType>,
-        membership: bool,
+        lifecycle: Option<Lifecycle>,
         reader: &Identity,
     ) -> Option<ServerMessage> {
         match subscription {
             Subscription::Doc(watched) if watched == doc => Some(self.doc_view(sub, doc, reader)),
             Subscription::Doc(watched)
-                if membership && matches!(watched.as_str(), "sys:index" | "sys:trash") =>
+                if SystemView::of(watched).zip(lifecycle).is_some_and(|(view, l)| l.alters(view)) =>
             {
                 Some(self.doc_view(sub, watched, reader))
             }

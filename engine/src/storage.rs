@@ -119,7 +119,7 @@ pub fn delete_document(connection: &Connection, id: &str) -> rusqlite::Result<()
     connection.execute("DELETE FROM documents WHERE id = ?1", params![id]).map(|_| ())
 }
 
-/// Appends a delete / restore / purge to the membership log.
+/// Appends a create / delete / restore / purge to the membership log.
 pub fn log_membership(
     connection: &Connection,
     seq: u64,
@@ -133,6 +133,15 @@ pub fn log_membership(
             params![seq as i64, doc, action, at as i64],
         )
         .map(|_| ())
+}
+
+/// The room sequence of the newest membership-log entry with one of `actions` (0 if none).
+pub fn last_membership_seq(connection: &Connection, actions: &[&str]) -> rusqlite::Result<u64> {
+    let placeholders = vec!["?"; actions.len()].join(", ");
+    let sql = format!("SELECT COALESCE(MAX(seq), 0) FROM membership_log WHERE action IN ({placeholders})");
+    connection
+        .query_row(&sql, rusqlite::params_from_iter(actions.iter()), |row| row.get::<_, i64>(0))
+        .map(|seq| seq as u64)
 }
 
 /// Remembers a mutation's answer and forgets answers beyond the newest `window` of that client.

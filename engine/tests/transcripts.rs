@@ -159,6 +159,29 @@ fn guards_replay_and_crash_recovery() {
     )));
 }
 
+/// `sys:index` and `sys:trash` each carry the sequence of their own last change, and keep it across a
+/// restart (docs/PROTOCOL.md sys.views.seq); a change that alters neither pushes neither.
+#[test]
+fn system_views_keep_their_sequences() {
+    insta::assert_snapshot!(check(&format!(
+        "{HELLO}{}",
+        r#"
+        1 {"type":"mutate","mid":1,"op":"create","doc":"a","doc_type":"notes","data":{}}
+        1 {"type":"mutate","mid":2,"op":"remove","doc":"a"}
+        1 {"type":"mutate","mid":3,"op":"restore","doc":"a"}
+        1 {"type":"mutate","mid":4,"op":"create","doc":"b","doc_type":"notes","data":{}}
+        1 {"type":"mutate","mid":5,"op":"put","doc":"b","data":{"x":1}}
+        reopen
+        2 {"type":"hello","protocol":1,"client":"cb"}
+        2 {"type":"subscribe","sub":"i","doc":"sys:index"}
+        2 {"type":"subscribe","sub":"t","doc":"sys:trash"}
+        1 {"type":"hello","protocol":1,"client":"ca"}
+        1 {"type":"mutate","mid":6,"op":"put","doc":"a","data":{"y":2}}
+        1 {"type":"mutate","mid":7,"op":"create","doc":"c","doc_type":"notes","data":{}}
+        "#
+    )));
+}
+
 #[test]
 fn viewers_cannot_write() {
     insta::assert_snapshot!(check(
