@@ -1,15 +1,21 @@
 //! The room engine: one room, one SQLite database, the rules of docs/PROTOCOL.md, as a sans-I/O state
-//! machine that takes messages and time as arguments and returns effects.
+//! machine that takes messages, time and randomness as arguments and returns effects.
 //!
-//! Built so far: connections (hello, ping), documents (create, put, patch, soft delete, restore at the
-//! same sequence, purge), the room-wide sequence, guards (`if_seq`), idempotent replay of mutation ids,
-//! document and query subscriptions with diffs, `sys:index` and `sys:trash`. Every accepted change is one
-//! SQLite transaction and its ack and pushes are produced only after the commit.
+//! A [`Room`] holds documents (with ordered lists, soft delete, restore and purge), schemas and access
+//! rules, users and teams, staged sessions, buckets and assets, per-user quotas and Yjs fields. Every
+//! accepted change is one SQLite transaction; its ack and pushes are produced only after the commit,
+//! and reopening the database restores exactly the committed state.
 
+mod commit;
+mod mutate;
 mod room;
+mod schema;
+mod state;
 mod storage;
+mod yjs;
 
 pub use room::{Config, ConnId, Effect, Identity, Room};
+pub use state::Quotas;
 
 /// Why the engine could not open or use its database.
 #[derive(Debug, thiserror::Error)]

@@ -1,13 +1,17 @@
 //! The room state machine: messages in, effects out; one SQLite transaction per accepted change.
 
-use crate::storage::{self, DocumentRow};
+use crate::schema::Schema;
+use crate::state::{Bucket, Document, Item, Membership, Quotas, Session, Staged, Team, Teams, UserRecord};
+use crate::storage;
+use crate::yjs::Yjs;
 use crate::EngineError;
 use roomlab_protocol::{
-    ClientId, ClientMessage, DocId, DocSnapshot, DocType, ErrorBody, ErrorCode, Limits, Mutation, Query,
-    Role, RoomId, ServerMessage, SubId, Target, UserId, PROTOCOL_VERSION,
+    AssetInfo, Backend, BucketName, ClientId, ClientMessage, DocId, DocSnapshot, DocType, ErrorBody,
+    ErrorCode, FieldName, ItemId, Limits, ListKey, ObjectKey, Plan, Query, Role, RoomId, ServerMessage,
+    SubId, Target, TeamId, UserId, PROTOCOL_VERSION,
 };
 use rusqlite::Connection;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -15,24 +19,42 @@ use std::path::Path;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub u64);
 
-/// Who is on a connection, as the host authenticated them.
+/// Who is on a connection, as the host authenticated them from their token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     /// The user.
     pub user: UserId,
-    /// The role their token grants.
+    /// The role their token grants (an admin's choice in the room overrides it).
     pub role: Role,
+    /// Their storage plan.
+    pub plan: Plan,
+    /// Their storage add-ons.
+    pub addons: u32,
+}
+
+impl Identity {
+    /// A user with `role` on the pro plan without add-ons (the token's defaults).
+    pub fn new(user: UserId, role: Role) -> Identity {
+        Identity { user, role, plan: Plan::Pro, addons: 0 }
+    }
 }
 
 /// What the host must do after the room handled an input.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    /// Send a message to a connection.
+    /// Send a text message to a connection.
     Send {
         /// The connection.
         conn: ConnId,
         /// The message.
         message: ServerMessage,
+    },
+    /// Send a Yjs binary frame to a connection.
+    Yjs {
+        /// The connection.
+        conn: ConnId,
+        /// The frame.
+        frame: roomlab_protocol::YjsFrame,
     },
     /// Close a connection with a WebSocket close code.
     Close {
@@ -50,109 +72,82 @@ pub enum Effect {
 pub struct Config {
     /// The limits the room enforces and announces.
     pub limits: Limits,
+    /// The quota limits of the plans.
+    pub quotas: Quotas,
 }
 
-/// A document as the room holds it in memory; SQLite holds the same, committed.
-#[derive(Debug, Clone, PartialEq)]
-struct Document {
-    doc_type: DocType,
-    seq: u64,
-    owner: UserId,
-    data: Value,
-    /// When soft-deleted: the room sequence and the time (ms) of the delete.
-    deleted: Option<(u64, u64)>,
+/// What a document subscription last showed, so that a change of access pushes only real changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ViewKey {
+    Snapshot(u64),
+    Deleted(u64),
+    Missing,
 }
 
 #[derive(Debug)]
-enum Subscription {
+pub(crate) enum Subscription {
     /// A live query and the ids (with their sequences) of its current result.
     Query { query: Query, result: BTreeMap<DocId, u64> },
-    /// One document.
-    Doc(DocId),
+    /// One document, and what it last showed.
+    Doc { doc: DocId, last: ViewKey },
+    /// A JSON bucket.
+    Bucket(BucketName),
+    /// An asset bucket's list.
+    Assets(BucketName),
 }
 
-#[derive(Debug)]
 /// One connected peer: who it is, its client id once greeted, and its subscriptions.
-struct Peer {
-    identity: Identity,
-    client: Option<ClientId>,
-    subscriptions: BTreeMap<SubId, Subscription>,
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub identity: Identity,
+    pub client: Option<ClientId>,
+    pub subscriptions: BTreeMap<SubId, Subscription>,
 }
 
-/// One room: its database, its documents, its connections.
+/// What a document subscription shows.
+pub(crate) enum View {
+    Snapshot(DocSnapshot),
+    Deleted(u64),
+    Missing,
+}
+
+/// One room: its database, everything it holds, its connections.
 pub struct Room {
-    id: RoomId,
-    config: Config,
-    db: Connection,
-    seq: u64,
-    docs: BTreeMap<DocId, Document>,
-    connections: BTreeMap<ConnId, Peer>,
-    /// The room sequence of the last change to `sys:index`.
-    index_seq: u64,
-    /// The room sequence of the last change to `sys:trash`.
-    trash_seq: u64,
+    pub(crate) id: RoomId,
+    pub(crate) config: Config,
+    pub(crate) db: Connection,
+    pub(crate) seq: u64,
+    pub(crate) docs: BTreeMap<DocId, Document>,
+    pub(crate) schemas: BTreeMap<DocType, Schema>,
+    pub(crate) users: BTreeMap<UserId, UserRecord>,
+    pub(crate) teams: Teams,
+    pub(crate) sessions: BTreeMap<UserId, Session>,
+    pub(crate) buckets: BTreeMap<BucketName, Bucket>,
+    pub(crate) yjs: Yjs,
+    pub(crate) connections: BTreeMap<ConnId, Peer>,
+    /// The room sequence of the last change to `sys:index`, `sys:trash`, `sys:users`, `sys:teams`.
+    pub(crate) index_seq: u64,
+    pub(crate) trash_seq: u64,
+    pub(crate) users_seq: u64,
+    pub(crate) teams_seq: u64,
 }
 
-/// The outcome of a mutation that passed every check: the change to write and push.
-struct Change {
-    doc: DocId,
-    /// The document after the change; `None` when purged.
-    document: Option<Document>,
-    /// The lifecycle event, recorded in the membership log; `None` for a content change.
-    lifecycle: Option<Lifecycle>,
-}
+pub(crate) type Refusal = Box<ErrorBody>;
 
-/// A change of a document's membership in the room, as the membership log records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lifecycle {
-    Create,
-    Delete,
-    Restore,
-    Purge,
-}
-
-impl Lifecycle {
-    const ALL: [Lifecycle; 4] = [Lifecycle::Create, Lifecycle::Delete, Lifecycle::Restore, Lifecycle::Purge];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Lifecycle::Create => "create",
-            Lifecycle::Delete => "delete",
-            Lifecycle::Restore => "restore",
-            Lifecycle::Purge => "purge",
-        }
-    }
-
-    /// Whether the event alters `sys:index` (live documents) or `sys:trash` (deleted ones).
-    fn alters(self, view: SystemView) -> bool {
-        match view {
-            SystemView::Index => matches!(self, Lifecycle::Create | Lifecycle::Delete | Lifecycle::Restore),
-            SystemView::Trash => matches!(self, Lifecycle::Delete | Lifecycle::Restore | Lifecycle::Purge),
-        }
-    }
-}
-
-/// The system documents the engine synthesizes from the membership of documents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SystemView {
-    Index,
-    Trash,
-}
-
-impl SystemView {
-    fn of(doc: &DocId) -> Option<SystemView> {
-        match doc.as_str() {
-            "sys:index" => Some(SystemView::Index),
-            "sys:trash" => Some(SystemView::Trash),
-            _ => None,
-        }
-    }
-}
-
-type Refusal = Box<ErrorBody>;
-
-fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
+pub(crate) fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
     Box::new(ErrorBody::new(code, message))
+}
+
+fn corrupt(error: impl std::fmt::Display) -> EngineError {
+    EngineError::Corrupt(error.to_string())
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, EngineError> {
+    serde_json::from_str(text).map_err(corrupt)
+}
+
+fn parse_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, EngineError> {
+    serde_json::from_value(Value::String(text.to_string())).map_err(corrupt)
 }
 
 impl Room {
@@ -160,27 +155,107 @@ impl Room {
     pub fn open(id: RoomId, path: Option<&Path>, config: Config) -> Result<Room, EngineError> {
         let db = storage::open(path)?;
         let seq = storage::sequence(&db)?;
-        let mut docs = BTreeMap::new();
-        let corrupt = |e: &dyn std::fmt::Display| EngineError::Corrupt(e.to_string());
-        for row in storage::documents(&db)? {
-            let id = DocId::new(row.id).map_err(|e| corrupt(&e))?;
-            let document = Document {
-                doc_type: DocType::new(row.doc_type).map_err(|e| corrupt(&e))?,
-                seq: row.seq,
-                owner: UserId::new(row.owner).map_err(|e| corrupt(&e))?,
-                data: serde_json::from_str(&row.data).map_err(|e| corrupt(&e))?,
-                deleted: row.deleted,
-            };
-            docs.insert(id, document);
-        }
+        let mut room = Room {
+            id,
+            config,
+            seq,
+            docs: BTreeMap::new(),
+            schemas: BTreeMap::new(),
+            users: BTreeMap::new(),
+            teams: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            buckets: BTreeMap::new(),
+            yjs: Yjs::default(),
+            connections: BTreeMap::new(),
+            index_seq: 0,
+            trash_seq: 0,
+            users_seq: storage::meta(&db, "users_seq")?,
+            teams_seq: storage::meta(&db, "teams_seq")?,
+            db,
+        };
+        room.load_documents()?;
+        room.load_rest()?;
         let view_seq = |view| {
             let actions: Vec<&str> =
                 Lifecycle::ALL.iter().filter(|l| l.alters(view)).map(|l| l.as_str()).collect();
-            storage::last_membership_seq(&db, &actions)
+            storage::last_membership_seq(&room.db, &actions)
         };
-        let (index_seq, trash_seq) = (view_seq(SystemView::Index)?, view_seq(SystemView::Trash)?);
-        let connections = BTreeMap::new();
-        Ok(Room { id, config, db, seq, docs, connections, index_seq, trash_seq })
+        (room.index_seq, room.trash_seq) = (view_seq(SystemView::Index)?, view_seq(SystemView::Trash)?);
+        room.check_invariants();
+        Ok(room)
+    }
+
+    fn load_documents(&mut self) -> Result<(), EngineError> {
+        for row in storage::documents(&self.db)? {
+            let id = DocId::new(row.id).map_err(corrupt)?;
+            let doc_type = DocType::new(row.doc_type).map_err(corrupt)?;
+            let owner = UserId::new(row.owner).map_err(corrupt)?;
+            let mut document = Document::new(doc_type, row.seq, owner, parse_json(&row.data)?);
+            document.deleted = row.deleted;
+            if let Some(doc_type) = id.schema_for() {
+                self.schemas
+                    .insert(doc_type, Schema::parse(document.data()).map_err(|e| corrupt(e.message))?);
+            }
+            self.docs.insert(id, document);
+        }
+        for row in storage::list_items(&self.db)? {
+            let id = DocId::new(row.doc).map_err(corrupt)?;
+            let document =
+                self.docs.get_mut(&id).ok_or_else(|| corrupt(format!("list item of missing {id}")))?;
+            let item = Item { key: ListKey::new(row.key).map_err(corrupt)?, value: parse_json(&row.value)? };
+            let list = FieldName::new(row.list).map_err(corrupt)?;
+            document.put_item(&list, ItemId::new(row.item).map_err(corrupt)?, item);
+        }
+        Ok(())
+    }
+
+    fn load_rest(&mut self) -> Result<(), EngineError> {
+        for row in storage::users(&self.db)? {
+            let record = UserRecord {
+                role: row.role.as_deref().map(parse_text).transpose()?,
+                token_role: parse_text(&row.token_role)?,
+                plan: parse_text(&row.plan)?,
+                addons: row.addons,
+                usage: row.usage,
+            };
+            self.users.insert(UserId::new(row.id).map_err(corrupt)?, record);
+        }
+        let (teams, members) = storage::teams(&self.db)?;
+        for (id, name) in teams {
+            self.teams.insert(TeamId::new(id).map_err(corrupt)?, Team { name, members: BTreeMap::new() });
+        }
+        for (team, user, status) in members {
+            let team =
+                self.teams.get_mut(&TeamId::new(team).map_err(corrupt)?).ok_or_else(|| corrupt("member"))?;
+            let status = Membership::parse(&status).ok_or_else(|| corrupt(status))?;
+            team.members.insert(UserId::new(user).map_err(corrupt)?, status);
+        }
+        for row in storage::staged(&self.db)? {
+            let staged = Staged {
+                doc_type: DocType::new(row.doc_type).map_err(corrupt)?,
+                base_seq: row.base_seq,
+                data: parse_json(&row.data)?,
+            };
+            let user = UserId::new(row.user).map_err(corrupt)?;
+            self.sessions.entry(user).or_default().insert(DocId::new(row.doc).map_err(corrupt)?, staged);
+        }
+        let (buckets, assets) = storage::buckets(&self.db)?;
+        for row in buckets {
+            let mut bucket = Bucket::new(parse_json(&row.contract)?);
+            bucket.version = row.version;
+            bucket.value = parse_json(&row.value)?;
+            bucket.setter = row.setter.map(UserId::new).transpose().map_err(corrupt)?;
+            self.buckets.insert(BucketName::new(row.name).map_err(corrupt)?, bucket);
+        }
+        for (bucket, info) in assets {
+            let info: AssetInfo = parse_json(&info)?;
+            let bucket = self.buckets.get_mut(&BucketName::new(bucket).map_err(corrupt)?);
+            bucket
+                .ok_or_else(|| corrupt("asset of a missing bucket"))?
+                .assets
+                .insert(info.object_key.clone(), info);
+        }
+        Ok(())
     }
 
     /// The room's committed sequence.
@@ -188,16 +263,72 @@ impl Room {
         self.seq
     }
 
-    /// A connection was authenticated by the host.
-    pub fn connect(&mut self, conn: ConnId, identity: Identity) {
-        let connection = Peer { identity, client: None, subscriptions: BTreeMap::new() };
-        let previous = self.connections.insert(conn, connection);
-        assert!(previous.is_none(), "connection {conn:?} connected twice");
+    /// The bytes charged to `user` (0 for a user the room has not seen).
+    pub fn usage(&self, user: &UserId) -> u64 {
+        self.users.get(user).map_or(0, |record| record.usage)
     }
 
-    /// A connection closed; its subscriptions end.
+    /// Asserts the room's invariants; panics on a broken one, since that is a bug of the engine:
+    /// every user's usage equals the sum of what is stored and charged to them.
+    pub fn check_invariants(&self) {
+        let mut stored: BTreeMap<&UserId, u64> = BTreeMap::new();
+        for document in self.docs.values() {
+            *stored.entry(&document.owner).or_default() += document.bytes();
+        }
+        for bucket in self.buckets.values() {
+            for (user, bytes) in bucket.charges() {
+                *stored.entry(user).or_default() += bytes;
+            }
+        }
+        for (user, record) in &self.users {
+            let expected = stored.remove(user).unwrap_or(0);
+            assert_eq!(record.usage, expected, "usage of {user} drifted from what is stored");
+        }
+        assert!(stored.is_empty(), "storage charged to users the room never recorded: {stored:?}");
+    }
+
+    /// A connection was authenticated by the host at `now_ms`. The user is recorded; a new user (or a
+    /// new role for them) is a change of `sys:users` and takes a sequence.
+    pub fn connect(&mut self, conn: ConnId, identity: Identity, now_ms: u64) -> Vec<Effect> {
+        let known = self.users.get(&identity.user);
+        let effective_before = known.map(|record| record.role.unwrap_or(record.token_role));
+        let mut record = known.cloned().unwrap_or(UserRecord {
+            role: None,
+            token_role: identity.role,
+            plan: identity.plan,
+            addons: identity.addons,
+            usage: 0,
+        });
+        (record.token_role, record.plan, record.addons) = (identity.role, identity.plan, identity.addons);
+        let changes_view = effective_before != Some(record.role.unwrap_or(record.token_role));
+        let seq = self.seq + u64::from(changes_view);
+        let written = (|| {
+            let transaction = self.db.transaction()?;
+            storage::write_user(&transaction, &user_row(&identity.user, &record), now_ms)?;
+            if changes_view {
+                storage::set_sequence(&transaction, seq)?;
+                storage::set_meta(&transaction, "users_seq", seq)?;
+            }
+            transaction.commit()
+        })();
+        if let Err(e) = written {
+            return vec![Effect::Close { conn, code: 1011, reason: format!("storage failed: {e}") }];
+        }
+        let peer = Peer { identity: identity.clone(), client: None, subscriptions: BTreeMap::new() };
+        let previous = self.connections.insert(conn, peer);
+        assert!(previous.is_none(), "connection {conn:?} connected twice");
+        self.users.insert(identity.user, record);
+        if !changes_view {
+            return Vec::new();
+        }
+        (self.seq, self.users_seq) = (seq, seq);
+        self.push(&crate::commit::Touched { users: true, ..Default::default() })
+    }
+
+    /// A connection closed; its subscriptions and open Yjs fields end.
     pub fn disconnect(&mut self, conn: ConnId) {
         self.connections.remove(&conn);
+        self.yjs.close_all(conn);
     }
 
     /// Handles one message from a connection at time `now_ms`, returning the effects to carry out.
@@ -214,15 +345,26 @@ impl Room {
             ClientMessage::Subscribe { sub, target } => self.subscribe(conn, sub, target),
             ClientMessage::Unsubscribe { sub } => self.unsubscribe(conn, sub),
             ClientMessage::Mutate { mid, mutation } => self.mutate(conn, mid, mutation, now_ms),
-            ClientMessage::BucketGet { req, .. } | ClientMessage::AssetList { req, .. } => {
-                let body = ErrorBody::new(ErrorCode::NotFound, "this room has no buckets").with_req(req);
-                reply(ServerMessage::Error(body))
+            ClientMessage::BucketGet { req, bucket, if_version } => {
+                reply(self.bucket_get(conn, req, bucket, if_version))
             }
-            ClientMessage::YjsClose { .. } => Vec::new(),
+            ClientMessage::AssetList { req, bucket } => {
+                let reader = self.reader(conn);
+                let answer = self.readable_bucket(&reader, &bucket, Backend::R2Assets).map(|b| {
+                    let assets = b.assets.values().cloned().collect();
+                    ServerMessage::AssetsList { sub: None, req: Some(req), bucket, assets }
+                });
+                reply(answer.unwrap_or_else(|body| ServerMessage::Error(body.with_req(req))))
+            }
+            ClientMessage::YjsClose { doc, field } => {
+                self.yjs.close(conn, &doc, &field);
+                Vec::new()
+            }
         }
     }
 
     fn hello(&mut self, conn: ConnId, protocol: u32, client: ClientId) -> Vec<Effect> {
+        let role = self.reader(conn).role;
         let connection = self.connections.get_mut(&conn).expect("connected");
         if connection.client.is_some() {
             return vec![Effect::Send {
@@ -245,15 +387,37 @@ impl Room {
             protocol: PROTOCOL_VERSION,
             room: self.id.clone(),
             user: connection.identity.user.clone(),
-            role: connection.identity.role,
+            role,
             seq: self.seq,
             limits: self.config.limits.clone(),
         };
         vec![Effect::Send { conn, message: welcome }]
     }
 
+    /// The connection's identity with its effective role (docs/PROTOCOL.md access.effective-role).
+    pub(crate) fn reader(&self, conn: ConnId) -> Identity {
+        self.effective(&self.connections[&conn].identity)
+    }
+
+    pub(crate) fn effective(&self, identity: &Identity) -> Identity {
+        let role = self.users.get(&identity.user).and_then(|record| record.role).unwrap_or(identity.role);
+        Identity { role, ..identity.clone() }
+    }
+
+    /// The schema of a document type; a type without one gets the defaults.
+    pub(crate) fn schema(&self, doc_type: &DocType) -> &Schema {
+        static DEFAULT: std::sync::OnceLock<Schema> = std::sync::OnceLock::new();
+        self.schemas.get(doc_type).unwrap_or_else(|| DEFAULT.get_or_init(Schema::default))
+    }
+
+    /// Whether `reader` may read `document` (docs/PROTOCOL.md access.*). Schemas are read by everyone.
+    pub(crate) fn can_read(&self, reader: &Identity, id: &DocId, document: &Document) -> bool {
+        id.schema_for().is_some()
+            || self.schema(&document.doc_type).can_read(reader.role, reader.user == document.owner)
+    }
+
     fn subscribe(&mut self, conn: ConnId, sub: SubId, target: Target) -> Vec<Effect> {
-        let connection = self.connections.get(&conn).expect("connected");
+        let connection = &self.connections[&conn];
         let refusal = if connection.subscriptions.contains_key(&sub) {
             Some(refuse(ErrorCode::SubscriptionExists, format!("subscription {sub} is live")))
         } else if connection.subscriptions.len() >= self.config.limits.subscriptions_max {
@@ -275,7 +439,7 @@ impl Room {
         sub: &SubId,
         target: Target,
     ) -> Result<ServerMessage, Refusal> {
-        let reader = self.connections[&conn].identity.clone();
+        let reader = self.reader(conn);
         let (subscription, first) = match target {
             Target::Query(query) => {
                 query.check().map_err(|e| refuse(ErrorCode::Invalid, e.to_string()))?;
@@ -285,14 +449,34 @@ impl Room {
                 (Subscription::Query { query, result }, first)
             }
             Target::Doc(doc) => {
-                if self.docs.get(&doc).is_some_and(|d| !can_read(&reader, d)) {
+                if self.docs.get(&doc).is_some_and(|d| !self.can_read(&reader, &doc, d)) {
                     return Err(refuse(ErrorCode::Forbidden, format!("you may not read {doc}")));
                 }
-                let first = self.doc_view(sub, &doc, &reader);
-                (Subscription::Doc(doc), first)
+                let (first, last) = self.doc_message(sub, &doc, &reader);
+                (Subscription::Doc { doc, last }, first)
             }
-            Target::Bucket(_) | Target::Assets(_) => {
-                return Err(refuse(ErrorCode::NotFound, "this room has no buckets"));
+            Target::Bucket(name) => {
+                let bucket = self.readable_bucket(&reader, &name, Backend::D1Json)?;
+                let (version, value) = (bucket.version, bucket.value.clone());
+                let first = ServerMessage::BucketValue {
+                    sub: Some(sub.clone()),
+                    req: None,
+                    bucket: name.clone(),
+                    version,
+                    value,
+                };
+                (Subscription::Bucket(name), first)
+            }
+            Target::Assets(name) => {
+                let bucket = self.readable_bucket(&reader, &name, Backend::R2Assets)?;
+                let assets = bucket.assets.values().cloned().collect();
+                let first = ServerMessage::AssetsList {
+                    sub: Some(sub.clone()),
+                    req: None,
+                    bucket: name.clone(),
+                    assets,
+                };
+                (Subscription::Assets(name), first)
             }
         };
         let connection = self.connections.get_mut(&conn).expect("connected");
@@ -312,411 +496,241 @@ impl Room {
         vec![Effect::Send { conn, message }]
     }
 
+    fn bucket_get(&self, conn: ConnId, req: u64, name: BucketName, if_version: Option<u64>) -> ServerMessage {
+        let reader = self.reader(conn);
+        match self.readable_bucket(&reader, &name, Backend::D1Json) {
+            Err(body) => ServerMessage::Error(body.with_req(req)),
+            Ok(bucket) if if_version == Some(bucket.version) => {
+                ServerMessage::BucketNotModified { req, bucket: name, version: bucket.version }
+            }
+            Ok(bucket) => ServerMessage::BucketValue {
+                sub: None,
+                req: Some(req),
+                bucket: name,
+                version: bucket.version,
+                value: bucket.value.clone(),
+            },
+        }
+    }
+
+    /// Whether `user` may use bucket `name` at all (docs/PROTOCOL.md bucket.user-scope).
+    pub(crate) fn bucket_scope_admits(user: &UserId, name: &BucketName) -> bool {
+        name.as_str().strip_prefix("user:").is_none_or(|owner| owner == user.as_str())
+    }
+
+    /// The bucket `name` of `backend` that `reader` may read.
+    pub(crate) fn readable_bucket(
+        &self,
+        reader: &Identity,
+        name: &BucketName,
+        backend: Backend,
+    ) -> Result<&Bucket, Refusal> {
+        if !Room::bucket_scope_admits(&reader.user, name) {
+            return Err(refuse(ErrorCode::Forbidden, format!("{name} is another user's bucket")));
+        }
+        let bucket =
+            self.buckets.get(name).ok_or_else(|| refuse(ErrorCode::NotFound, format!("no bucket {name}")))?;
+        check_backend(name, bucket, backend)?;
+        Ok(bucket)
+    }
+
     /// The documents a reader sees for `query`, in order.
-    fn query_result(&self, query: &Query, reader: &Identity) -> Vec<DocSnapshot> {
+    pub(crate) fn query_result(&self, query: &Query, reader: &Identity) -> Vec<DocSnapshot> {
         // Only documents of the query's collection are copied into snapshots for the filter.
         let candidates: Vec<DocSnapshot> = self
             .docs
             .iter()
             .filter(|(id, d)| d.doc_type == query.collection && d.deleted.is_none() && !id.is_system())
-            .filter(|(_, d)| can_read(reader, d))
-            .map(|(id, d)| snapshot(id, d))
+            .filter(|(id, d)| self.can_read(reader, id, d))
+            .map(|(id, d)| d.snapshot(id))
             .collect();
         query.evaluate(&candidates).into_iter().cloned().collect()
     }
 
-    /// What a document subscription shows a reader now.
-    fn doc_view(&self, sub: &SubId, doc: &DocId, reader: &Identity) -> ServerMessage {
+    /// What a document subscription shows a reader now, as a message and as a key.
+    pub(crate) fn doc_message(
+        &self,
+        sub: &SubId,
+        doc: &DocId,
+        reader: &Identity,
+    ) -> (ServerMessage, ViewKey) {
         let sub = sub.clone();
-        if let Some(view) = SystemView::of(doc) {
-            return ServerMessage::DocSnapshot { sub, doc: self.system_view(doc, view, reader) };
-        }
-        match self.docs.get(doc) {
-            Some(d) if !can_read(reader, d) => {
-                ServerMessage::DocMissing { sub, doc: doc.clone(), seq: self.seq }
+        match self.view(doc, reader) {
+            View::Snapshot(snapshot) => {
+                let key = ViewKey::Snapshot(snapshot.seq);
+                (ServerMessage::DocSnapshot { sub, doc: snapshot }, key)
             }
-            Some(Document { deleted: Some((seq, _)), .. }) => {
-                ServerMessage::DocDeleted { sub, doc: doc.clone(), seq: *seq }
+            View::Deleted(seq) => {
+                (ServerMessage::DocDeleted { sub, doc: doc.clone(), seq }, ViewKey::Deleted(seq))
             }
-            Some(d) => ServerMessage::DocSnapshot { sub, doc: snapshot(doc, d) },
-            None => ServerMessage::DocMissing { sub, doc: doc.clone(), seq: self.seq },
+            View::Missing => {
+                (ServerMessage::DocMissing { sub, doc: doc.clone(), seq: self.seq }, ViewKey::Missing)
+            }
         }
     }
 
+    fn view(&self, doc: &DocId, reader: &Identity) -> View {
+        if let Some(view) = self.synthesized(doc, reader) {
+            return view;
+        }
+        match self.docs.get(doc) {
+            Some(d) if !self.can_read(reader, doc, d) => View::Missing,
+            Some(Document { deleted: Some((seq, _)), .. }) => View::Deleted(*seq),
+            Some(d) => View::Snapshot(d.snapshot(doc)),
+            None => View::Missing,
+        }
+    }
+
+    /// The documents the engine synthesizes (docs/PROTOCOL.md §11); `None` for stored documents.
+    fn synthesized(&self, doc: &DocId, reader: &Identity) -> Option<View> {
+        let (seq, data) = match doc.as_str() {
+            "sys:index" => (self.index_seq, self.membership_view(false, reader)),
+            "sys:trash" => (self.trash_seq, self.membership_view(true, reader)),
+            "sys:users" => {
+                let users: Vec<Value> = self
+                    .users
+                    .iter()
+                    .map(|(id, record)| json!({"id": id, "role": record.role.unwrap_or(record.token_role)}))
+                    .collect();
+                (self.users_seq, json!({ "users": users }))
+            }
+            "sys:teams" => (self.teams_seq, teams_view(&self.teams)),
+            "sys:session" => {
+                let session = self.sessions.get(&reader.user);
+                let staged: Vec<Value> = session
+                    .into_iter()
+                    .flatten()
+                    .map(|(doc, s)| json!({"doc": doc, "doc_type": s.doc_type, "base_seq": s.base_seq}))
+                    .collect();
+                (self.seq, json!({ "staged": staged }))
+            }
+            other => {
+                let staged = other.strip_prefix(DocId::STAGE_PREFIX)?;
+                let staged =
+                    DocId::new(staged).ok().and_then(|d| self.sessions.get(&reader.user)?.get(&d).cloned());
+                let Some(staged) = staged else {
+                    return Some(View::Missing);
+                };
+                (self.seq, staged.data)
+            }
+        };
+        let doc_type = DocType::new("sys").expect("valid type");
+        let owner = UserId::new("system").expect("valid user");
+        Some(View::Snapshot(DocSnapshot {
+            id: doc.clone(),
+            doc_type,
+            seq,
+            owner,
+            data,
+            lists: BTreeMap::new(),
+        }))
+    }
+
     /// `sys:index` (live documents) or `sys:trash` (soft-deleted ones), as `reader` may see them.
-    fn system_view(&self, doc: &DocId, view: SystemView, reader: &Identity) -> DocSnapshot {
-        let trash = view == SystemView::Trash;
+    fn membership_view(&self, trash: bool, reader: &Identity) -> Value {
         let entries: Vec<Value> = self
             .docs
             .iter()
-            .filter(|(id, d)| !id.is_system() && d.deleted.is_some() == trash && can_read(reader, d))
+            .filter(|(id, d)| !id.is_system() && d.deleted.is_some() == trash && self.can_read(reader, id, d))
             .map(|(id, d)| match d.deleted {
                 Some((seq, at)) => json!({"id": id, "doc_type": d.doc_type, "deleted_at": at, "seq": seq}),
                 None => json!({"id": id, "doc_type": d.doc_type}),
             })
             .collect();
-        DocSnapshot {
-            id: doc.clone(),
-            doc_type: DocType::new("sys").expect("valid type"),
-            seq: if trash { self.trash_seq } else { self.index_seq },
-            owner: UserId::new("system").expect("valid user"),
-            data: json!({ "docs": entries }),
-            lists: BTreeMap::new(),
-        }
+        json!({ "docs": entries })
+    }
+
+    /// An asset's content type and bytes, for a reader allowed to read its bucket (HTTP downloads).
+    pub fn asset(
+        &self,
+        identity: &Identity,
+        bucket: &BucketName,
+        key: &ObjectKey,
+    ) -> Result<(String, Vec<u8>), Box<ErrorBody>> {
+        let reader = self.effective(identity);
+        let found = self.readable_bucket(&reader, bucket, Backend::R2Assets)?;
+        let missing = || refuse(ErrorCode::NotFound, format!("no asset {key}"));
+        let info = found.assets.get(key).ok_or_else(missing)?;
+        let bytes = storage::asset_bytes(&self.db, bucket.as_str(), key.as_str())
+            .map_err(|e| refuse(ErrorCode::Internal, format!("storage failed: {e}")))?
+            .ok_or_else(missing)?;
+        Ok((info.content_type.clone(), bytes))
     }
 }
 
-fn error(code: ErrorCode, message: impl Into<String>) -> ServerMessage {
+pub(crate) fn check_backend(name: &BucketName, bucket: &Bucket, backend: Backend) -> Result<(), Refusal> {
+    if bucket.contract.backend == backend {
+        return Ok(());
+    }
+    let body =
+        ErrorBody::new(ErrorCode::Incompatible, format!("{name} is a {:?} bucket", bucket.contract.backend));
+    Err(Box::new(ErrorBody { contract: Some(bucket.contract.clone()), ..body }))
+}
+
+fn teams_view(teams: &Teams) -> Value {
+    let teams: Vec<Value> = teams
+        .iter()
+        .map(|(id, team)| {
+            let members: Vec<Value> = team
+                .members
+                .iter()
+                .map(|(user, status)| json!({"user": user, "status": status.as_str()}))
+                .collect();
+            json!({"id": id, "name": team.name, "members": members})
+        })
+        .collect();
+    json!({ "teams": teams })
+}
+
+pub(crate) fn user_row(id: &UserId, record: &UserRecord) -> storage::UserRow {
+    let text = |value: Value| value.as_str().expect("enums serialize as strings").to_string();
+    storage::UserRow {
+        id: id.to_string(),
+        role: record.role.map(|role| text(json!(role))),
+        token_role: text(json!(record.token_role)),
+        plan: text(json!(record.plan)),
+        addons: record.addons,
+        usage: record.usage,
+    }
+}
+
+pub(crate) fn error(code: ErrorCode, message: impl Into<String>) -> ServerMessage {
     ServerMessage::Error(ErrorBody::new(code, message))
 }
 
-fn snapshot(id: &DocId, document: &Document) -> DocSnapshot {
-    DocSnapshot {
-        id: id.clone(),
-        doc_type: document.doc_type.clone(),
-        seq: document.seq,
-        owner: document.owner.clone(),
-        data: document.data.clone(),
-        lists: BTreeMap::new(),
+/// A change of a document's membership in the room, as the membership log records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lifecycle {
+    Create,
+    Delete,
+    Restore,
+    Purge,
+}
+
+impl Lifecycle {
+    const ALL: [Lifecycle; 4] = [Lifecycle::Create, Lifecycle::Delete, Lifecycle::Restore, Lifecycle::Purge];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Create => "create",
+            Lifecycle::Delete => "delete",
+            Lifecycle::Restore => "restore",
+            Lifecycle::Purge => "purge",
+        }
     }
-}
 
-/// Whether `reader` may read `document`. Without schemas (not built yet) reading needs `viewer`,
-/// the lowest role, so every reader may; owner-scoped and admin-only reads come with schemas.
-fn can_read(_reader: &Identity, _document: &Document) -> bool {
-    true
-}
-
-/// Whether `writer` may write `document` (`None`: create). Without schemas writing needs `member`.
-fn can_write(writer: &Identity, _document: Option<&Document>) -> bool {
-    writer.role >= Role::Member
-}
-
-/// RFC 7386 JSON merge patch.
-fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    let object = target.as_object_mut().expect("just made an object");
-    for (key, value) in patch {
-        if value.is_null() {
-            object.remove(key);
-        } else {
-            merge_patch(object.entry(key.clone()).or_insert(Value::Null), value);
+    /// Whether the event alters `sys:index` (live documents) or `sys:trash` (deleted ones).
+    pub fn alters(self, view: SystemView) -> bool {
+        match view {
+            SystemView::Index => matches!(self, Lifecycle::Create | Lifecycle::Delete | Lifecycle::Restore),
+            SystemView::Trash => matches!(self, Lifecycle::Delete | Lifecycle::Restore | Lifecycle::Purge),
         }
     }
 }
 
-impl Room {
-    fn mutate(&mut self, conn: ConnId, mid: u64, mutation: Mutation, now_ms: u64) -> Vec<Effect> {
-        let connection = &self.connections[&conn];
-        let writer = connection.identity.clone();
-        let client = connection.client.clone().expect("greeted");
-        let key = (writer.user.as_str().to_string(), client.as_str().to_string());
-        match storage::replay_lookup(&self.db, (&key.0, &key.1), mid) {
-            Ok((Some(newest), answer)) if mid <= newest => {
-                let message = match answer.and_then(|a| serde_json::from_str(&a).ok()) {
-                    Some(original) => original,
-                    None => {
-                        let body = ErrorBody::new(ErrorCode::ReplayExpired, "mutation id already processed");
-                        ServerMessage::Error(body.with_mid(mid))
-                    }
-                };
-                return vec![Effect::Send { conn, message }];
-            }
-            Ok(_) => {}
-            Err(e) => return vec![Effect::Send { conn, message: internal(mid, &e) }],
-        }
-        let seq = self.seq + 1;
-        let planned = self.plan(&writer, mutation, seq, now_ms);
-        self.commit(conn, (mid, seq), (&key.0, &key.1), planned, now_ms)
-    }
-
-    /// Checks a mutation against the in-memory state and returns the change it makes at `seq`.
-    fn plan(&self, writer: &Identity, mutation: Mutation, seq: u64, now_ms: u64) -> Result<Change, Refusal> {
-        match mutation {
-            Mutation::Create { doc, doc_type, data } => self.plan_create(writer, doc, doc_type, data, seq),
-            Mutation::Put { doc, data, if_seq } => self.plan_write(writer, doc, if_seq, seq, |_| data),
-            Mutation::Patch { doc, data, if_seq } => self.plan_write(writer, doc, if_seq, seq, |old| {
-                let mut merged = old.clone();
-                merge_patch(&mut merged, &data);
-                merged
-            }),
-            Mutation::Remove { doc, if_seq } => self.plan_remove(writer, doc, if_seq, seq, now_ms),
-            Mutation::Restore { doc } => self.plan_restore(writer, doc, false),
-            Mutation::Purge { doc } => self.plan_restore(writer, doc, true),
-            _ => Err(refuse(ErrorCode::Invalid, "this operation is not supported by this room")),
-        }
-    }
-
-    fn plan_create(
-        &self,
-        writer: &Identity,
-        doc: DocId,
-        doc_type: DocType,
-        data: Value,
-        seq: u64,
-    ) -> Result<Change, Refusal> {
-        if doc.is_system() {
-            return Err(refuse(ErrorCode::Protected, format!("{doc} is a system document")));
-        }
-        if !can_write(writer, None) {
-            return Err(refuse(ErrorCode::Forbidden, "your role cannot write"));
-        }
-        match self.docs.get(&doc) {
-            Some(Document { deleted: Some((_, _)), seq: doc_seq, .. }) => {
-                let message = format!("{doc} is deleted: restore it or pick a new id");
-                return Err(Box::new(ErrorBody::new(ErrorCode::Deleted, message).with_seq(*doc_seq)));
-            }
-            Some(_) => return Err(refuse(ErrorCode::Exists, format!("{doc} exists"))),
-            None => {}
-        }
-        check_data(&data, self.config.limits.doc_bytes_max)?;
-        let document = Document { doc_type, seq, owner: writer.user.clone(), data, deleted: None };
-        Ok(Change { doc, document: Some(document), lifecycle: Some(Lifecycle::Create) })
-    }
-
-    /// The live document `doc` that `writer` may write, with its guard checked.
-    fn writable(&self, writer: &Identity, doc: &DocId, if_seq: Option<u64>) -> Result<&Document, Refusal> {
-        if doc.is_system() {
-            return Err(refuse(ErrorCode::Protected, format!("{doc} is a system document")));
-        }
-        let document =
-            self.docs.get(doc).ok_or_else(|| refuse(ErrorCode::NotFound, format!("no document {doc}")))?;
-        if document.deleted.is_some() {
-            let body = ErrorBody::new(ErrorCode::Deleted, format!("{doc} is deleted"));
-            return Err(Box::new(body.with_seq(document.seq)));
-        }
-        if !can_write(writer, Some(document)) {
-            return Err(refuse(ErrorCode::Forbidden, "you may not write this document"));
-        }
-        match if_seq {
-            Some(expected) if expected != document.seq => {
-                let message = format!("{doc} is at seq {}, not {expected}", document.seq);
-                Err(Box::new(ErrorBody::new(ErrorCode::Conflict, message).with_seq(document.seq)))
-            }
-            _ => Ok(document),
-        }
-    }
-
-    fn plan_write(
-        &self,
-        writer: &Identity,
-        doc: DocId,
-        if_seq: Option<u64>,
-        seq: u64,
-        new_data: impl FnOnce(&Value) -> Value,
-    ) -> Result<Change, Refusal> {
-        let document = self.writable(writer, &doc, if_seq)?;
-        let data = new_data(&document.data);
-        check_data(&data, self.config.limits.doc_bytes_max)?;
-        let document = Document { data, seq, ..document.clone() };
-        Ok(Change { doc, document: Some(document), lifecycle: None })
-    }
-
-    fn plan_remove(
-        &self,
-        writer: &Identity,
-        doc: DocId,
-        if_seq: Option<u64>,
-        seq: u64,
-        now_ms: u64,
-    ) -> Result<Change, Refusal> {
-        let document = self.writable(writer, &doc, if_seq)?;
-        let document = Document { deleted: Some((seq, now_ms)), ..document.clone() };
-        Ok(Change { doc, document: Some(document), lifecycle: Some(Lifecycle::Delete) })
-    }
-
-    fn plan_restore(&self, writer: &Identity, doc: DocId, purge: bool) -> Result<Change, Refusal> {
-        if doc.is_system() {
-            return Err(refuse(ErrorCode::Protected, format!("{doc} is a system document")));
-        }
-        let document =
-            self.docs.get(&doc).ok_or_else(|| refuse(ErrorCode::NotFound, format!("no document {doc}")))?;
-        if document.deleted.is_none() {
-            return Err(refuse(ErrorCode::NotDeleted, format!("{doc} is not deleted")));
-        }
-        if !can_write(writer, Some(document)) {
-            return Err(refuse(ErrorCode::Forbidden, "you may not write this document"));
-        }
-        if purge {
-            return Ok(Change { doc, document: None, lifecycle: Some(Lifecycle::Purge) });
-        }
-        let document = Document { deleted: None, ..document.clone() };
-        Ok(Change { doc, document: Some(document), lifecycle: Some(Lifecycle::Restore) })
-    }
-}
-
-fn internal(mid: u64, error: &dyn std::fmt::Display) -> ServerMessage {
-    ServerMessage::Error(
-        ErrorBody::new(ErrorCode::Internal, format!("storage failed: {error}")).with_mid(mid),
-    )
-}
-
-fn check_data(data: &Value, doc_bytes_max: usize) -> Result<(), Refusal> {
-    if !data.is_object() {
-        return Err(refuse(ErrorCode::Invalid, "data must be a JSON object"));
-    }
-    let size = serde_json::to_vec(data).map(|b| b.len()).unwrap_or(usize::MAX);
-    if size > doc_bytes_max {
-        return Err(refuse(
-            ErrorCode::LimitExceeded,
-            format!("document is {size} bytes, more than {doc_bytes_max}"),
-        ));
-    }
-    Ok(())
-}
-
-impl Room {
-    /// Writes a planned change at `seq` (or remembers a refusal) in one transaction, then answers
-    /// and pushes.
-    fn commit(
-        &mut self,
-        conn: ConnId,
-        (mid, seq): (u64, u64),
-        key: (&str, &str),
-        planned: Result<Change, Refusal>,
-        now_ms: u64,
-    ) -> Vec<Effect> {
-        let (answer, change) = match planned {
-            Ok(change) => (ServerMessage::Ack { mid, seq, version: None, object_key: None }, Some(change)),
-            Err(body) => (ServerMessage::Error(body.with_mid(mid)), None),
-        };
-        if let Err(e) = self.write(&answer, change.as_ref(), key, (mid, seq), now_ms) {
-            return vec![Effect::Send { conn, message: internal(mid, &e) }];
-        }
-        let mut effects = vec![Effect::Send { conn, message: answer }];
-        if let Some(change) = change {
-            self.seq = seq;
-            effects.extend(self.apply(change));
-        }
-        effects
-    }
-
-    fn write(
-        &mut self,
-        answer: &ServerMessage,
-        change: Option<&Change>,
-        key: (&str, &str),
-        (mid, seq): (u64, u64),
-        now_ms: u64,
-    ) -> rusqlite::Result<()> {
-        let window = self.config.limits.replay_window_max;
-        let transaction = self.db.transaction()?;
-        if let Some(change) = change {
-            storage::set_sequence(&transaction, seq)?;
-            match &change.document {
-                Some(document) => storage::write_document(&transaction, &row(&change.doc, document))?,
-                None => storage::delete_document(&transaction, change.doc.as_str())?,
-            }
-            if let Some(lifecycle) = change.lifecycle {
-                storage::log_membership(&transaction, seq, change.doc.as_str(), lifecycle.as_str(), now_ms)?;
-            }
-        }
-        let text = serde_json::to_string(answer).expect("answers serialize");
-        storage::remember_answer(&transaction, key, mid, &text, window)?;
-        transaction.commit()
-    }
-
-    /// Applies a committed change to memory and returns the pushes it causes.
-    fn apply(&mut self, change: Change) -> Vec<Effect> {
-        let Change { doc, document, lifecycle } = change;
-        match document {
-            Some(document) => self.docs.insert(doc.clone(), document),
-            None => self.docs.remove(&doc),
-        };
-        if let Some(lifecycle) = lifecycle {
-            if lifecycle.alters(SystemView::Index) {
-                self.index_seq = self.seq;
-            }
-            if lifecycle.alters(SystemView::Trash) {
-                self.trash_seq = self.seq;
-            }
-        }
-        self.push(&doc, lifecycle)
-    }
-
-    /// Pushes a change of `doc` to every subscription it affects.
-    fn push(&mut self, doc: &DocId, lifecycle: Option<Lifecycle>) -> Vec<Effect> {
-        // A purged document is gone; no query result holds it, since its delete already left them.
-        let changed_type = self.docs.get(doc).map(|d| d.doc_type.clone());
-        let mut connections = std::mem::take(&mut self.connections);
-        let mut effects = Vec::new();
-        for (conn, peer) in &mut connections {
-            for (sub, subscription) in &mut peer.subscriptions {
-                let pushed =
-                    self.push_one(sub, subscription, doc, changed_type.as_ref(), lifecycle, &peer.identity);
-                effects.extend(pushed.map(|message| Effect::Send { conn: *conn, message }));
-            }
-        }
-        self.connections = connections;
-        effects
-    }
-
-    fn push_one(
-        &self,
-        sub: &SubId,
-        subscription: &mut Subscription,
-        doc: &DocId,
-        changed_type: Option<&DocType>,
-        lifecycle: Option<Lifecycle>,
-        reader: &Identity,
-    ) -> Option<ServerMessage> {
-        match subscription {
-            Subscription::Doc(watched) if watched == doc => Some(self.doc_view(sub, doc, reader)),
-            Subscription::Doc(watched)
-                if SystemView::of(watched).zip(lifecycle).is_some_and(|(view, l)| l.alters(view)) =>
-            {
-                Some(self.doc_view(sub, watched, reader))
-            }
-            Subscription::Doc(_) => None,
-            // A document never changes type, so only its own collection's queries can change.
-            Subscription::Query { query, result } if changed_type == Some(&query.collection) => {
-                let fresh = self.query_result(query, reader);
-                diff(sub, self.seq, result, fresh)
-            }
-            Subscription::Query { .. } => None,
-        }
-    }
-}
-
-/// The `query:diff` that turns `result` into `fresh`, updating `result`; `None` when nothing changed.
-fn diff(
-    sub: &SubId,
-    seq: u64,
-    result: &mut BTreeMap<DocId, u64>,
-    fresh: Vec<DocSnapshot>,
-) -> Option<ServerMessage> {
-    let mut added = Vec::new();
-    let mut changed = Vec::new();
-    let mut next = BTreeMap::new();
-    for doc in fresh {
-        match result.get(&doc.id) {
-            None => added.push(doc.clone()),
-            Some(old) if *old != doc.seq => changed.push(doc.clone()),
-            Some(_) => {}
-        }
-        next.insert(doc.id.clone(), doc.seq);
-    }
-    let removed: Vec<DocId> = result.keys().filter(|id| !next.contains_key(*id)).cloned().collect();
-    *result = next;
-    if added.is_empty() && changed.is_empty() && removed.is_empty() {
-        return None;
-    }
-    Some(ServerMessage::QueryDiff { sub: sub.clone(), seq, added, changed, removed })
-}
-
-fn row(id: &DocId, document: &Document) -> DocumentRow {
-    DocumentRow {
-        id: id.to_string(),
-        doc_type: document.doc_type.to_string(),
-        seq: document.seq,
-        owner: document.owner.to_string(),
-        data: document.data.to_string(),
-        deleted: document.deleted,
-    }
+/// The system documents the engine synthesizes from the membership of documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SystemView {
+    Index,
+    Trash,
 }

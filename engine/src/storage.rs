@@ -3,9 +3,10 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 
-/// The schema version this engine writes; older databases are migrated on open.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this engine writes; older databases are migrated on open, one step at a time.
+const SCHEMA_VERSION: i64 = 2;
 
+/// Documents, the membership log and the replay windows.
 const SCHEMA_V1: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE documents (
@@ -30,7 +31,69 @@ CREATE TABLE replay (
     answer TEXT NOT NULL,
     PRIMARY KEY (user, client, mid)
 );
+INSERT INTO meta (key, value) VALUES ('seq', 0);
 ";
+
+/// Lists, users and usage, teams, staged sessions, buckets, assets and Yjs state.
+const SCHEMA_V2: &str = "
+CREATE TABLE list_items (
+    doc TEXT NOT NULL,
+    list TEXT NOT NULL,
+    item TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (doc, list, item)
+);
+CREATE TABLE users (
+    id TEXT PRIMARY KEY,
+    role TEXT,
+    token_role TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    addons INTEGER NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    usage INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE teams (id TEXT PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE team_members (
+    team TEXT NOT NULL,
+    user TEXT NOT NULL,
+    status TEXT NOT NULL,
+    PRIMARY KEY (team, user)
+);
+CREATE TABLE staged (
+    user TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    doc_type TEXT NOT NULL,
+    base_seq INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (user, doc)
+);
+CREATE TABLE buckets (
+    name TEXT PRIMARY KEY,
+    contract TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    value TEXT NOT NULL,
+    setter TEXT
+);
+CREATE TABLE assets (
+    bucket TEXT NOT NULL,
+    object_key TEXT NOT NULL,
+    info TEXT NOT NULL,
+    bytes BLOB NOT NULL,
+    PRIMARY KEY (bucket, object_key)
+);
+CREATE TABLE yjs_updates (
+    doc TEXT NOT NULL,
+    field TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    update_v1 BLOB NOT NULL,
+    PRIMARY KEY (doc, field, n)
+);
+INSERT INTO meta (key, value) VALUES ('users_seq', 0), ('teams_seq', 0);
+";
+
+const MIGRATIONS: [&str; 2] = [SCHEMA_V1, SCHEMA_V2];
 
 /// Opens (creating and migrating) a room database at `path`, or in memory when `path` is `None`.
 pub fn open(path: Option<&Path>) -> rusqlite::Result<Connection> {
@@ -41,14 +104,26 @@ pub fn open(path: Option<&Path>) -> rusqlite::Result<Connection> {
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    if version < SCHEMA_VERSION {
+    for (step, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         let transaction = connection.unchecked_transaction()?;
-        transaction.execute_batch(SCHEMA_V1)?;
-        transaction.execute("INSERT INTO meta (key, value) VALUES ('seq', 0)", [])?;
-        transaction.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        transaction.execute_batch(migration)?;
+        transaction.pragma_update(None, "user_version", step as i64 + 1)?;
         transaction.commit()?;
     }
+    debug_assert_eq!(MIGRATIONS.len() as i64, SCHEMA_VERSION);
     Ok(connection)
+}
+
+/// Reads a counter of the meta table.
+pub fn meta(connection: &Connection, key: &str) -> rusqlite::Result<u64> {
+    connection
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get::<_, i64>(0))
+        .map(|v| v as u64)
+}
+
+/// Writes a counter of the meta table inside the current transaction.
+pub fn set_meta(connection: &Connection, key: &str, value: u64) -> rusqlite::Result<()> {
+    connection.execute("UPDATE meta SET value = ?2 WHERE key = ?1", params![key, value as i64]).map(|_| ())
 }
 
 /// Reads the room's committed sequence.
@@ -114,9 +189,12 @@ pub fn write_document(connection: &Connection, row: &DocumentRow) -> rusqlite::R
     Ok(())
 }
 
-/// Removes a document row for good (purge).
+/// Removes a document for good (purge): its row, list items and Yjs state.
 pub fn delete_document(connection: &Connection, id: &str) -> rusqlite::Result<()> {
-    connection.execute("DELETE FROM documents WHERE id = ?1", params![id]).map(|_| ())
+    connection.execute("DELETE FROM documents WHERE id = ?1", params![id])?;
+    connection.execute("DELETE FROM list_items WHERE doc = ?1", params![id])?;
+    connection.execute("DELETE FROM yjs_updates WHERE doc = ?1", params![id])?;
+    Ok(())
 }
 
 /// Appends a create / delete / restore / purge to the membership log.
@@ -186,4 +264,318 @@ pub fn replay_lookup(
         )
         .optional()?;
     Ok((newest.map(|n| n as u64), answer))
+}
+
+/// One stored list item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemRow {
+    /// The document.
+    pub doc: String,
+    /// The list.
+    pub list: String,
+    /// The item id.
+    pub item: String,
+    /// Its fractional key.
+    pub key: String,
+    /// Its value, as JSON text.
+    pub value: String,
+}
+
+/// Every stored list item.
+pub fn list_items(connection: &Connection) -> rusqlite::Result<Vec<ItemRow>> {
+    let mut statement =
+        connection.prepare("SELECT doc, list, item, key, value FROM list_items ORDER BY doc, list, item")?;
+    let rows = statement.query_map([], |row| {
+        Ok(ItemRow {
+            doc: row.get(0)?,
+            list: row.get(1)?,
+            item: row.get(2)?,
+            key: row.get(3)?,
+            value: row.get(4)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Inserts or replaces a list item.
+pub fn write_item(connection: &Connection, row: &ItemRow) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(
+            "INSERT OR REPLACE INTO list_items (doc, list, item, key, value) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![row.doc, row.list, row.item, row.key, row.value])
+        .map(|_| ())
+}
+
+/// Removes a list item.
+pub fn delete_item(connection: &Connection, doc: &str, list: &str, item: &str) -> rusqlite::Result<()> {
+    connection
+        .execute(
+            "DELETE FROM list_items WHERE doc = ?1 AND list = ?2 AND item = ?3",
+            params![doc, list, item],
+        )
+        .map(|_| ())
+}
+
+/// One user the room has seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    /// The user id.
+    pub id: String,
+    /// The role an admin set in the room, if any.
+    pub role: Option<String>,
+    /// The role of their latest token.
+    pub token_role: String,
+    /// Their plan, from their latest token.
+    pub plan: String,
+    /// Their add-ons, from their latest token.
+    pub addons: u32,
+    /// Bytes charged to them.
+    pub usage: u64,
+}
+
+/// Every user the room has seen.
+pub fn users(connection: &Connection) -> rusqlite::Result<Vec<UserRow>> {
+    let mut statement =
+        connection.prepare("SELECT id, role, token_role, plan, addons, usage FROM users ORDER BY id")?;
+    let rows = statement.query_map([], |row| {
+        Ok(UserRow {
+            id: row.get(0)?,
+            role: row.get(1)?,
+            token_role: row.get(2)?,
+            plan: row.get(3)?,
+            addons: row.get(4)?,
+            usage: row.get::<_, i64>(5)? as u64,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Records a user's connection at `now_ms` (first and last seen), or an admin's role change; usage
+/// is left alone, since only `add_usage` moves it.
+pub fn write_user(connection: &Connection, row: &UserRow, now_ms: u64) -> rusqlite::Result<()> {
+    connection
+        .execute(
+            "INSERT INTO users (id, role, token_role, plan, addons, first_seen, last_seen, usage)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 0)
+             ON CONFLICT (id) DO UPDATE SET role = ?2, token_role = ?3, plan = ?4, addons = ?5, last_seen = ?6",
+            params![row.id, row.role, row.token_role, row.plan, row.addons, now_ms as i64],
+        )
+        .map(|_| ())
+}
+
+/// Sets (or clears) the role an admin chose for a user in the room.
+pub fn set_role(connection: &Connection, user: &str, role: Option<&str>) -> rusqlite::Result<()> {
+    connection.execute("UPDATE users SET role = ?2 WHERE id = ?1", params![user, role]).map(|_| ())
+}
+
+/// A user's usage as committed (or as written so far in the current transaction).
+pub fn usage(connection: &Connection, user: &str) -> rusqlite::Result<u64> {
+    connection
+        .query_row("SELECT usage FROM users WHERE id = ?1", [user], |row| row.get::<_, i64>(0))
+        .optional()
+        .map(|usage| usage.unwrap_or(0) as u64)
+}
+
+/// Moves a user's usage by `delta` bytes.
+pub fn add_usage(connection: &Connection, user: &str, delta: i64) -> rusqlite::Result<()> {
+    let changed =
+        connection.execute("UPDATE users SET usage = usage + ?2 WHERE id = ?1", params![user, delta])?;
+    assert_eq!(changed, 1, "usage charged to {user}, whom the room has never seen");
+    Ok(())
+}
+
+/// Every team as (id, name) and every membership as (team, user, status).
+#[allow(clippy::type_complexity)]
+pub fn teams(
+    connection: &Connection,
+) -> rusqlite::Result<(Vec<(String, String)>, Vec<(String, String, String)>)> {
+    let mut statement = connection.prepare("SELECT id, name FROM teams ORDER BY id")?;
+    let teams = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
+    let mut statement =
+        connection.prepare("SELECT team, user, status FROM team_members ORDER BY team, user")?;
+    let members = statement
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    Ok((teams, members))
+}
+
+/// Replaces a team and its memberships (`None`: deletes it).
+pub fn write_team(
+    connection: &Connection,
+    id: &str,
+    team: Option<(&str, &[(&str, &str)])>,
+) -> rusqlite::Result<()> {
+    connection.execute("DELETE FROM teams WHERE id = ?1", [id])?;
+    connection.execute("DELETE FROM team_members WHERE team = ?1", [id])?;
+    if let Some((name, members)) = team {
+        connection.execute("INSERT INTO teams (id, name) VALUES (?1, ?2)", params![id, name])?;
+        for (user, status) in members {
+            connection.execute(
+                "INSERT INTO team_members (team, user, status) VALUES (?1, ?2, ?3)",
+                params![id, user, status],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// One staged write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedRow {
+    /// Whose session.
+    pub user: String,
+    /// The document.
+    pub doc: String,
+    /// Its type.
+    pub doc_type: String,
+    /// The document's sequence when staged.
+    pub base_seq: u64,
+    /// The staged data, as JSON text.
+    pub data: String,
+}
+
+/// Every staged write.
+pub fn staged(connection: &Connection) -> rusqlite::Result<Vec<StagedRow>> {
+    let mut statement =
+        connection.prepare("SELECT user, doc, doc_type, base_seq, data FROM staged ORDER BY user, doc")?;
+    let rows = statement.query_map([], |row| {
+        Ok(StagedRow {
+            user: row.get(0)?,
+            doc: row.get(1)?,
+            doc_type: row.get(2)?,
+            base_seq: row.get::<_, i64>(3)? as u64,
+            data: row.get(4)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Replaces a user's staged session.
+pub fn write_session(connection: &Connection, user: &str, rows: &[StagedRow]) -> rusqlite::Result<()> {
+    connection.execute("DELETE FROM staged WHERE user = ?1", [user])?;
+    for row in rows {
+        connection.execute(
+            "INSERT INTO staged (user, doc, doc_type, base_seq, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![row.user, row.doc, row.doc_type, row.base_seq as i64, row.data],
+        )?;
+    }
+    Ok(())
+}
+
+/// One stored bucket; structured fields are JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketRow {
+    /// The bucket name.
+    pub name: String,
+    /// Its contract.
+    pub contract: String,
+    /// Its version.
+    pub version: u64,
+    /// Its value.
+    pub value: String,
+    /// Who last set the value.
+    pub setter: Option<String>,
+}
+
+/// Every bucket, and every asset as (bucket, info JSON) without its bytes.
+#[allow(clippy::type_complexity)]
+pub fn buckets(connection: &Connection) -> rusqlite::Result<(Vec<BucketRow>, Vec<(String, String)>)> {
+    let mut statement =
+        connection.prepare("SELECT name, contract, version, value, setter FROM buckets ORDER BY name")?;
+    let buckets = statement
+        .query_map([], |row| {
+            Ok(BucketRow {
+                name: row.get(0)?,
+                contract: row.get(1)?,
+                version: row.get::<_, i64>(2)? as u64,
+                value: row.get(3)?,
+                setter: row.get(4)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut statement = connection.prepare("SELECT bucket, info FROM assets ORDER BY bucket, object_key")?;
+    let assets = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
+    Ok((buckets, assets))
+}
+
+/// Inserts or replaces a bucket row.
+pub fn write_bucket(connection: &Connection, row: &BucketRow) -> rusqlite::Result<()> {
+    connection
+        .execute(
+            "INSERT OR REPLACE INTO buckets (name, contract, version, value, setter) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![row.name, row.contract, row.version as i64, row.value, row.setter],
+        )
+        .map(|_| ())
+}
+
+/// Deletes a bucket and all its assets.
+pub fn delete_bucket(connection: &Connection, name: &str) -> rusqlite::Result<()> {
+    connection.execute("DELETE FROM buckets WHERE name = ?1", [name])?;
+    connection.execute("DELETE FROM assets WHERE bucket = ?1", [name])?;
+    Ok(())
+}
+
+/// Stores an asset with its bytes.
+pub fn insert_asset(
+    connection: &Connection,
+    bucket: &str,
+    key: &str,
+    info: &str,
+    bytes: &[u8],
+) -> rusqlite::Result<()> {
+    connection
+        .execute(
+            "INSERT INTO assets (bucket, object_key, info, bytes) VALUES (?1, ?2, ?3, ?4)",
+            params![bucket, key, info, bytes],
+        )
+        .map(|_| ())
+}
+
+/// Deletes one asset.
+pub fn delete_asset(connection: &Connection, bucket: &str, key: &str) -> rusqlite::Result<()> {
+    connection.execute("DELETE FROM assets WHERE bucket = ?1 AND object_key = ?2", [bucket, key]).map(|_| ())
+}
+
+/// An asset's bytes.
+pub fn asset_bytes(connection: &Connection, bucket: &str, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+    connection
+        .query_row("SELECT bytes FROM assets WHERE bucket = ?1 AND object_key = ?2", [bucket, key], |row| {
+            row.get(0)
+        })
+        .optional()
+}
+
+/// A field's stored Yjs updates, in the order they were appended.
+pub fn yjs_field_updates(connection: &Connection, doc: &str, field: &str) -> rusqlite::Result<Vec<Vec<u8>>> {
+    let mut statement =
+        connection.prepare("SELECT update_v1 FROM yjs_updates WHERE doc = ?1 AND field = ?2 ORDER BY n")?;
+    let rows = statement.query_map([doc, field], |row| row.get(0))?;
+    rows.collect()
+}
+
+/// Appends an update to a field's Yjs log and returns how many updates the log now holds.
+pub fn append_yjs(connection: &Connection, doc: &str, field: &str, update: &[u8]) -> rusqlite::Result<u64> {
+    connection
+        .prepare_cached(
+            "INSERT INTO yjs_updates (doc, field, n, update_v1) VALUES (?1, ?2,
+             (SELECT COALESCE(MAX(n), 0) + 1 FROM yjs_updates WHERE doc = ?1 AND field = ?2), ?3)",
+        )?
+        .execute(params![doc, field, update])?;
+    connection.query_row(
+        "SELECT COUNT(*) FROM yjs_updates WHERE doc = ?1 AND field = ?2",
+        [doc, field],
+        |row| row.get::<_, i64>(0).map(|n| n as u64),
+    )
+}
+
+/// Replaces a field's Yjs log by one update holding its whole state.
+pub fn compact_yjs(connection: &Connection, doc: &str, field: &str, state: &[u8]) -> rusqlite::Result<()> {
+    connection.execute("DELETE FROM yjs_updates WHERE doc = ?1 AND field = ?2", [doc, field])?;
+    connection
+        .execute(
+            "INSERT INTO yjs_updates (doc, field, n, update_v1) VALUES (?1, ?2, 1, ?3)",
+            params![doc, field, state],
+        )
+        .map(|_| ())
 }

@@ -1,14 +1,47 @@
 //! Transcripts: a script of client frames in, every effect out, snapshotted with insta.
 //!
-//! Script lines are `<conn> <frame JSON>`, `connect <conn> <user> <role>`, `disconnect <conn>`, and
-//! `reopen` (drop the room and open its database again, as after a crash).
+//! Script lines are `<conn> <frame JSON>`, `connect <conn> <user> <role> [free|pro] [addons]`,
+//! `disconnect <conn>`, and `reopen` (drop the room and open its database again, as after a crash,
+//! and reconnect the connections that were open).
 
-use roomlab_engine::{Config, ConnId, Effect, Identity, Room};
-use roomlab_protocol::{decode, encode_server, Role, RoomId, UserId};
+use roomlab_engine::{Config, ConnId, Effect, Identity, Quotas, Room};
+use roomlab_protocol::{decode, encode_server, Plan, Role, RoomId, UserId};
 use std::path::Path;
 
+/// Small quotas, so that scripts reach them: 200 bytes free, 300 pro, 100 per add-on.
+fn config() -> Config {
+    let quotas = Quotas { free_bytes: 200, pro_bytes: 300, addon_bytes: 100 };
+    Config { quotas, ..Config::default() }
+}
+
 fn open(path: &Path) -> Room {
-    Room::open(RoomId::new("r1").unwrap(), Some(path), Config::default()).expect("room opens")
+    Room::open(RoomId::new("r1").unwrap(), Some(path), config()).expect("room opens")
+}
+
+/// Parses `<user> <role> [plan] [addons]`.
+fn identity(words: &[&str]) -> Identity {
+    let mut identity = Identity::new(UserId::new(words[0]).unwrap(), role(words[1]));
+    if let Some(plan) = words.get(2) {
+        identity.plan = if *plan == "free" { Plan::Free } else { Plan::Pro };
+    }
+    if let Some(addons) = words.get(3) {
+        identity.addons = addons.parse().unwrap();
+    }
+    identity
+}
+
+fn render(transcript: &mut String, effects: Vec<Effect>) {
+    for effect in effects {
+        let line = match effect {
+            Effect::Send { conn, message } => format!("  {} < {}\n", conn.0, encode_server(&message)),
+            Effect::Yjs { conn, frame } => {
+                let payload: String = frame.payload.iter().map(|b| format!("{b:02x}")).collect();
+                format!("  {} < yjs {}/{} {payload}\n", conn.0, frame.doc, frame.field)
+            }
+            Effect::Close { conn, code, reason } => format!("  {} closed {code} {reason}\n", conn.0),
+        };
+        transcript.push_str(&line);
+    }
 }
 
 fn role(name: &str) -> Role {
@@ -25,7 +58,7 @@ fn check(script: &str) -> String {
     let directory = tempfile::tempdir().unwrap();
     let path = directory.path().join("room.sqlite");
     let mut room = open(&path);
-    let mut connections = Vec::new();
+    let mut connections: Vec<(ConnId, Vec<String>)> = Vec::new();
     let mut transcript = String::new();
     for (number, line) in script.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
         let now_ms = 1_000 * (number as u64 + 1);
@@ -34,26 +67,24 @@ fn check(script: &str) -> String {
             ["connect", rest] => {
                 let parts: Vec<&str> = rest.split(' ').collect();
                 let conn = ConnId(parts[0].parse().unwrap());
-                room.connect(conn, Identity { user: UserId::new(parts[1]).unwrap(), role: role(parts[2]) });
-                connections.push((conn, parts[1].to_string(), parts[2].to_string()));
-                Vec::new()
+                connections.push((conn, parts[1..].iter().map(|p| p.to_string()).collect()));
+                room.connect(conn, identity(&parts[1..]), now_ms)
             }
             ["disconnect", conn] => {
                 let conn = ConnId(conn.parse().unwrap());
                 room.disconnect(conn);
-                connections.retain(|(c, _, _)| *c != conn);
+                connections.retain(|(c, _)| *c != conn);
                 Vec::new()
             }
             ["reopen"] => {
                 drop(room);
                 room = open(&path);
-                for (conn, user, role_name) in &connections {
-                    room.connect(
-                        *conn,
-                        Identity { user: UserId::new(user.as_str()).unwrap(), role: role(role_name) },
-                    );
+                let mut effects = Vec::new();
+                for (conn, words) in &connections {
+                    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+                    effects.extend(room.connect(*conn, identity(&words), now_ms));
                 }
-                Vec::new()
+                effects
             }
             [conn, frame] => {
                 let message = decode(frame.as_bytes(), 1 << 20).unwrap_or_else(|e| panic!("{line}: {e}"));
@@ -61,17 +92,9 @@ fn check(script: &str) -> String {
             }
             _ => panic!("bad script line {line}"),
         };
+        room.check_invariants();
         transcript.push_str(&format!("> {line}\n"));
-        for effect in effects {
-            match effect {
-                Effect::Send { conn, message } => {
-                    transcript.push_str(&format!("  {} < {}\n", conn.0, encode_server(&message)))
-                }
-                Effect::Close { conn, code, reason } => {
-                    transcript.push_str(&format!("  {} closed {code} {reason}\n", conn.0))
-                }
-            }
-        }
+        render(&mut transcript, effects);
     }
     transcript
 }
@@ -145,9 +168,9 @@ fn guards_replay_and_crash_recovery() {
         "{HELLO}{}",
         r#"
         1 {"type":"mutate","mid":1,"op":"create","doc":"t","doc_type":"notes","data":{"n":1}}
-        1 {"type":"mutate","mid":2,"op":"put","doc":"t","data":{"n":2},"if_seq":1}
-        2 {"type":"mutate","mid":1,"op":"put","doc":"t","data":{"n":3},"if_seq":1}
-        1 {"type":"mutate","mid":2,"op":"put","doc":"t","data":{"n":99},"if_seq":2}
+        1 {"type":"mutate","mid":2,"op":"put","doc":"t","data":{"n":2},"if_seq":3}
+        2 {"type":"mutate","mid":1,"op":"put","doc":"t","data":{"n":3},"if_seq":3}
+        1 {"type":"mutate","mid":2,"op":"put","doc":"t","data":{"n":99},"if_seq":4}
         1 {"type":"mutate","mid":1,"op":"create","doc":"t","doc_type":"notes","data":{}}
         reopen
         1 {"type":"hello","protocol":1,"client":"ca"}
@@ -198,17 +221,20 @@ fn viewers_cannot_write() {
 /// `replay_expired`, ids inside the window their original answer, and nothing is applied twice.
 #[test]
 fn replay_window_forgets_the_oldest_answers() {
-    let config = Config { limits: roomlab_protocol::Limits { replay_window_max: 2, ..Default::default() } };
-    let mut room = Room::open(RoomId::new("r1").unwrap(), None, config).unwrap();
+    let limits = roomlab_protocol::Limits { replay_window_max: 2, ..Default::default() };
+    let mut room =
+        Room::open(RoomId::new("r1").unwrap(), None, Config { limits, ..Config::default() }).unwrap();
     let conn = ConnId(1);
-    room.connect(conn, Identity { user: UserId::new("alice").unwrap(), role: Role::Member });
+    room.connect(conn, Identity::new(UserId::new("alice").unwrap(), Role::Member), 0);
+    // Recording alice, a new user, took the first sequence.
+    assert_eq!(room.seq(), 1);
     let send = |room: &mut Room, frame: &str| -> Vec<String> {
         let message = decode(frame.as_bytes(), 1 << 20).unwrap();
         room.handle(conn, message, 1_000)
             .into_iter()
             .map(|effect| match effect {
                 Effect::Send { message, .. } => encode_server(&message),
-                Effect::Close { code, .. } => format!("closed {code}"),
+                other => format!("{other:?}"),
             })
             .collect()
     };
@@ -217,7 +243,7 @@ fn replay_window_forgets_the_oldest_answers() {
         let frame = format!(
             r#"{{"type":"mutate","mid":{mid},"op":"create","doc":"d{mid}","doc_type":"t","data":{{}}}}"#
         );
-        assert_eq!(send(&mut room, &frame), [format!(r#"{{"type":"ack","mid":{mid},"seq":{mid}}}"#)]);
+        assert_eq!(send(&mut room, &frame), [format!(r#"{{"type":"ack","mid":{mid},"seq":{}}}"#, mid + 1)]);
     }
     let replay = |mid: u64| {
         format!(
@@ -227,7 +253,7 @@ fn replay_window_forgets_the_oldest_answers() {
     let expired = send(&mut room, &replay(2));
     assert_eq!(expired.len(), 1);
     assert!(expired[0].contains(r#""code":"replay_expired""#), "{expired:?}");
-    assert_eq!(send(&mut room, &replay(3)), [r#"{"type":"ack","mid":3,"seq":3}"#]);
-    assert_eq!(send(&mut room, &replay(4)), [r#"{"type":"ack","mid":4,"seq":4}"#]);
-    assert_eq!(room.seq(), 4, "a replay applied something");
+    assert_eq!(send(&mut room, &replay(3)), [r#"{"type":"ack","mid":3,"seq":4}"#]);
+    assert_eq!(send(&mut room, &replay(4)), [r#"{"type":"ack","mid":4,"seq":5}"#]);
+    assert_eq!(room.seq(), 5, "a replay applied something");
 }

@@ -1,0 +1,578 @@
+//! Committing a planned change: one SQLite transaction (with the quota check inside it), then the
+//! in-memory state, then the pushes (docs/PROTOCOL.md ack.after-commit, quota.check).
+
+use crate::room::{ConnId, Effect, Identity, Lifecycle, Peer, Refusal, Room, Subscription, SystemView};
+use crate::schema::Schema;
+use crate::state::{Bucket, Document, Session, Team, UserRecord};
+use crate::storage::{self, DocumentRow, ItemRow, StagedRow};
+use roomlab_protocol::{
+    BucketName, DocId, DocSnapshot, DocType, ErrorBody, ErrorCode, FieldName, ItemId, ObjectKey,
+    ServerMessage, SubId, TeamId, UserId,
+};
+use rusqlite::Transaction;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A document written by a change.
+pub(crate) struct DocWrite {
+    pub id: DocId,
+    /// The document after the change; `None` when purged.
+    pub document: Option<Document>,
+    /// The lifecycle event, recorded in the membership log; `None` for a content change.
+    pub lifecycle: Option<Lifecycle>,
+    /// The list items the change touched.
+    pub items: Vec<(FieldName, ItemId)>,
+}
+
+impl DocWrite {
+    pub fn new(id: DocId, document: Option<Document>, lifecycle: Option<Lifecycle>) -> DocWrite {
+        DocWrite { id, document, lifecycle, items: Vec::new() }
+    }
+}
+
+/// A bucket written by a change.
+pub(crate) struct BucketWrite {
+    pub name: BucketName,
+    /// The bucket after the change; `None` when deleted.
+    pub bucket: Option<Bucket>,
+    /// The bytes of an uploaded asset.
+    pub new_asset: Option<(ObjectKey, Vec<u8>)>,
+    /// A deleted asset.
+    pub removed_asset: Option<ObjectKey>,
+}
+
+/// Everything one mutation changes, written in one transaction.
+#[derive(Default)]
+pub(crate) struct Change {
+    pub docs: Vec<DocWrite>,
+    pub buckets: Vec<BucketWrite>,
+    pub users: Vec<(UserId, UserRecord)>,
+    pub teams: Vec<(TeamId, Option<Team>)>,
+    pub sessions: Vec<(UserId, Session)>,
+    /// Whether the change takes a new room sequence (staging and no-op answers do not).
+    pub advances: bool,
+    /// The bucket version to put in the ack.
+    pub version: Option<u64>,
+    /// The asset key to put in the ack.
+    pub object_key: Option<ObjectKey>,
+}
+
+impl Change {
+    pub fn advancing() -> Change {
+        Change { advances: true, ..Change::default() }
+    }
+
+    pub fn doc(write: DocWrite) -> Change {
+        Change { docs: vec![write], ..Change::advancing() }
+    }
+
+    pub fn bucket(write: BucketWrite) -> Change {
+        Change { buckets: vec![write], ..Change::advancing() }
+    }
+
+    pub fn team(id: TeamId, team: Option<Team>) -> Change {
+        Change { teams: vec![(id, team)], ..Change::advancing() }
+    }
+
+    pub fn session(user: UserId, session: Session) -> Change {
+        Change { sessions: vec![(user, session)], ..Change::default() }
+    }
+}
+
+/// What a committed change touched, to find the subscriptions it may affect.
+#[derive(Default)]
+pub(crate) struct Touched {
+    pub docs: BTreeMap<DocId, Option<Lifecycle>>,
+    /// Collections whose schema changed: every subscription over them is re-evaluated.
+    pub schemas: BTreeSet<DocType>,
+    pub index: bool,
+    pub trash: bool,
+    pub users: bool,
+    pub teams: bool,
+    pub buckets: BTreeSet<BucketName>,
+    /// Users whose staged session changed.
+    pub sessions: BTreeSet<UserId>,
+    /// Users whose role changed: all their subscriptions are re-evaluated.
+    pub readers: BTreeSet<UserId>,
+}
+
+pub(crate) fn internal(mid: u64, error: &dyn std::fmt::Display) -> ServerMessage {
+    ServerMessage::Error(
+        ErrorBody::new(ErrorCode::Internal, format!("storage failed: {error}")).with_mid(mid),
+    )
+}
+
+impl Room {
+    /// Writes a planned change (or remembers a refusal) in one transaction, then answers and pushes.
+    pub(crate) fn commit(
+        &mut self,
+        conn: ConnId,
+        mid: u64,
+        key: (&str, &str),
+        planned: Result<Change, Refusal>,
+        now_ms: u64,
+    ) -> Vec<Effect> {
+        let seq = match &planned {
+            Ok(change) if change.advances => self.seq + 1,
+            _ => self.seq,
+        };
+        let written = match planned {
+            Ok(change) => self.write(&change, key, (mid, seq), now_ms).map(|refused| match refused {
+                Ok(answer) => (answer, Some(change)),
+                Err(body) => (ServerMessage::Error(body.with_mid(mid)), None),
+            }),
+            Err(body) => Ok((ServerMessage::Error(body.with_mid(mid)), None)),
+        };
+        // A refusal found inside the transaction (quota) rolled it back; remember it on its own.
+        let written = written.and_then(|(answer, change)| match change {
+            Some(_) => Ok((answer, change)),
+            None => self.remember(&answer, key, mid).map(|()| (answer, None)),
+        });
+        let (answer, change) = match written {
+            Ok(written) => written,
+            Err(e) => return vec![Effect::Send { conn, message: internal(mid, &e) }],
+        };
+        let mut effects = vec![Effect::Send { conn, message: answer }];
+        if let Some(change) = change {
+            self.seq = seq;
+            let touched = self.apply(change);
+            effects.extend(self.push(&touched));
+        }
+        effects
+    }
+
+    fn remember(&mut self, answer: &ServerMessage, key: (&str, &str), mid: u64) -> rusqlite::Result<()> {
+        let transaction = self.db.transaction()?;
+        let text = serde_json::to_string(answer).expect("answers serialize");
+        storage::remember_answer(&transaction, key, mid, &text, self.config.limits.replay_window_max)?;
+        transaction.commit()
+    }
+
+    /// Writes `change` at `seq`, charges quota inside the same transaction, and remembers the ack.
+    /// Returns the ack, or the quota refusal (with the transaction rolled back).
+    fn write(
+        &mut self,
+        change: &Change,
+        key: (&str, &str),
+        (mid, seq): (u64, u64),
+        now_ms: u64,
+    ) -> rusqlite::Result<Result<ServerMessage, Refusal>> {
+        let deltas = self.usage_deltas(change);
+        let limits: BTreeMap<&UserId, u64> = deltas
+            .keys()
+            .map(|user| {
+                let record = self.users.get(user).expect("charged users are recorded");
+                (user, self.config.quotas.limit(record.plan, record.addons))
+            })
+            .collect();
+        let memory: BTreeMap<&UserId, u64> = deltas.keys().map(|user| (user, self.usage(user))).collect();
+        let window = self.config.limits.replay_window_max;
+        let transaction = self.db.transaction()?;
+        if change.advances {
+            storage::set_sequence(&transaction, seq)?;
+        }
+        write_docs(&transaction, &change.docs, seq, now_ms)?;
+        write_rest(&transaction, change, seq)?;
+        for (user, delta) in &deltas {
+            let used = storage::usage(&transaction, user.as_str())?;
+            assert_eq!(used, memory[user], "stored usage of {user} differs from the room's");
+            let limit = limits[user];
+            if *delta > 0 && used + *delta as u64 > limit {
+                let message = format!("usage {used} + {delta} bytes exceeds the limit of {limit}");
+                let body = ErrorBody {
+                    used: Some(used),
+                    limit: Some(limit),
+                    ..ErrorBody::new(ErrorCode::QuotaExceeded, message)
+                };
+                return Ok(Err(Box::new(body)));
+            }
+            storage::add_usage(&transaction, user.as_str(), *delta)?;
+        }
+        let answer =
+            ServerMessage::Ack { mid, seq, version: change.version, object_key: change.object_key.clone() };
+        let text = serde_json::to_string(&answer).expect("answers serialize");
+        storage::remember_answer(&transaction, key, mid, &text, window)?;
+        transaction.commit()?;
+        Ok(Ok(answer))
+    }
+
+    /// How `change` moves each user's usage (docs/PROTOCOL.md quota.what-counts).
+    fn usage_deltas(&self, change: &Change) -> BTreeMap<UserId, i64> {
+        let mut deltas: BTreeMap<UserId, i64> = BTreeMap::new();
+        let mut charge = |user: &UserId, bytes: u64, sign: i64| {
+            *deltas.entry(user.clone()).or_default() += sign * bytes as i64;
+        };
+        for write in &change.docs {
+            if let Some(old) = self.docs.get(&write.id) {
+                charge(&old.owner, old.bytes(), -1);
+            }
+            if let Some(new) = &write.document {
+                charge(&new.owner, new.bytes(), 1);
+            }
+        }
+        for write in &change.buckets {
+            for (user, bytes) in self.buckets.get(&write.name).into_iter().flat_map(Bucket::charges) {
+                charge(user, bytes, -1);
+            }
+            for (user, bytes) in write.bucket.iter().flat_map(Bucket::charges) {
+                charge(user, bytes, 1);
+            }
+        }
+        deltas.retain(|_, delta| *delta != 0);
+        deltas
+    }
+
+    /// Applies a committed change to memory and returns what it touched.
+    fn apply(&mut self, change: Change) -> Touched {
+        let mut touched = Touched::default();
+        for (user, delta) in self.usage_deltas(&change) {
+            let record = self.users.get_mut(&user).expect("charged users are recorded");
+            record.usage = record.usage.checked_add_signed(delta).expect("usage never goes below zero");
+        }
+        for write in change.docs {
+            self.apply_doc(write, &mut touched);
+        }
+        for write in change.buckets {
+            match write.bucket {
+                Some(bucket) => self.buckets.insert(write.name.clone(), bucket),
+                None => self.buckets.remove(&write.name),
+            };
+            touched.buckets.insert(write.name);
+        }
+        for (user, record) in change.users {
+            touched.readers.insert(user.clone());
+            self.users.insert(user, record);
+            (self.users_seq, touched.users) = (self.seq, true);
+        }
+        for (id, team) in change.teams {
+            match team {
+                Some(team) => self.teams.insert(id, team),
+                None => self.teams.remove(&id),
+            };
+            (self.teams_seq, touched.teams) = (self.seq, true);
+        }
+        for (user, session) in change.sessions {
+            touched.sessions.insert(user.clone());
+            match session.is_empty() {
+                true => self.sessions.remove(&user),
+                false => self.sessions.insert(user, session),
+            };
+        }
+        touched
+    }
+
+    fn apply_doc(&mut self, write: DocWrite, touched: &mut Touched) {
+        let DocWrite { id, document, lifecycle, .. } = write;
+        if let Some(doc_type) = id.schema_for() {
+            let data = document.as_ref().map(Document::data);
+            let schema = data.map(|data| Schema::parse(data).expect("schemas are checked before commit"));
+            match schema {
+                Some(schema) => self.schemas.insert(doc_type.clone(), schema),
+                None => self.schemas.remove(&doc_type),
+            };
+            touched.schemas.insert(doc_type);
+        }
+        match document {
+            Some(document) => self.docs.insert(id.clone(), document),
+            None => {
+                self.yjs.purge(&id);
+                self.docs.remove(&id)
+            }
+        };
+        if let Some(lifecycle) = lifecycle {
+            if lifecycle.alters(SystemView::Index) {
+                (self.index_seq, touched.index) = (self.seq, true);
+            }
+            if lifecycle.alters(SystemView::Trash) {
+                (self.trash_seq, touched.trash) = (self.seq, true);
+            }
+        }
+        touched.docs.insert(id, lifecycle);
+    }
+
+    /// Pushes a committed change to every subscription it affects.
+    pub(crate) fn push(&mut self, touched: &Touched) -> Vec<Effect> {
+        // Snapshots of the changed documents, made once for every query that tests them.
+        let changed: Vec<(DocId, Option<DocSnapshot>, Option<DocType>)> = touched
+            .docs
+            .keys()
+            .map(|id| {
+                let document = self.docs.get(id);
+                let live =
+                    document.filter(|d| d.deleted.is_none() && !id.is_system()).map(|d| d.snapshot(id));
+                (id.clone(), live, document.map(|d| d.doc_type.clone()))
+            })
+            .collect();
+        let mut connections = std::mem::take(&mut self.connections);
+        let mut effects = Vec::new();
+        for (conn, peer) in &mut connections {
+            let reader = self.effective(&peer.identity);
+            let Peer { subscriptions, .. } = peer;
+            for (sub, subscription) in subscriptions.iter_mut() {
+                let pushed = self.push_one(sub, subscription, touched, &changed, &reader);
+                effects.extend(pushed.map(|message| Effect::Send { conn: *conn, message }));
+            }
+        }
+        self.connections = connections;
+        effects
+    }
+
+    fn push_one(
+        &self,
+        sub: &SubId,
+        subscription: &mut Subscription,
+        touched: &Touched,
+        changed: &[(DocId, Option<DocSnapshot>, Option<DocType>)],
+        reader: &Identity,
+    ) -> Option<ServerMessage> {
+        let reread = touched.readers.contains(&reader.user);
+        match subscription {
+            Subscription::Query { query, result } => {
+                let full = reread || touched.schemas.contains(&query.collection);
+                let relevant: Vec<_> =
+                    changed.iter().filter(|(_, _, t)| t.as_ref() == Some(&query.collection)).collect();
+                if !full && relevant.is_empty() {
+                    return None;
+                }
+                self.query_push(sub, query, result, &relevant, full, reader)
+            }
+            Subscription::Doc { doc, last } => {
+                let affected = match doc.as_str() {
+                    "sys:index" => touched.index,
+                    "sys:trash" => touched.trash,
+                    "sys:users" => touched.users,
+                    "sys:teams" => touched.teams,
+                    "sys:session" => touched.sessions.contains(&reader.user),
+                    other if other.starts_with(DocId::STAGE_PREFIX) => {
+                        touched.sessions.contains(&reader.user)
+                    }
+                    _ => {
+                        let of_type =
+                            self.docs.get(doc).is_some_and(|d| touched.schemas.contains(&d.doc_type));
+                        touched.docs.contains_key(doc) || reread || of_type
+                    }
+                };
+                if !affected {
+                    return None;
+                }
+                let (message, key) = self.doc_message(sub, doc, reader);
+                let synthesized = doc.is_system() && doc.schema_for().is_none();
+                if key == *last && !synthesized {
+                    return None;
+                }
+                *last = key;
+                Some(message)
+            }
+            Subscription::Bucket(name) if touched.buckets.contains(name) => Some(self.bucket_push(sub, name)),
+            Subscription::Assets(name) if touched.buckets.contains(name) => Some(self.bucket_push(sub, name)),
+            Subscription::Bucket(_) | Subscription::Assets(_) => None,
+        }
+    }
+
+    fn bucket_push(&self, sub: &SubId, name: &BucketName) -> ServerMessage {
+        let sub = sub.clone();
+        match self.buckets.get(name) {
+            None => ServerMessage::BucketDeleted { sub, bucket: name.clone(), seq: self.seq },
+            Some(bucket) if bucket.contract.backend == roomlab_protocol::Backend::D1Json => {
+                ServerMessage::BucketValue {
+                    sub: Some(sub),
+                    req: None,
+                    bucket: name.clone(),
+                    version: bucket.version,
+                    value: bucket.value.clone(),
+                }
+            }
+            Some(bucket) => ServerMessage::AssetsList {
+                sub: Some(sub),
+                req: None,
+                bucket: name.clone(),
+                assets: bucket.assets.values().cloned().collect(),
+            },
+        }
+    }
+
+    /// The diff of a query after some of its collection's documents changed. Without a limit each
+    /// changed document is placed on its own; with one, a change that can move the window
+    /// re-evaluates the query, so the cost follows the subscriptions a change can affect.
+    fn query_push(
+        &self,
+        sub: &SubId,
+        query: &roomlab_protocol::Query,
+        result: &mut BTreeMap<DocId, u64>,
+        changed: &[&(DocId, Option<DocSnapshot>, Option<DocType>)],
+        full: bool,
+        reader: &Identity,
+    ) -> Option<ServerMessage> {
+        let visible = |id, snapshot| self.visible(query, reader, id, snapshot);
+        let windowed = query.limit.is_some();
+        let needs_full = full
+            || (windowed
+                && changed
+                    .iter()
+                    .any(|(id, snapshot, _)| result.contains_key(id) || visible(id, snapshot).is_some()));
+        if needs_full {
+            return diff(sub, self.seq, result, self.query_result(query, reader));
+        }
+        let (mut added, mut changed_docs, mut removed) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, snapshot) in changed.iter().map(|(id, snapshot, _)| (id, snapshot)) {
+            match (visible(id, snapshot), result.get(id)) {
+                (Some(s), None) => added.push(s.clone()),
+                (Some(s), Some(seq)) if *seq != s.seq => changed_docs.push(s.clone()),
+                (Some(_), Some(_)) | (None, None) => continue,
+                (None, Some(_)) => {
+                    result.remove(id);
+                    removed.push(id.clone());
+                    continue;
+                }
+            }
+            let s = visible(id, snapshot).expect("visible");
+            result.insert(id.clone(), s.seq);
+        }
+        if added.is_empty() && changed_docs.is_empty() && removed.is_empty() {
+            return None;
+        }
+        Some(ServerMessage::QueryDiff {
+            sub: sub.clone(),
+            seq: self.seq,
+            added,
+            changed: changed_docs,
+            removed,
+        })
+    }
+}
+
+impl Room {
+    /// The changed document's snapshot if it is in `query`'s result for `reader` (limit aside).
+    fn visible<'s>(
+        &self,
+        query: &roomlab_protocol::Query,
+        reader: &Identity,
+        id: &DocId,
+        snapshot: &'s Option<DocSnapshot>,
+    ) -> Option<&'s DocSnapshot> {
+        let readable = self.docs.get(id).is_some_and(|d| self.can_read(reader, id, d));
+        snapshot.as_ref().filter(|s| readable && query.matches(s))
+    }
+}
+
+/// The `query:diff` that turns `result` into `fresh`, updating `result`; `None` when nothing changed.
+fn diff(
+    sub: &SubId,
+    seq: u64,
+    result: &mut BTreeMap<DocId, u64>,
+    fresh: Vec<DocSnapshot>,
+) -> Option<ServerMessage> {
+    let mut added = Vec::new();
+    let mut changed = Vec::new();
+    let mut next = BTreeMap::new();
+    for doc in fresh {
+        match result.get(&doc.id) {
+            None => added.push(doc.clone()),
+            Some(old) if *old != doc.seq => changed.push(doc.clone()),
+            Some(_) => {}
+        }
+        next.insert(doc.id.clone(), doc.seq);
+    }
+    let removed: Vec<DocId> = result.keys().filter(|id| !next.contains_key(*id)).cloned().collect();
+    *result = next;
+    if added.is_empty() && changed.is_empty() && removed.is_empty() {
+        return None;
+    }
+    Some(ServerMessage::QueryDiff { sub: sub.clone(), seq, added, changed, removed })
+}
+
+fn write_docs(transaction: &Transaction, docs: &[DocWrite], seq: u64, now_ms: u64) -> rusqlite::Result<()> {
+    for write in docs {
+        let id = write.id.as_str();
+        match &write.document {
+            Some(document) => {
+                storage::write_document(transaction, &row(&write.id, document))?;
+                for (list, item) in &write.items {
+                    match document.list(list).and_then(|items| items.get(item)) {
+                        Some(stored) => storage::write_item(
+                            transaction,
+                            &ItemRow {
+                                doc: id.to_string(),
+                                list: list.to_string(),
+                                item: item.to_string(),
+                                key: stored.key.to_string(),
+                                value: stored.value.to_string(),
+                            },
+                        )?,
+                        None => storage::delete_item(transaction, id, list.as_str(), item.as_str())?,
+                    }
+                }
+            }
+            None => storage::delete_document(transaction, id)?,
+        }
+        if let Some(lifecycle) = write.lifecycle {
+            storage::log_membership(transaction, seq, id, lifecycle.as_str(), now_ms)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_rest(transaction: &Transaction, change: &Change, seq: u64) -> rusqlite::Result<()> {
+    for write in &change.buckets {
+        let name = write.name.as_str();
+        let Some(bucket) = &write.bucket else {
+            storage::delete_bucket(transaction, name)?;
+            continue;
+        };
+        let row = storage::BucketRow {
+            name: name.to_string(),
+            contract: serde_json::to_string(&bucket.contract).expect("contracts serialize"),
+            version: bucket.version,
+            value: bucket.value.to_string(),
+            setter: bucket.setter.as_ref().map(UserId::to_string),
+        };
+        storage::write_bucket(transaction, &row)?;
+        if let Some((key, bytes)) = &write.new_asset {
+            let info = serde_json::to_string(&bucket.assets[key]).expect("asset infos serialize");
+            storage::insert_asset(transaction, name, key.as_str(), &info, bytes)?;
+        }
+        if let Some(key) = &write.removed_asset {
+            storage::delete_asset(transaction, name, key.as_str())?;
+        }
+    }
+    for (user, record) in &change.users {
+        storage::set_role(transaction, user.as_str(), crate::room::user_row(user, record).role.as_deref())?;
+        storage::set_meta(transaction, "users_seq", seq)?;
+    }
+    for (id, team) in &change.teams {
+        let members: Vec<(&str, &str)> = team
+            .iter()
+            .flat_map(|team| team.members.iter().map(|(user, status)| (user.as_str(), status.as_str())))
+            .collect();
+        storage::write_team(
+            transaction,
+            id.as_str(),
+            team.as_ref().map(|t| (t.name.as_str(), members.as_slice())),
+        )?;
+        storage::set_meta(transaction, "teams_seq", seq)?;
+    }
+    for (user, session) in &change.sessions {
+        let rows: Vec<StagedRow> = session
+            .iter()
+            .map(|(doc, staged)| StagedRow {
+                user: user.to_string(),
+                doc: doc.to_string(),
+                doc_type: staged.doc_type.to_string(),
+                base_seq: staged.base_seq,
+                data: staged.data.to_string(),
+            })
+            .collect();
+        storage::write_session(transaction, user.as_str(), &rows)?;
+    }
+    Ok(())
+}
+
+fn row(id: &DocId, document: &Document) -> DocumentRow {
+    DocumentRow {
+        id: id.to_string(),
+        doc_type: document.doc_type.to_string(),
+        seq: document.seq,
+        owner: document.owner.to_string(),
+        data: document.data().to_string(),
+        deleted: document.deleted,
+    }
+}

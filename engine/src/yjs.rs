@@ -1,0 +1,250 @@
+//! Yjs documents, one per (document, rich-text field): sync, updates, awareness, persistence
+//! (docs/PROTOCOL.md §19).
+
+use crate::room::{refuse, ConnId, Effect, Identity, Refusal, Room};
+use crate::storage;
+use rand_core::RngCore;
+use roomlab_protocol::{
+    write_var_uint, Cursor, DocId, ErrorBody, ErrorCode, FieldName, Role, ServerMessage, YjsFrame,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{ReadTxn, StateVector, Transact, Update};
+
+/// Updates kept in a field's log before it is compacted into one.
+const YJS_UPDATES_MAX: u64 = 64;
+
+/// y-protocols message types.
+const MESSAGE_SYNC: u64 = 0;
+const MESSAGE_AWARENESS: u64 = 1;
+const SYNC_STEP_1: u64 = 0;
+const SYNC_STEP_2: u64 = 1;
+const SYNC_UPDATE: u64 = 2;
+
+type Key = (DocId, FieldName);
+
+/// The Yjs side of a room: the loaded documents and who has each field open.
+#[derive(Default)]
+pub(crate) struct Yjs {
+    docs: BTreeMap<Key, yrs::Doc>,
+    open: BTreeMap<Key, BTreeSet<ConnId>>,
+}
+
+impl Yjs {
+    pub fn close(&mut self, conn: ConnId, doc: &DocId, field: &FieldName) {
+        let key = (doc.clone(), field.clone());
+        if let Some(open) = self.open.get_mut(&key) {
+            open.remove(&conn);
+            if open.is_empty() {
+                self.open.remove(&key);
+            }
+        }
+    }
+
+    pub fn close_all(&mut self, conn: ConnId) {
+        self.open.retain(|_, open| {
+            open.remove(&conn);
+            !open.is_empty()
+        });
+    }
+
+    /// Forgets a purged document's fields (their rows go with the document's).
+    pub fn purge(&mut self, doc: &DocId) {
+        self.docs.retain(|(d, _), _| d != doc);
+        self.open.retain(|(d, _), _| d != doc);
+    }
+}
+
+/// A parsed y-protocols message.
+enum YMessage<'a> {
+    Step1(&'a [u8]),
+    Step2(&'a [u8]),
+    Update(&'a [u8]),
+    Awareness,
+}
+
+fn parse(payload: &[u8]) -> Result<YMessage<'_>, Refusal> {
+    let bad = |_| refuse(ErrorCode::BadFrame, "malformed y-protocols message");
+    let mut cursor = Cursor::new(payload);
+    match cursor.var_uint().map_err(bad)? {
+        MESSAGE_SYNC => {
+            let step = cursor.var_uint().map_err(bad)?;
+            let bytes = cursor.var_bytes().map_err(bad)?;
+            match step {
+                SYNC_STEP_1 => Ok(YMessage::Step1(bytes)),
+                SYNC_STEP_2 => Ok(YMessage::Step2(bytes)),
+                SYNC_UPDATE => Ok(YMessage::Update(bytes)),
+                _ => Err(refuse(ErrorCode::BadFrame, "unknown sync step")),
+            }
+        }
+        MESSAGE_AWARENESS => Ok(YMessage::Awareness),
+        _ => Err(refuse(ErrorCode::BadFrame, "unknown y-protocols message type")),
+    }
+}
+
+fn sync_message(step: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 8);
+    write_var_uint(&mut out, MESSAGE_SYNC);
+    write_var_uint(&mut out, step);
+    write_var_uint(&mut out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+    out
+}
+
+impl Room {
+    /// Handles one Yjs frame from a connection. `rng` gives the client ids of the yrs documents the
+    /// room loads, so a run is reproducible from its seed.
+    pub fn handle_yjs(&mut self, conn: ConnId, frame: YjsFrame, rng: &mut dyn RngCore) -> Vec<Effect> {
+        let Some(peer) = self.connections.get(&conn) else {
+            return Vec::new();
+        };
+        if peer.client.is_none() {
+            let message = ServerMessage::Error(ErrorBody::new(ErrorCode::HelloRequired, "send hello first"));
+            return vec![Effect::Send { conn, message }];
+        }
+        let reader = self.reader(conn);
+        match self.yjs_frame(conn, &frame, &reader, rng) {
+            Ok(effects) => effects,
+            Err(body) => {
+                let body = ErrorBody { field: Some(frame.field.to_string()), ..*body };
+                let message = format!("{}/{}: {}", frame.doc, frame.field, body.message);
+                vec![Effect::Send { conn, message: ServerMessage::Error(ErrorBody { message, ..body }) }]
+            }
+        }
+    }
+
+    fn yjs_frame(
+        &mut self,
+        conn: ConnId,
+        frame: &YjsFrame,
+        reader: &Identity,
+        rng: &mut dyn RngCore,
+    ) -> Result<Vec<Effect>, Refusal> {
+        let message = parse(&frame.payload)?;
+        self.check_yjs_field(&frame.doc, &frame.field, reader)?;
+        let key = (frame.doc.clone(), frame.field.clone());
+        self.load_yjs(&key, rng)?;
+        let reply = |payload: Vec<u8>| Effect::Yjs {
+            conn,
+            frame: YjsFrame { doc: frame.doc.clone(), field: frame.field.clone(), payload },
+        };
+        match message {
+            YMessage::Step1(state_vector) => {
+                let state_vector = StateVector::decode_v1(state_vector)
+                    .map_err(|e| refuse(ErrorCode::BadFrame, format!("bad state vector: {e}")))?;
+                self.yjs.open.entry(key.clone()).or_default().insert(conn);
+                let transaction = self.yjs.docs[&key].transact();
+                let missing = transaction.encode_diff_v1(&state_vector);
+                let own = transaction.state_vector().encode_v1();
+                Ok(vec![reply(sync_message(SYNC_STEP_2, &missing)), reply(sync_message(SYNC_STEP_1, &own))])
+            }
+            YMessage::Step2(update) | YMessage::Update(update) => self.yjs_update(conn, &key, update, reader),
+            YMessage::Awareness => Ok(self.relay(conn, &key, &frame.payload)),
+        }
+    }
+
+    /// docs/PROTOCOL.md yjs.doc-live, yjs.access (read), yjs.richtext-field.
+    fn check_yjs_field(&self, doc: &DocId, field: &FieldName, reader: &Identity) -> Result<(), Refusal> {
+        let document =
+            self.docs.get(doc).ok_or_else(|| refuse(ErrorCode::NotFound, format!("no document {doc}")))?;
+        if document.deleted.is_some() {
+            return Err(Box::new(
+                ErrorBody::new(ErrorCode::Deleted, format!("{doc} is deleted")).with_seq(document.seq),
+            ));
+        }
+        if doc.is_system() || !self.can_read(reader, doc, document) {
+            return Err(refuse(ErrorCode::Forbidden, format!("you may not read {doc}")));
+        }
+        let schema = self.schema(&document.doc_type);
+        if schema.declares_fields() && !schema.is_richtext(field.as_str()) {
+            return Err(refuse(
+                ErrorCode::Invalid,
+                format!("{field} is not a richtext field of {}", document.doc_type),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Loads a field's yrs document from its stored updates, once.
+    fn load_yjs(&mut self, key: &Key, rng: &mut dyn RngCore) -> Result<(), Refusal> {
+        if self.yjs.docs.contains_key(key) {
+            return Ok(());
+        }
+        let updates = storage::yjs_field_updates(&self.db, key.0.as_str(), key.1.as_str())
+            .map_err(|e| refuse(ErrorCode::Internal, format!("storage failed: {e}")))?;
+        // A 53-bit client id, as Yjs requires; the guid, too, comes from the caller's RNG.
+        let client_id = rng.next_u64() & ((1 << 53) - 1);
+        let mut options = yrs::Options::with_client_id(yrs::block::ClientID::new(client_id));
+        options.guid = yrs::uuid_v4_from(u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64()));
+        let doc = yrs::Doc::with_options(options);
+        {
+            let mut transaction = doc.transact_mut();
+            for update in updates {
+                let update = Update::decode_v1(&update).expect("stored Yjs updates decode");
+                transaction.apply_update(update).expect("stored Yjs updates apply");
+            }
+        }
+        self.yjs.docs.insert(key.clone(), doc);
+        Ok(())
+    }
+
+    /// Applies an update from a writer, persists it, and relays it to the field's other connections.
+    fn yjs_update(
+        &mut self,
+        conn: ConnId,
+        key: &Key,
+        bytes: &[u8],
+        reader: &Identity,
+    ) -> Result<Vec<Effect>, Refusal> {
+        let update = Update::decode_v1(bytes)
+            .map_err(|e| refuse(ErrorCode::Invalid, format!("bad Yjs update: {e}")))?;
+        if update.is_empty() {
+            return Ok(Vec::new());
+        }
+        // docs/PROTOCOL.md yjs.access: refused before it is applied, since yrs cannot undo a merge.
+        let document = &self.docs[&key.0];
+        let allowed = reader.role >= Role::Member
+            && self.schema(&document.doc_type).can_write(reader.role, Some(reader.user == document.owner));
+        if !allowed {
+            return Err(refuse(ErrorCode::Forbidden, format!("you may not write {}", key.0)));
+        }
+        let doc = &self.yjs.docs[key];
+        doc.transact_mut()
+            .apply_update(update)
+            .map_err(|e| refuse(ErrorCode::Invalid, format!("the update does not apply: {e}")))?;
+        let persisted = (|| {
+            let transaction = self.db.transaction()?;
+            let count = storage::append_yjs(&transaction, key.0.as_str(), key.1.as_str(), bytes)?;
+            if count > YJS_UPDATES_MAX {
+                let state = doc.transact().encode_state_as_update_v1(&StateVector::default());
+                storage::compact_yjs(&transaction, key.0.as_str(), key.1.as_str(), &state)?;
+            }
+            transaction.commit()
+        })();
+        if let Err(e) = persisted {
+            // The merge cannot be undone in memory; drop the loaded document so the next access
+            // reloads the committed state.
+            self.yjs.docs.remove(key);
+            return Err(refuse(ErrorCode::Internal, format!("storage failed: {e}")));
+        }
+        Ok(self.relay(conn, key, &sync_message(SYNC_UPDATE, bytes)))
+    }
+
+    /// Sends a payload to every other connection with the field open.
+    fn relay(&self, from: ConnId, key: &Key, payload: &[u8]) -> Vec<Effect> {
+        let open = self.yjs.open.get(key).into_iter().flatten();
+        open.filter(|conn| **conn != from)
+            .map(|conn| Effect::Yjs {
+                conn: *conn,
+                frame: YjsFrame { doc: key.0.clone(), field: key.1.clone(), payload: payload.to_vec() },
+            })
+            .collect()
+    }
+
+    /// A field's Yjs text as the room holds it (for tests and the simulation's checks).
+    pub fn yjs_state(&self, doc: &DocId, field: &FieldName) -> Option<Vec<u8>> {
+        let doc = self.yjs.docs.get(&(doc.clone(), field.clone()))?;
+        Some(doc.transact().encode_state_as_update_v1(&StateVector::default()))
+    }
+}
