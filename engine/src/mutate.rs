@@ -184,7 +184,11 @@ impl Room {
             false => self.schema(&doc_type).can_write(writer.role, None),
         };
         if !allowed {
-            return Err(forbidden(format!("you may not create documents of type {doc_type}")));
+            let message = match is_schema {
+                true => "only admins write schemas".to_string(),
+                false => format!("you may not create documents of type {doc_type}"),
+            };
+            return Err(forbidden(message));
         }
         match self.docs.get(doc) {
             Some(Document { deleted: Some(_), seq, .. }) => return Err(deleted(doc, *seq)),

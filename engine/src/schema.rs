@@ -40,6 +40,18 @@ pub(crate) enum FieldKind {
 }
 
 impl FieldKind {
+    fn name(self) -> &'static str {
+        match self {
+            FieldKind::String => "string",
+            FieldKind::Number => "number",
+            FieldKind::Boolean => "boolean",
+            FieldKind::Object => "object",
+            FieldKind::Array => "array",
+            FieldKind::Richtext => "richtext reference",
+            FieldKind::Any => "value",
+        }
+    }
+
     fn admits(self, value: &Value) -> bool {
         match self {
             FieldKind::String => value.is_string(),
@@ -122,7 +134,10 @@ impl Schema {
         for (name, spec) in schema.fields.iter().flatten() {
             if let Some(default) = &spec.default {
                 if !spec.kind.admits(default) || spec.kind == FieldKind::Richtext {
-                    return Err(invalid(name, format!("the default of {name} is not a {:?}", spec.kind)));
+                    return Err(invalid(
+                        name,
+                        format!("the default of {name} is not a {}", spec.kind.name()),
+                    ));
                 }
             }
         }
@@ -190,7 +205,7 @@ impl Schema {
                 return Err(invalid(name, format!("{name} is not a field of this collection")));
             };
             if !(value.is_null() || spec.kind.admits(value)) {
-                return Err(invalid(name, format!("{name} must be a {:?}", spec.kind)));
+                return Err(invalid(name, format!("{name} must be a {}", spec.kind.name())));
             }
         }
         for (name, _) in fields.iter().filter(|(_, spec)| spec.required) {

@@ -5,13 +5,14 @@
 //! and reconnect the connections that were open).
 
 use roomlab_engine::{Config, ConnId, Effect, Identity, Quotas, Room};
-use roomlab_protocol::{decode, encode_server, Plan, Role, RoomId, UserId};
+use roomlab_protocol::{decode, encode_server, Limits, Plan, Role, RoomId, UserId};
 use std::path::Path;
 
-/// Small quotas, so that scripts reach them: 200 bytes free, 300 pro, 100 per add-on.
+/// Small limits and quotas, so that scripts reach them: 200 bytes free, 300 pro, 100 per add-on.
 fn config() -> Config {
     let quotas = Quotas { free_bytes: 200, pro_bytes: 300, addon_bytes: 100 };
-    Config { quotas, ..Config::default() }
+    let limits = Limits { list_items_max: 3, staged_docs_max: 2, asset_bytes_max: 16, ..Limits::default() };
+    Config { quotas, limits }
 }
 
 fn open(path: &Path) -> Room {
@@ -69,6 +70,11 @@ fn check(script: &str) -> String {
                 let conn = ConnId(parts[0].parse().unwrap());
                 connections.push((conn, parts[1..].iter().map(|p| p.to_string()).collect()));
                 room.connect(conn, identity(&parts[1..]), now_ms)
+            }
+            ["usage", user] => {
+                let usage = room.usage(&UserId::new(*user).unwrap());
+                transcript.push_str(&format!("> usage {user}\n  = {usage} bytes\n"));
+                continue;
             }
             ["disconnect", conn] => {
                 let conn = ConnId(conn.parse().unwrap());
@@ -256,4 +262,226 @@ fn replay_window_forgets_the_oldest_answers() {
     assert_eq!(send(&mut room, &replay(3)), [r#"{"type":"ack","mid":3,"seq":4}"#]);
     assert_eq!(send(&mut room, &replay(4)), [r#"{"type":"ack","mid":4,"seq":5}"#]);
     assert_eq!(room.seq(), 5, "a replay applied something");
+}
+
+/// docs/PROTOCOL.md §13: items ordered by (key, item id); equal keys are broken by id; every list op
+/// is a change of its document; the list limit holds.
+#[test]
+fn ordered_lists() {
+    insta::assert_snapshot!(check(&format!(
+        "{HELLO}{}",
+        r#"
+        2 {"type":"subscribe","sub":"d","doc":"board"}
+        1 {"type":"mutate","mid":1,"op":"create","doc":"board","doc_type":"boards","data":{"title":"Sprint"}}
+        1 {"type":"mutate","mid":2,"op":"list_insert","doc":"board","list":"cards","item":"c2","key":"a1","value":{"t":"second"}}
+        2 {"type":"mutate","mid":1,"op":"list_insert","doc":"board","list":"cards","item":"b9","key":"a0V","value":{"t":"tie b"}}
+        1 {"type":"mutate","mid":3,"op":"list_insert","doc":"board","list":"cards","item":"a9","key":"a0V","value":{"t":"tie a"}}
+        1 {"type":"mutate","mid":4,"op":"list_insert","doc":"board","list":"cards","item":"c1","key":"a0","value":{"t":"first"}}
+        1 {"type":"mutate","mid":5,"op":"list_insert","doc":"board","list":"cards","item":"c2","key":"a2","value":{}}
+        1 {"type":"mutate","mid":6,"op":"list_move","doc":"board","list":"cards","item":"a9","key":"a2"}
+        1 {"type":"mutate","mid":7,"op":"list_update","doc":"board","list":"cards","item":"c2","value":{"t":"edited"}}
+        1 {"type":"mutate","mid":8,"op":"list_remove","doc":"board","list":"cards","item":"b9"}
+        1 {"type":"mutate","mid":9,"op":"list_remove","doc":"board","list":"cards","item":"b9"}
+        1 {"type":"mutate","mid":10,"op":"list_move","doc":"nope","list":"cards","item":"c1","key":"a3"}
+        2 {"type":"subscribe","sub":"again","doc":"board"}
+        reopen
+        2 {"type":"hello","protocol":1,"client":"cb"}
+        2 {"type":"subscribe","sub":"after","doc":"board"}
+        "#
+    )));
+}
+
+/// docs/PROTOCOL.md §14: schemas are admin-written documents that shape, complete and guard writes.
+#[test]
+fn schemas_and_access() {
+    insta::assert_snapshot!(check(
+        r#"
+        connect 1 ada admin
+        connect 2 bob member
+        connect 3 val viewer
+        1 {"type":"hello","protocol":1,"client":"ca"}
+        2 {"type":"hello","protocol":1,"client":"cb"}
+        3 {"type":"hello","protocol":1,"client":"cv"}
+        2 {"type":"mutate","mid":1,"op":"create","doc":"sys:schema:tasks","doc_type":"sys","data":{}}
+        1 {"type":"mutate","mid":1,"op":"create","doc":"sys:schema:tasks","doc_type":"sys","data":{"fields":{"title":{"type":"text"}}}}
+        1 {"type":"mutate","mid":2,"op":"create","doc":"sys:schema:tasks","doc_type":"sys","data":{"fields":{"title":{"type":"string","required":true},"done":{"type":"boolean","default":false},"body":{"type":"richtext"}},"access":{"read":"viewer","write":"member"},"autoFields":{"userId":true,"createdAt":true,"updatedAt":true}}}
+        1 {"type":"mutate","mid":3,"op":"create","doc":"sys:schema:notes","doc_type":"sys","data":{"access":{"read":"owner","write":"owner"}}}
+        3 {"type":"subscribe","sub":"s","doc":"sys:schema:notes"}
+        3 {"type":"subscribe","sub":"t","doc":"t1"}
+        2 {"type":"mutate","mid":2,"op":"create","doc":"t1","doc_type":"tasks","data":{"done":true}}
+        2 {"type":"mutate","mid":3,"op":"create","doc":"t1","doc_type":"tasks","data":{"title":7}}
+        2 {"type":"mutate","mid":4,"op":"create","doc":"t1","doc_type":"tasks","data":{"title":"a","color":"red"}}
+        2 {"type":"mutate","mid":5,"op":"create","doc":"t1","doc_type":"tasks","data":{"title":"a","userId":"mallory","createdAt":1}}
+        2 {"type":"mutate","mid":6,"op":"patch","doc":"t1","data":{"done":true,"createdAt":99,"body":"plain"}}
+        3 {"type":"mutate","mid":1,"op":"patch","doc":"t1","data":{"done":false}}
+        2 {"type":"mutate","mid":7,"op":"create","doc":"n1","doc_type":"notes","data":{"text":"bob's"}}
+        1 {"type":"mutate","mid":4,"op":"create","doc":"n2","doc_type":"notes","data":{"text":"ada's"}}
+        1 {"type":"subscribe","sub":"q","query":{"collection":"notes"}}
+        2 {"type":"subscribe","sub":"q","query":{"collection":"notes"}}
+        1 {"type":"subscribe","sub":"d","doc":"n1"}
+        1 {"type":"mutate","mid":5,"op":"put","doc":"n1","data":{"text":"admin edit"}}
+        3 {"type":"mutate","mid":2,"op":"create","doc":"n3","doc_type":"notes","data":{}}
+        1 {"type":"mutate","mid":6,"op":"put","doc":"sys:schema:notes","data":{}}
+        1 {"type":"mutate","mid":7,"op":"remove","doc":"sys:schema:notes"}
+        "#
+    ));
+}
+
+/// docs/PROTOCOL.md §12: staged writes are private, commit at one sequence or not at all.
+#[test]
+fn staged_sessions() {
+    insta::assert_snapshot!(check(&format!(
+        "{HELLO}{}",
+        r#"
+        1 {"type":"mutate","mid":1,"op":"create","doc":"a","doc_type":"notes","data":{"v":1}}
+        1 {"type":"subscribe","sub":"s","doc":"sys:session"}
+        2 {"type":"subscribe","sub":"s","doc":"sys:session"}
+        2 {"type":"subscribe","sub":"q","query":{"collection":"notes"}}
+        1 {"type":"mutate","mid":2,"op":"stage_put","doc":"a","doc_type":"notes","data":{"v":2}}
+        1 {"type":"mutate","mid":3,"op":"stage_put","doc":"b","doc_type":"notes","data":{"v":1}}
+        1 {"type":"mutate","mid":4,"op":"stage_put","doc":"c","doc_type":"notes","data":{"v":1}}
+        1 {"type":"subscribe","sub":"st","doc":"sys:stage:b"}
+        2 {"type":"subscribe","sub":"st","doc":"sys:stage:b"}
+        2 {"type":"mutate","mid":1,"op":"patch","doc":"a","data":{"w":true}}
+        1 {"type":"mutate","mid":5,"op":"stage_commit"}
+        1 {"type":"mutate","mid":6,"op":"stage_put","doc":"a","doc_type":"notes","data":{"v":3}}
+        reopen
+        1 {"type":"hello","protocol":1,"client":"ca"}
+        2 {"type":"hello","protocol":1,"client":"cb"}
+        2 {"type":"subscribe","sub":"q","query":{"collection":"notes"}}
+        1 {"type":"mutate","mid":7,"op":"stage_commit"}
+        1 {"type":"mutate","mid":8,"op":"stage_commit"}
+        1 {"type":"mutate","mid":9,"op":"stage_put","doc":"sys:index","doc_type":"notes","data":{}}
+        1 {"type":"mutate","mid":10,"op":"stage_put","doc":"z","doc_type":"notes","data":{}}
+        1 {"type":"mutate","mid":11,"op":"stage_discard"}
+        1 {"type":"subscribe","sub":"s2","doc":"sys:session"}
+        "#
+    )));
+}
+
+/// docs/PROTOCOL.md §15: admins manage roles and teams; invitations are pending until accepted.
+#[test]
+fn users_and_teams() {
+    insta::assert_snapshot!(check(
+        r#"
+        connect 1 ada admin
+        connect 2 bob member
+        1 {"type":"hello","protocol":1,"client":"ca"}
+        2 {"type":"hello","protocol":1,"client":"cb"}
+        1 {"type":"subscribe","sub":"u","doc":"sys:users"}
+        1 {"type":"subscribe","sub":"t","doc":"sys:teams"}
+        2 {"type":"mutate","mid":1,"op":"team_create","team":"design","name":"Design"}
+        1 {"type":"mutate","mid":1,"op":"team_create","team":"design","name":"Design"}
+        1 {"type":"mutate","mid":2,"op":"team_create","team":"design","name":"Again"}
+        1 {"type":"mutate","mid":3,"op":"team_invite","team":"design","user":"bob"}
+        1 {"type":"mutate","mid":4,"op":"team_invite","team":"design","user":"bob"}
+        2 {"type":"mutate","mid":2,"op":"team_accept","team":"design"}
+        2 {"type":"mutate","mid":3,"op":"team_accept","team":"design"}
+        1 {"type":"mutate","mid":5,"op":"team_remove","team":"design","user":"carol"}
+        1 {"type":"mutate","mid":6,"op":"user_set_role","user":"carol","role":"admin"}
+        2 {"type":"mutate","mid":4,"op":"create","doc":"x","doc_type":"notes","data":{}}
+        1 {"type":"mutate","mid":7,"op":"user_set_role","user":"bob","role":"viewer"}
+        2 {"type":"mutate","mid":5,"op":"put","doc":"x","data":{"y":1}}
+        connect 3 carol member
+        disconnect 2
+        connect 4 bob member
+        4 {"type":"hello","protocol":1,"client":"cb2"}
+        1 {"type":"mutate","mid":8,"op":"team_remove","team":"design","user":"bob"}
+        1 {"type":"mutate","mid":9,"op":"team_delete","team":"design"}
+        1 {"type":"mutate","mid":10,"op":"team_delete","team":"design"}
+        "#
+    ));
+}
+
+/// docs/PROTOCOL.md §16: contracts on bind, versions, not-modified reads, subscriptions, deletion,
+/// private user buckets and the free plan's gate.
+#[test]
+fn buckets() {
+    insta::assert_snapshot!(check(
+        r#"
+        connect 1 alice member
+        connect 2 bob member
+        connect 3 fred member free
+        1 {"type":"hello","protocol":1,"client":"ca"}
+        2 {"type":"hello","protocol":1,"client":"cb"}
+        3 {"type":"hello","protocol":1,"client":"cf"}
+        2 {"type":"subscribe","sub":"b","bucket":"notes"}
+        1 {"type":"mutate","mid":1,"op":"bucket_bind","bucket":"notes","contract":{"backend":"d1-json","schemaId":"notes.plaintext","schemaVersion":1}}
+        2 {"type":"mutate","mid":1,"op":"bucket_bind","bucket":"notes","contract":{"backend":"d1-json","schemaId":"notes.plaintext","schemaVersion":2}}
+        2 {"type":"mutate","mid":2,"op":"bucket_bind","bucket":"notes","contract":{"backend":"d1-json","schemaId":"notes.plaintext","schemaVersion":1}}
+        2 {"type":"subscribe","sub":"b","bucket":"notes"}
+        1 {"type":"mutate","mid":2,"op":"bucket_set","bucket":"notes","value":{"text":"Hello world"},"if_version":0}
+        2 {"type":"mutate","mid":3,"op":"bucket_set","bucket":"notes","value":{"text":"Stale"},"if_version":0}
+        2 {"type":"bucket_get","req":1,"bucket":"notes","if_version":1}
+        2 {"type":"bucket_get","req":2,"bucket":"notes","if_version":0}
+        2 {"type":"asset_list","req":3,"bucket":"notes"}
+        3 {"type":"mutate","mid":1,"op":"bucket_set","bucket":"notes","value":{"text":"free"}}
+        1 {"type":"mutate","mid":3,"op":"bucket_bind","bucket":"user:bob","contract":{"backend":"d1-json","schemaId":"x","schemaVersion":1}}
+        2 {"type":"mutate","mid":4,"op":"bucket_bind","bucket":"user:bob","contract":{"backend":"d1-json","schemaId":"x","schemaVersion":1}}
+        1 {"type":"bucket_get","req":4,"bucket":"user:bob"}
+        1 {"type":"mutate","mid":4,"op":"bucket_delete","bucket":"notes"}
+        2 {"type":"bucket_get","req":5,"bucket":"notes"}
+        1 {"type":"mutate","mid":5,"op":"bucket_bind","bucket":"notes","contract":{"backend":"d1-json","schemaId":"notes.plaintext","schemaVersion":2}}
+        "#
+    ));
+}
+
+/// docs/PROTOCOL.md §17: uploads get `a<seq>` keys, lists and subscriptions follow, limits hold.
+#[test]
+fn assets() {
+    insta::assert_snapshot!(check(&format!(
+        "{HELLO}{}",
+        r#"
+        1 {"type":"mutate","mid":1,"op":"bucket_bind","bucket":"gallery","contract":{"backend":"r2-assets","schemaId":"gallery","schemaVersion":1}}
+        2 {"type":"subscribe","sub":"a","assets":"gallery"}
+        1 {"type":"mutate","mid":2,"op":"asset_upload","bucket":"gallery","name":"hello.txt","content_type":"text/plain","data_b64":"aGVsbG8="}
+        1 {"type":"mutate","mid":3,"op":"asset_upload","bucket":"gallery","name":"big.bin","content_type":"application/octet-stream","data_b64":"MDEyMzQ1Njc4OWFiY2RlZmdoaWo="}
+        1 {"type":"mutate","mid":4,"op":"asset_upload","bucket":"gallery","name":"bad","content_type":"text/plain","data_b64":"!!"}
+        2 {"type":"mutate","mid":1,"op":"bucket_set","bucket":"gallery","value":1}
+        2 {"type":"subscribe","sub":"wrong","bucket":"gallery"}
+        2 {"type":"asset_list","req":1,"bucket":"gallery"}
+        2 {"type":"mutate","mid":2,"op":"asset_delete","bucket":"gallery","object_key":"a4"}
+        2 {"type":"mutate","mid":3,"op":"asset_delete","bucket":"gallery","object_key":"a4"}
+        "#
+    )));
+}
+
+/// docs/PROTOCOL.md §18: usage per user across documents and buckets, exact refunds, soft-deleted
+/// documents counting until purged, the limit reachable exactly and never passed, the owner charged
+/// for another user's edit, add-ons raising the limit.
+#[test]
+fn quotas() {
+    insta::assert_snapshot!(check(
+        r#"
+        connect 1 alice member
+        connect 2 bob member pro 1
+        1 {"type":"hello","protocol":1,"client":"ca"}
+        2 {"type":"hello","protocol":1,"client":"cb"}
+        1 {"type":"mutate","mid":1,"op":"create","doc":"a","doc_type":"t","data":{"text":"0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789"}}
+        1 {"type":"mutate","mid":2,"op":"create","doc":"b","doc_type":"t","data":{"text":"0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789"}}
+        usage alice
+        1 {"type":"mutate","mid":3,"op":"create","doc":"c","doc_type":"t","data":{"text":"0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789"}}
+        1 {"type":"mutate","mid":4,"op":"create","doc":"c","doc_type":"t","data":{"text":"0123456789012345678901234567890123456789012345678901234567890123456"}}
+        usage alice
+        1 {"type":"mutate","mid":5,"op":"create","doc":"d","doc_type":"t","data":{}}
+        1 {"type":"mutate","mid":6,"op":"remove","doc":"a"}
+        1 {"type":"mutate","mid":7,"op":"create","doc":"d","doc_type":"t","data":{}}
+        1 {"type":"mutate","mid":8,"op":"purge","doc":"a"}
+        usage alice
+        1 {"type":"mutate","mid":9,"op":"create","doc":"d","doc_type":"t","data":{}}
+        2 {"type":"mutate","mid":1,"op":"patch","doc":"b","data":{"more":"0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789"}}
+        2 {"type":"mutate","mid":2,"op":"create","doc":"e","doc_type":"t","data":{"text":"0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789"}}
+        usage bob
+        1 {"type":"mutate","mid":10,"op":"bucket_bind","bucket":"notes","contract":{"backend":"d1-json","schemaId":"n","schemaVersion":1}}
+        2 {"type":"mutate","mid":3,"op":"bucket_set","bucket":"notes","value":"0123456789012345678901234567890123456789012345678901234567890123456"}
+        1 {"type":"mutate","mid":11,"op":"bucket_set","bucket":"notes","value":"x"}
+        usage alice
+        usage bob
+        reopen
+        1 {"type":"hello","protocol":1,"client":"ca"}
+        1 {"type":"mutate","mid":12,"op":"patch","doc":"b","data":{"text":null}}
+        1 {"type":"mutate","mid":13,"op":"bucket_delete","bucket":"notes"}
+        usage alice
+        "#
+    ));
 }
