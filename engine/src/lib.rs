@@ -7,6 +7,7 @@
 //! and reopening the database restores exactly the committed state.
 
 mod commit;
+pub mod model;
 mod mutate;
 mod room;
 mod schema;

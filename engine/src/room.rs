@@ -268,6 +268,20 @@ impl Room {
         self.users.get(user).map_or(0, |record| record.usage)
     }
 
+    /// The state the reference model is compared on: sequence, documents, usage, buckets.
+    pub fn export(&self) -> crate::model::Export {
+        let docs = self.docs.iter().map(|(id, d)| (d.snapshot(id), d.deleted)).collect();
+        let usage = self.users.iter().map(|(user, record)| (user.clone(), record.usage)).collect();
+        let buckets = self
+            .buckets
+            .iter()
+            .map(|(name, b)| {
+                (name.clone(), (b.contract.clone(), b.version, b.value.clone(), b.setter.clone()))
+            })
+            .collect();
+        crate::model::Export { seq: self.seq, docs, usage, buckets }
+    }
+
     /// Asserts the room's invariants; panics on a broken one, since that is a bug of the engine:
     /// every user's usage equals the sum of what is stored and charged to them.
     pub fn check_invariants(&self) {

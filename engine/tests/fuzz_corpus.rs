@@ -1,0 +1,33 @@
+//! Replays the `engine_ops` fuzz corpus (fuzz/corpus/engine_ops) under `cargo test`: every script
+//! runs on a room and on the reference model, which must agree.
+
+use roomlab_engine::model::check_script;
+use roomlab_engine::{Config, Quotas};
+use roomlab_protocol::Limits;
+use std::path::Path;
+
+#[test]
+fn engine_ops_corpus_replays_clean() {
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/engine_ops");
+    let mut entries: Vec<_> = std::fs::read_dir(&directory)
+        .unwrap_or_else(|e| panic!("{}: {e}", directory.display()))
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    entries.sort();
+    let (mut scripts, mut lines) = (0, 0);
+    for path in entries {
+        let input = std::fs::read(&path).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        // The same limits as the fuzz target, so a crash it found replays here.
+        let limits =
+            Limits { list_items_max: 2, replay_window_max: 4, subscriptions_max: 3, ..Limits::default() };
+        let config = Config { limits, quotas: Quotas { free_bytes: 300, pro_bytes: 600, addon_bytes: 0 } };
+        lines += check_script(&scratch.path().join("room.sqlite"), config, &input);
+        scripts += 1;
+    }
+    assert!(
+        scripts >= 10 && lines >= 100,
+        "only {scripts} scripts ({lines} lines) in {}",
+        directory.display()
+    );
+}
