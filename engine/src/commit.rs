@@ -5,6 +5,7 @@ use crate::room::{ConnId, Effect, Identity, Lifecycle, Peer, Refusal, Room, Subs
 use crate::schema::Schema;
 use crate::state::{Bucket, Document, Session, Team, UserRecord};
 use crate::storage::{self, DocumentRow, ItemRow, StagedRow};
+use crate::watch::WatchKey;
 use roomlab_protocol::{
     BucketName, DocId, DocSnapshot, DocType, ErrorBody, ErrorCode, FieldName, ItemId, ObjectKey,
     ServerMessage, SubId, TeamId, UserId,
@@ -93,6 +94,26 @@ pub(crate) struct Touched {
     pub sessions: BTreeSet<UserId>,
     /// Users whose role changed: all their subscriptions are re-evaluated.
     pub readers: BTreeSet<UserId>,
+    /// What the changed documents touched, before and after the change.
+    pub keys: BTreeSet<WatchKey>,
+}
+
+impl Touched {
+    /// Every key the change touched, the system views' included.
+    fn all_keys(&self) -> BTreeSet<WatchKey> {
+        let system = |id: &str| WatchKey::System(DocId::new(id).expect("valid id"));
+        let mut keys = self.keys.clone();
+        let flags = [
+            (self.index, "sys:index"),
+            (self.trash, "sys:trash"),
+            (self.users, "sys:users"),
+            (self.teams, "sys:teams"),
+        ];
+        keys.extend(flags.iter().filter(|(set, _)| *set).map(|(_, id)| system(id)));
+        keys.extend(self.sessions.iter().cloned().map(WatchKey::Session));
+        keys.extend(self.buckets.iter().cloned().map(WatchKey::Bucket));
+        keys
+    }
 }
 
 pub(crate) fn internal(mid: u64, error: &dyn std::fmt::Display) -> ServerMessage {
@@ -262,6 +283,12 @@ impl Room {
 
     fn apply_doc(&mut self, write: DocWrite, touched: &mut Touched) {
         let DocWrite { id, document, lifecycle, .. } = write;
+        if let Some(old) = self.docs.get(&id) {
+            self.watchers.doc_keys(&id, old, &mut touched.keys);
+        }
+        if let Some(new) = &document {
+            self.watchers.doc_keys(&id, new, &mut touched.keys);
+        }
         if let Some(doc_type) = id.schema_for() {
             let data = document.as_ref().map(Document::data);
             let schema = data.map(|data| Schema::parse(data).expect("schemas are checked before commit"));
@@ -302,15 +329,25 @@ impl Room {
                 (id.clone(), live, document.map(|d| d.doc_type.clone()))
             })
             .collect();
+        // A change of access can affect any subscription; other changes only those watching what
+        // they touched.
+        let targets: Vec<(ConnId, SubId)> = match touched.readers.is_empty() && touched.schemas.is_empty() {
+            true => self.watchers.watching(&touched.all_keys()).into_iter().collect(),
+            false => self
+                .connections
+                .iter()
+                .flat_map(|(conn, peer)| peer.subscriptions.keys().map(move |sub| (*conn, sub.clone())))
+                .collect(),
+        };
         let mut connections = std::mem::take(&mut self.connections);
         let mut effects = Vec::new();
-        for (conn, peer) in &mut connections {
+        for (conn, sub) in targets {
+            let peer = connections.get_mut(&conn).expect("watchers name live connections");
             let reader = self.effective(&peer.identity);
             let Peer { subscriptions, .. } = peer;
-            for (sub, subscription) in subscriptions.iter_mut() {
-                let pushed = self.push_one(sub, subscription, touched, &changed, &reader);
-                effects.extend(pushed.map(|message| Effect::Send { conn: *conn, message }));
-            }
+            let subscription = subscriptions.get_mut(&sub).expect("watchers name live subscriptions");
+            let pushed = self.push_one(&sub, subscription, touched, &changed, &reader);
+            effects.extend(pushed.map(|message| Effect::Send { conn, message }));
         }
         self.connections = connections;
         effects

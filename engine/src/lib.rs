@@ -13,6 +13,7 @@ mod room;
 mod schema;
 mod state;
 mod storage;
+mod watch;
 mod yjs;
 
 pub use room::{Config, ConnId, Effect, Identity, Room};

@@ -3,6 +3,7 @@
 use crate::schema::Schema;
 use crate::state::{Bucket, Document, Item, Membership, Quotas, Session, Staged, Team, Teams, UserRecord};
 use crate::storage;
+use crate::watch::Watchers;
 use crate::yjs::Yjs;
 use crate::EngineError;
 use roomlab_protocol::{
@@ -125,6 +126,8 @@ pub struct Room {
     pub(crate) buckets: BTreeMap<BucketName, Bucket>,
     pub(crate) yjs: Yjs,
     pub(crate) connections: BTreeMap<ConnId, Peer>,
+    /// Which subscriptions each change may affect.
+    pub(crate) watchers: Watchers,
     /// The room sequence of the last change to `sys:index`, `sys:trash`, `sys:users`, `sys:teams`.
     pub(crate) index_seq: u64,
     pub(crate) trash_seq: u64,
@@ -167,6 +170,7 @@ impl Room {
             buckets: BTreeMap::new(),
             yjs: Yjs::default(),
             connections: BTreeMap::new(),
+            watchers: Watchers::default(),
             index_seq: 0,
             trash_seq: 0,
             users_seq: storage::meta(&db, "users_seq")?,
@@ -341,7 +345,11 @@ impl Room {
 
     /// A connection closed; its subscriptions and open Yjs fields end.
     pub fn disconnect(&mut self, conn: ConnId) {
-        self.connections.remove(&conn);
+        if let Some(peer) = self.connections.remove(&conn) {
+            for (sub, subscription) in &peer.subscriptions {
+                self.watchers.remove(&Watchers::key(subscription, &peer.identity.user), conn, sub);
+            }
+        }
         self.yjs.close_all(conn);
     }
 
@@ -493,6 +501,7 @@ impl Room {
                 (Subscription::Assets(name), first)
             }
         };
+        self.watchers.insert(Watchers::key(&subscription, &reader.user), conn, sub.clone());
         let connection = self.connections.get_mut(&conn).expect("connected");
         connection.subscriptions.insert(sub.clone(), subscription);
         Ok(first)
@@ -501,7 +510,10 @@ impl Room {
     fn unsubscribe(&mut self, conn: ConnId, sub: SubId) -> Vec<Effect> {
         let connection = self.connections.get_mut(&conn).expect("connected");
         let message = match connection.subscriptions.remove(&sub) {
-            Some(_) => ServerMessage::Unsubscribed { sub },
+            Some(subscription) => {
+                self.watchers.remove(&Watchers::key(&subscription, &connection.identity.user), conn, &sub);
+                ServerMessage::Unsubscribed { sub }
+            }
             None => {
                 let message = format!("no subscription {sub}");
                 ServerMessage::Error(ErrorBody::new(ErrorCode::SubscriptionUnknown, message).with_sub(sub))

@@ -38,13 +38,18 @@ fn doc_id() -> impl Strategy<Value = DocId> {
 
 fn data() -> impl Strategy<Value = Value> {
     prop_oneof![
-        8 => (0..5u8, 0..90usize).prop_map(|(n, len)| json!({"n": n, "s": "x".repeat(len)})),
+        8 => (0..5u8, prop_oneof![0..3usize, 0..90usize]).prop_map(|(n, len)| json!({"n": n, "s": "x".repeat(len)})),
         1 => Just(json!([1])),
     ]
 }
 
 fn patch() -> impl Strategy<Value = Value> {
-    prop_oneof![(0..5u8).prop_map(|n| json!({"n": n})), Just(json!({"n": null})), Just(json!({"s": null}))]
+    prop_oneof![
+        (0..5u8).prop_map(|n| json!({"n": n})),
+        (0..3usize).prop_map(|len| json!({"s": "x".repeat(len)})),
+        Just(json!({"n": null})),
+        Just(json!({"s": null})),
+    ]
 }
 
 fn key() -> impl Strategy<Value = ListKey> {
@@ -91,21 +96,29 @@ fn mutation() -> impl Strategy<Value = Mutation> {
 
 fn target() -> impl Strategy<Value = Target> {
     let docs = prop::sample::select(vec!["d0", "d1", "d2", "sys:index", "sys:trash", "sys:users"]);
-    let query = (prop::option::of(0..4u8), any::<bool>(), prop::option::of(1..3u32)).prop_map(
-        |(above, desc, limit)| {
-            let mut query = json!({"collection": "t"});
-            if let Some(above) = above {
-                query["where"] = json!({"field": "n", "op": "gt", "value": above});
-            }
-            if desc {
-                query["order_by"] = json!([{"field": "n", "dir": "desc"}]);
-            }
-            if let Some(limit) = limit {
-                query["limit"] = json!(limit);
-            }
-            serde_json::from_value::<Query>(query).unwrap()
-        },
-    );
+    // `s eq` filters take the engine's index; `n gt` filters its scan.
+    let filter = prop_oneof![
+        Just(None),
+        (0..4u8).prop_map(|above| Some(json!({"field": "n", "op": "gt", "value": above}))),
+        (0..3usize).prop_map(|len| Some(json!({"field": "s", "op": "eq", "value": "x".repeat(len)}))),
+        (0..3usize, 0..4u8).prop_map(|(len, above)| {
+            let eq = json!({"field": "s", "op": "eq", "value": "x".repeat(len)});
+            Some(json!({"and": [eq, {"field": "n", "op": "gt", "value": above}]}))
+        }),
+    ];
+    let query = (filter, any::<bool>(), prop::option::of(1..3u32)).prop_map(|(filter, desc, limit)| {
+        let mut query = json!({"collection": "t"});
+        if let Some(filter) = filter {
+            query["where"] = filter;
+        }
+        if desc {
+            query["order_by"] = json!([{"field": "n", "dir": "desc"}]);
+        }
+        if let Some(limit) = limit {
+            query["limit"] = json!(limit);
+        }
+        serde_json::from_value::<Query>(query).unwrap()
+    });
     prop_oneof![
         3 => docs.prop_map(|doc| Target::Doc(DocId::new(doc).unwrap())),
         3 => query.prop_map(Target::Query),
