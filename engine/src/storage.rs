@@ -123,7 +123,10 @@ pub fn meta(connection: &Connection, key: &str) -> rusqlite::Result<u64> {
 
 /// Writes a counter of the meta table inside the current transaction.
 pub fn set_meta(connection: &Connection, key: &str, value: u64) -> rusqlite::Result<()> {
-    connection.execute("UPDATE meta SET value = ?2 WHERE key = ?1", params![key, value as i64]).map(|_| ())
+    connection
+        .prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")?
+        .execute(params![key, value as i64])
+        .map(|_| ())
 }
 
 /// Reads the room's committed sequence.
@@ -135,7 +138,10 @@ pub fn sequence(connection: &Connection) -> rusqlite::Result<u64> {
 
 /// Writes the room's sequence inside the current transaction.
 pub fn set_sequence(connection: &Connection, seq: u64) -> rusqlite::Result<()> {
-    connection.execute("UPDATE meta SET value = ?1 WHERE key = 'seq'", params![seq as i64]).map(|_| ())
+    connection
+        .prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'seq'")?
+        .execute(params![seq as i64])
+        .map(|_| ())
 }
 
 /// One stored document, live or soft-deleted.
@@ -181,11 +187,20 @@ pub fn write_document(connection: &Connection, row: &DocumentRow) -> rusqlite::R
         Some((seq, at)) => (Some(seq as i64), Some(at as i64)),
         None => (None, None),
     };
-    connection.execute(
-        "INSERT OR REPLACE INTO documents (id, doc_type, seq, owner, data, deleted_seq, deleted_at)
+    connection
+        .prepare_cached(
+            "INSERT OR REPLACE INTO documents (id, doc_type, seq, owner, data, deleted_seq, deleted_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![row.id, row.doc_type, row.seq as i64, row.owner, row.data, deleted_seq, deleted_at],
-    )?;
+        )?
+        .execute(params![
+            row.id,
+            row.doc_type,
+            row.seq as i64,
+            row.owner,
+            row.data,
+            deleted_seq,
+            deleted_at
+        ])?;
     Ok(())
 }
 
@@ -206,10 +221,8 @@ pub fn log_membership(
     at: u64,
 ) -> rusqlite::Result<()> {
     connection
-        .execute(
-            "INSERT INTO membership_log (seq, doc, action, at) VALUES (?1, ?2, ?3, ?4)",
-            params![seq as i64, doc, action, at as i64],
-        )
+        .prepare_cached("INSERT INTO membership_log (seq, doc, action, at) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![seq as i64, doc, action, at as i64])
         .map(|_| ())
 }
 
@@ -231,16 +244,16 @@ pub fn remember_answer(
     window: usize,
 ) -> rusqlite::Result<()> {
     let (user, client) = key;
-    connection.execute(
-        "INSERT OR REPLACE INTO replay (user, client, mid, answer) VALUES (?1, ?2, ?3, ?4)",
-        params![user, client, mid as i64, answer],
-    )?;
+    connection
+        .prepare_cached("INSERT OR REPLACE INTO replay (user, client, mid, answer) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![user, client, mid as i64, answer])?;
     // Everything at or below the oldest answer to keep, found by one walk down the primary key.
-    connection.execute(
-        "DELETE FROM replay WHERE user = ?1 AND client = ?2 AND mid <=
+    connection
+        .prepare_cached(
+            "DELETE FROM replay WHERE user = ?1 AND client = ?2 AND mid <=
          (SELECT mid FROM replay WHERE user = ?1 AND client = ?2 ORDER BY mid DESC LIMIT 1 OFFSET ?3)",
-        params![user, client, window as i64],
-    )?;
+        )?
+        .execute(params![user, client, window as i64])?;
     Ok(())
 }
 
@@ -251,17 +264,12 @@ pub fn replay_lookup(
     mid: u64,
 ) -> rusqlite::Result<(Option<u64>, Option<String>)> {
     let (user, client) = key;
-    let newest: Option<i64> = connection.query_row(
-        "SELECT MAX(mid) FROM replay WHERE user = ?1 AND client = ?2",
-        params![user, client],
-        |row| row.get(0),
-    )?;
+    let newest: Option<i64> = connection
+        .prepare_cached("SELECT MAX(mid) FROM replay WHERE user = ?1 AND client = ?2")?
+        .query_row(params![user, client], |row| row.get(0))?;
     let answer = connection
-        .query_row(
-            "SELECT answer FROM replay WHERE user = ?1 AND client = ?2 AND mid = ?3",
-            params![user, client, mid as i64],
-            |row| row.get(0),
-        )
+        .prepare_cached("SELECT answer FROM replay WHERE user = ?1 AND client = ?2 AND mid = ?3")?
+        .query_row(params![user, client, mid as i64], |row| row.get(0))
         .optional()?;
     Ok((newest.map(|n| n as u64), answer))
 }
@@ -310,10 +318,8 @@ pub fn write_item(connection: &Connection, row: &ItemRow) -> rusqlite::Result<()
 /// Removes a list item.
 pub fn delete_item(connection: &Connection, doc: &str, list: &str, item: &str) -> rusqlite::Result<()> {
     connection
-        .execute(
-            "DELETE FROM list_items WHERE doc = ?1 AND list = ?2 AND item = ?3",
-            params![doc, list, item],
-        )
+        .prepare_cached("DELETE FROM list_items WHERE doc = ?1 AND list = ?2 AND item = ?3")?
+        .execute(params![doc, list, item])
         .map(|_| ())
 }
 
@@ -372,15 +378,17 @@ pub fn set_role(connection: &Connection, user: &str, role: Option<&str>) -> rusq
 /// A user's usage as committed (or as written so far in the current transaction).
 pub fn usage(connection: &Connection, user: &str) -> rusqlite::Result<u64> {
     connection
-        .query_row("SELECT usage FROM users WHERE id = ?1", [user], |row| row.get::<_, i64>(0))
+        .prepare_cached("SELECT usage FROM users WHERE id = ?1")?
+        .query_row([user], |row| row.get::<_, i64>(0))
         .optional()
         .map(|usage| usage.unwrap_or(0) as u64)
 }
 
 /// Moves a user's usage by `delta` bytes.
 pub fn add_usage(connection: &Connection, user: &str, delta: i64) -> rusqlite::Result<()> {
-    let changed =
-        connection.execute("UPDATE users SET usage = usage + ?2 WHERE id = ?1", params![user, delta])?;
+    let changed = connection
+        .prepare_cached("UPDATE users SET usage = usage + ?2 WHERE id = ?1")?
+        .execute(params![user, delta])?;
     assert_eq!(changed, 1, "usage charged to {user}, whom the room has never seen");
     Ok(())
 }
