@@ -82,7 +82,7 @@ impl Change {
 /// What a committed change touched, to find the subscriptions it may affect.
 #[derive(Default)]
 pub(crate) struct Touched {
-    pub docs: BTreeMap<DocId, Option<Lifecycle>>,
+    pub docs: BTreeSet<DocId>,
     /// Collections whose schema changed: every subscription over them is re-evaluated.
     pub schemas: BTreeSet<DocType>,
     pub index: bool,
@@ -116,6 +116,9 @@ impl Touched {
     }
 }
 
+/// How a change moves each user's usage, in bytes; users it does not move are absent.
+type Deltas = BTreeMap<UserId, i64>;
+
 pub(crate) fn internal(mid: u64, error: &dyn std::fmt::Display) -> ServerMessage {
     ServerMessage::Error(
         ErrorBody::new(ErrorCode::Internal, format!("storage failed: {error}")).with_mid(mid),
@@ -138,7 +141,7 @@ impl Room {
         };
         let written = match planned {
             Ok(change) => self.write(&change, key, (mid, seq), now_ms).map(|refused| match refused {
-                Ok(answer) => (answer, Some(change)),
+                Ok((answer, deltas)) => (answer, Some((change, deltas))),
                 Err(body) => (ServerMessage::Error(body.with_mid(mid)), None),
             }),
             Err(body) => Ok((ServerMessage::Error(body.with_mid(mid)), None)),
@@ -153,9 +156,9 @@ impl Room {
             Err(e) => return vec![Effect::Send { conn, message: internal(mid, &e) }],
         };
         let mut effects = vec![Effect::Send { conn, message: answer }];
-        if let Some(change) = change {
+        if let Some((change, deltas)) = change {
             self.seq = seq;
-            let touched = self.apply(change);
+            let touched = self.apply(change, deltas);
             effects.extend(self.push(&touched));
         }
         effects
@@ -169,14 +172,15 @@ impl Room {
     }
 
     /// Writes `change` at `seq`, charges quota inside the same transaction, and remembers the ack.
-    /// Returns the ack, or the quota refusal (with the transaction rolled back).
+    /// Returns the ack with the usage deltas it charged, or the quota refusal (with the transaction
+    /// rolled back).
     fn write(
         &mut self,
         change: &Change,
         key: (&str, &str),
         (mid, seq): (u64, u64),
         now_ms: u64,
-    ) -> rusqlite::Result<Result<ServerMessage, Refusal>> {
+    ) -> rusqlite::Result<Result<(ServerMessage, Deltas), Refusal>> {
         let deltas = self.usage_deltas(change);
         let limits: BTreeMap<&UserId, u64> = deltas
             .keys()
@@ -213,12 +217,12 @@ impl Room {
         let text = serde_json::to_string(&answer).expect("answers serialize");
         storage::remember_answer(&transaction, key, mid, &text, window)?;
         transaction.commit()?;
-        Ok(Ok(answer))
+        Ok(Ok((answer, deltas)))
     }
 
     /// How `change` moves each user's usage (docs/PROTOCOL.md quota.what-counts).
-    fn usage_deltas(&self, change: &Change) -> BTreeMap<UserId, i64> {
-        let mut deltas: BTreeMap<UserId, i64> = BTreeMap::new();
+    fn usage_deltas(&self, change: &Change) -> Deltas {
+        let mut deltas = Deltas::new();
         let mut charge = |user: &UserId, bytes: u64, sign: i64| {
             *deltas.entry(user.clone()).or_default() += sign * bytes as i64;
         };
@@ -242,10 +246,10 @@ impl Room {
         deltas
     }
 
-    /// Applies a committed change to memory and returns what it touched.
-    fn apply(&mut self, change: Change) -> Touched {
+    /// Applies a committed change, and the usage it charged, to memory; returns what it touched.
+    fn apply(&mut self, change: Change, deltas: Deltas) -> Touched {
         let mut touched = Touched::default();
-        for (user, delta) in self.usage_deltas(&change) {
+        for (user, delta) in deltas {
             let record = self.users.get_mut(&user).expect("charged users are recorded");
             record.usage = record.usage.checked_add_signed(delta).expect("usage never goes below zero");
         }
@@ -313,22 +317,11 @@ impl Room {
                 (self.trash_seq, touched.trash) = (self.seq, true);
             }
         }
-        touched.docs.insert(id, lifecycle);
+        touched.docs.insert(id);
     }
 
     /// Pushes a committed change to every subscription it affects.
     pub(crate) fn push(&mut self, touched: &Touched) -> Vec<Effect> {
-        // Snapshots of the changed documents, made once for every query that tests them.
-        let changed: Vec<(DocId, Option<DocSnapshot>, Option<DocType>)> = touched
-            .docs
-            .keys()
-            .map(|id| {
-                let document = self.docs.get(id);
-                let live =
-                    document.filter(|d| d.deleted.is_none() && !id.is_system()).map(|d| d.snapshot(id));
-                (id.clone(), live, document.map(|d| d.doc_type.clone()))
-            })
-            .collect();
         // A change of access can affect any subscription; other changes only those watching what
         // they touched.
         let targets: Vec<(ConnId, SubId)> = match touched.readers.is_empty() && touched.schemas.is_empty() {
@@ -339,6 +332,20 @@ impl Room {
                 .flat_map(|(conn, peer)| peer.subscriptions.keys().map(move |sub| (*conn, sub.clone())))
                 .collect(),
         };
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        // Snapshots of the changed documents, made once for every query that tests them.
+        let changed: Vec<(DocId, Option<DocSnapshot>, Option<DocType>)> = touched
+            .docs
+            .iter()
+            .map(|id| {
+                let document = self.docs.get(id);
+                let live =
+                    document.filter(|d| d.deleted.is_none() && !id.is_system()).map(|d| d.snapshot(id));
+                (id.clone(), live, document.map(|d| d.doc_type.clone()))
+            })
+            .collect();
         let mut connections = std::mem::take(&mut self.connections);
         let mut effects = Vec::new();
         for (conn, sub) in targets {
@@ -385,7 +392,7 @@ impl Room {
                     _ => {
                         let of_type =
                             self.docs.get(doc).is_some_and(|d| touched.schemas.contains(&d.doc_type));
-                        touched.docs.contains_key(doc) || reread || of_type
+                        touched.docs.contains(doc) || reread || of_type
                     }
                 };
                 if !affected {

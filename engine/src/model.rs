@@ -8,11 +8,11 @@
 use crate::room::{Config, ConnId, Effect, Identity};
 use crate::state::canonical_len;
 use roomlab_protocol::{
-    Backend, BucketName, ClientId, ClientMessage, Contract, DocId, DocSnapshot, DocType, ErrorBody,
-    ErrorCode, FieldName, ItemId, ListItem, ListKey, Mutation, Plan, Query, Role, RoomId, ServerMessage,
-    SubId, Target, UserId, PROTOCOL_VERSION,
+    merge_patch, Backend, BucketName, ClientId, ClientMessage, Contract, DocId, DocSnapshot, DocType,
+    ErrorBody, ErrorCode, FieldName, ItemId, ListItem, ListKey, Mutation, Plan, Query, Role, RoomId,
+    ServerMessage, SubId, Target, UserId, PROTOCOL_VERSION,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 /// A document in the model.
@@ -45,7 +45,7 @@ impl Doc {
                         value: value.clone(),
                     })
                     .collect();
-                items.sort_by(|a, b| (a.key.as_str(), a.id.as_str()).cmp(&(b.key.as_str(), b.id.as_str())));
+                ListItem::sort(&mut items);
                 (name.clone(), items)
             })
             .collect();
@@ -332,8 +332,7 @@ impl Model {
         let identity = peer.identity.clone();
         let key = (identity.user.clone(), peer.client.clone().expect("greeted"));
         let answers = self.state.answers.entry(key.clone()).or_default();
-        if let Some(newest) = answers.keys().next_back().copied().filter(|newest| mid <= *newest) {
-            let _ = newest;
+        if answers.keys().next_back().is_some_and(|newest| mid <= *newest) {
             let answer = answers.get(&mid).cloned();
             let answer = answer
                 .unwrap_or_else(|| ServerMessage::Error(refuse(ErrorCode::ReplayExpired).with_mid(mid)));
@@ -552,7 +551,7 @@ fn apply(
             &doc,
             if_seq,
             |d| {
-                merge(&mut d.data, &data);
+                merge_patch(&mut d.data, &data);
                 Ok(())
             },
             seq,
@@ -758,25 +757,6 @@ fn list_write(
         return Err(refuse(ErrorCode::Protected));
     }
     write(state, writer, doc, None, |d| change(&mut d.lists), seq, doc_bytes_max)
-}
-
-fn merge(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    let object = target.as_object_mut().expect("an object");
-    for (key, value) in patch {
-        match value {
-            Value::Null => {
-                object.remove(key);
-            }
-            value => merge(object.entry(key.clone()).or_insert(Value::Null), value),
-        }
-    }
 }
 
 /// The connections of every twin run: (user, role, plan); connection `i` is `PEOPLE[i]`.

@@ -8,10 +8,10 @@ use crate::state::{Bucket, Document, Item, Membership, Staged, Team};
 use crate::storage;
 use base64::Engine as _;
 use roomlab_protocol::{
-    AssetInfo, Backend, BucketName, Contract, DocId, DocType, ErrorBody, ErrorCode, FieldName, ItemId,
-    ListKey, Mutation, ObjectKey, Plan, Role, ServerMessage, TeamId, UserId,
+    merge_patch, AssetInfo, Backend, BucketName, Contract, DocId, DocType, ErrorBody, ErrorCode, FieldName,
+    ItemId, ListKey, Mutation, ObjectKey, Plan, Role, ServerMessage, TeamId, UserId,
 };
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// The longest asset file name, content type and team name accepted, in bytes.
 const NAME_BYTES_MAX: usize = 256;
@@ -51,6 +51,15 @@ fn require_admin(writer: &Identity) -> Result<(), Refusal> {
         true => Ok(()),
         false => Err(forbidden("only admins may do this")),
     }
+}
+
+/// Whether `writer` may write bucket `name`, existing or not (docs/PROTOCOL.md bucket.user-scope).
+fn may_write_bucket(writer: &Identity, name: &BucketName) -> Result<(), Refusal> {
+    require_member(writer)?;
+    if !Room::bucket_scope_admits(&writer.user, name) {
+        return Err(forbidden(format!("{name} is another user's bucket")));
+    }
+    Ok(())
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), Refusal> {
@@ -148,10 +157,10 @@ impl Room {
                 Ok(Change::team(team, None))
             }
             Mutation::TeamInvite { team, user } => self.plan_team_invite(writer, team, user),
-            Mutation::TeamAccept { team } => self.plan_team_member(writer, team, writer.user.clone(), true),
+            Mutation::TeamAccept { team } => self.plan_team_member(team, writer.user.clone(), true),
             Mutation::TeamRemove { team, user } => {
                 require_admin(writer)?;
-                self.plan_team_member(writer, team, user, false)
+                self.plan_team_member(team, user, false)
             }
             Mutation::UserSetRole { user, role } => {
                 require_admin(writer)?;
@@ -242,7 +251,7 @@ impl Room {
         }
         let document =
             self.docs.get(doc).ok_or_else(|| refuse(ErrorCode::NotFound, format!("no document {doc}")))?;
-        if let Some((_, _)) = document.deleted {
+        if document.deleted.is_some() {
             return Err(deleted(doc, document.seq));
         }
         let allowed = match is_schema {
@@ -461,10 +470,7 @@ impl Room {
         name: &BucketName,
         backend: Option<Backend>,
     ) -> Result<&Bucket, Refusal> {
-        require_member(writer)?;
-        if !Room::bucket_scope_admits(&writer.user, name) {
-            return Err(forbidden(format!("{name} is another user's bucket")));
-        }
+        may_write_bucket(writer, name)?;
         let bucket =
             self.buckets.get(name).ok_or_else(|| refuse(ErrorCode::NotFound, format!("no bucket {name}")))?;
         if let Some(backend) = backend {
@@ -475,10 +481,7 @@ impl Room {
 
     /// docs/PROTOCOL.md bucket.bind.contract.
     fn plan_bind(&self, writer: &Identity, name: BucketName, contract: Contract) -> Result<Change, Refusal> {
-        require_member(writer)?;
-        if !Room::bucket_scope_admits(&writer.user, &name) {
-            return Err(forbidden(format!("{name} is another user's bucket")));
-        }
+        may_write_bucket(writer, &name)?;
         match self.buckets.get(&name) {
             Some(bucket) if bucket.contract == contract => {
                 Ok(Change { version: Some(bucket.version), ..Change::default() })
@@ -605,13 +608,7 @@ impl Room {
     }
 
     /// Accepts the caller's invitation (`accept`), or removes a member or invitation.
-    fn plan_team_member(
-        &self,
-        _writer: &Identity,
-        id: TeamId,
-        user: UserId,
-        accept: bool,
-    ) -> Result<Change, Refusal> {
+    fn plan_team_member(&self, id: TeamId, user: UserId, accept: bool) -> Result<Change, Refusal> {
         let mut team = self.team(&id)?.clone();
         let status = team.members.get(&user).copied();
         match (accept, status) {
@@ -636,24 +633,5 @@ fn storage_enabled(writer: &Identity) -> Result<(), Refusal> {
             Err(refuse(ErrorCode::StorageDisabled, "the free plan has bucket and asset storage gated off"))
         }
         Plan::Pro => Ok(()),
-    }
-}
-
-/// RFC 7386 JSON merge patch.
-fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    let object = target.as_object_mut().expect("just made an object");
-    for (key, value) in patch {
-        if value.is_null() {
-            object.remove(key);
-        } else {
-            merge_patch(object.entry(key.clone()).or_insert(Value::Null), value);
-        }
     }
 }

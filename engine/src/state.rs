@@ -98,8 +98,7 @@ impl Document {
                         value: item.value.clone(),
                     })
                     .collect();
-                // docs/PROTOCOL.md list.order: by (key, item id), both byte-wise.
-                items.sort_by(|a, b| (a.key.as_str(), a.id.as_str()).cmp(&(b.key.as_str(), b.id.as_str())));
+                ListItem::sort(&mut items);
                 (name.clone(), items)
             })
             .collect();

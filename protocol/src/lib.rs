@@ -27,7 +27,7 @@ pub use ids::{
     TeamId, UserId,
 };
 pub use message::{
-    AssetInfo, Backend, ClientMessage, Contract, DocSnapshot, ErrorBody, Limits, ListItem, Mutation, Plan,
-    Role, ServerMessage, Target, PROTOCOL_VERSION,
+    merge_patch, AssetInfo, Backend, ClientMessage, Contract, DocSnapshot, ErrorBody, Limits, ListItem,
+    Mutation, Plan, Role, ServerMessage, Target, PROTOCOL_VERSION,
 };
 pub use query::{Direction, Field, Op, Order, Query, QueryError, Where};

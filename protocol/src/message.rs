@@ -70,6 +70,34 @@ pub struct ListItem {
     pub value: Value,
 }
 
+impl ListItem {
+    /// Sorts a list into its one order, by (key, item id), both byte-wise (docs/PROTOCOL.md
+    /// list.order).
+    pub fn sort(items: &mut [ListItem]) {
+        items.sort_by(|a, b| (a.key.as_str(), a.id.as_str()).cmp(&(b.key.as_str(), b.id.as_str())));
+    }
+}
+
+/// Applies a JSON merge patch (RFC 7386, docs/PROTOCOL.md docs.patch) to `target`: objects merge,
+/// `null` removes a key, anything else replaces.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    let object = target.as_object_mut().expect("just made an object");
+    for (key, value) in patch {
+        if value.is_null() {
+            object.remove(key);
+        } else {
+            merge_patch(object.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
 /// A document as readers see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DocSnapshot {
