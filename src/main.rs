@@ -21,6 +21,42 @@ enum Command {
     /// Fractional index keys: make keys between two others, or check keys.
     #[command(subcommand)]
     Fracdex(FracdexCommand),
+    /// Run the room server: WebSocket and HTTP on one address, one SQLite database per room.
+    Serve {
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        addr: std::net::SocketAddr,
+        /// The directory of room databases; in memory when absent.
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+        /// The HS256 secret for room tokens (or the ROOMLAB_SECRET environment variable).
+        #[arg(long, env = "ROOMLAB_SECRET", default_value = DEV_SECRET, hide_env_values = true)]
+        secret: String,
+    },
+    /// Mint a room token (an HS256 JWT) for development.
+    Token {
+        /// The room the token opens.
+        #[arg(long)]
+        room: String,
+        /// The user id.
+        #[arg(long)]
+        user: String,
+        /// The role.
+        #[arg(long, value_enum, default_value_t = RoleArg::Member)]
+        role: RoleArg,
+        /// How long the token lasts, in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+        /// The storage plan.
+        #[arg(long, value_enum, default_value_t = PlanArg::Pro)]
+        plan: PlanArg,
+        /// Storage add-ons.
+        #[arg(long, default_value_t = 0)]
+        addons: u32,
+        /// The HS256 secret (or the ROOMLAB_SECRET environment variable).
+        #[arg(long, env = "ROOMLAB_SECRET", default_value = DEV_SECRET, hide_env_values = true)]
+        secret: String,
+    },
     /// Decode protocol frames (one JSON frame per line on standard input) and print each as the
     /// message it parses to, or the error code a server would answer it with.
     Frame {
@@ -63,6 +99,22 @@ enum FracdexCommand {
         #[arg(required = true)]
         keys: Vec<String>,
     },
+}
+
+/// The secret `serve` and `token` share when none is given: for development on one machine only.
+const DEV_SECRET: &str = "roomlab-development-secret";
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Viewer,
+    Member,
+    Admin,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PlanArg {
+    Free,
+    Pro,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -136,8 +188,73 @@ fn run_frame(frame_bytes_max: usize, server: bool) -> Result<()> {
     Ok(())
 }
 
+fn unix_now() -> std::time::Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
+fn run_serve(addr: std::net::SocketAddr, data: Option<std::path::PathBuf>, secret: String) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
+    runtime.block_on(async move {
+        let mut config = roomlab_server::ServerConfig::new(secret.clone());
+        config.data = data.clone();
+        config.epoch_ms = unix_now().as_millis() as u64;
+        config.seed = unix_now().as_nanos() as u64;
+        let server = roomlab_server::Server::new(config)?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let local = listener.local_addr()?;
+        println!("roomlab listening on ws://{local}/ws/{{room}}?token={{jwt}}");
+        match &data {
+            Some(dir) => println!("room databases in {}", dir.display()),
+            None => println!("room databases in memory (pass --data DIR to keep them)"),
+        }
+        if secret == DEV_SECRET {
+            println!("using the development secret; set ROOMLAB_SECRET in production");
+        }
+        println!("mint a token: roomlab token --room canvas-1 --user u-1 --role member");
+        let stopper = server.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                println!("shutting down");
+                stopper.shutdown();
+            }
+        });
+        server.serve(listener, 5_000).await;
+        Ok(())
+    })
+}
+
+fn run_token(
+    room: String,
+    user: String,
+    role: RoleArg,
+    ttl: u64,
+    plan: PlanArg,
+    addons: u32,
+    secret: String,
+) {
+    let role = match role {
+        RoleArg::Viewer => roomlab_protocol::Role::Viewer,
+        RoleArg::Member => roomlab_protocol::Role::Member,
+        RoleArg::Admin => roomlab_protocol::Role::Admin,
+    };
+    let plan = match plan {
+        PlanArg::Free => roomlab_protocol::Plan::Free,
+        PlanArg::Pro => roomlab_protocol::Plan::Pro,
+    };
+    let exp = unix_now().as_secs() + ttl;
+    let claims =
+        roomlab_server::Claims { sub: user, room, role, exp, plan: Some(plan), addons: Some(addons) };
+    println!("{}", roomlab_server::mint(secret.as_bytes(), &claims));
+}
+
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Serve { addr, data, secret } => run_serve(addr, data, secret),
+        Command::Token { room, user, role, ttl, plan, addons, secret } => {
+            run_token(room, user, role, ttl, plan, addons, secret);
+            Ok(())
+        }
         Command::Fracdex(command) => run_fracdex(command),
         Command::Frame { frame_bytes_max, server } => run_frame(frame_bytes_max, server),
     }

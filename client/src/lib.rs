@@ -1,4 +1,356 @@
 //! The roomlab client a widget would use: a record store cache, reference-counted subscriptions,
-//! confirmed and fire-and-forget mutations, reconnection with backoff, and replay.
+//! confirmed and fire-and-forget mutations with optimistic views, reconnection with backoff and
+//! jitter, and replay of unanswered mutations with their original ids (docs/PROTOCOL.md §21).
 //!
-//! Not built yet: the server and client issue fills this crate.
+//! The client is generic over its transport ([`Connector`]) and reads time only through tokio's
+//! clock and randomness only from its seed, so the simulation runs it unchanged on turmoil.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), roomlab_client::ClientError> {
+//! use roomlab_client::{Client, ClientConfig, TokioConnector};
+//! use roomlab_protocol::{ClientId, DocId, DocType, Mutation, Target};
+//! let config = ClientConfig::new("127.0.0.1", 8787, "/ws/canvas-9?token=...", ClientId::new("c-1").unwrap());
+//! let client = Client::start(config, TokioConnector);
+//! let tasks = client.subscribe(Target::Doc(DocId::new("t1").unwrap()));
+//! let data = serde_json::json!({"title": "Write the spec"});
+//! let create = Mutation::Create { doc: DocId::new("t1").unwrap(), doc_type: DocType::new("tasks").unwrap(), data };
+//! let ack = client.mutate_confirmed(create).await?;
+//! println!("committed at seq {}", ack.seq);
+//! # drop(tasks); Ok(()) }
+//! ```
+
+mod core;
+mod driver;
+
+pub use crate::core::{target_key, Ack, Core, Event, Outcome, View};
+pub use driver::{backoff_ms, Connector, TokioConnector};
+
+use roomlab_protocol::{
+    BucketName, ClientId, ClientMessage, ErrorBody, ErrorCode, Mutation, ServerMessage, Target,
+};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// What the client reports to an observer (the simulation's trace, a debugging log).
+#[derive(Debug, Clone, Copy)]
+pub enum TapEvent<'a> {
+    /// A connection attempt starts.
+    Connecting {
+        /// Attempts since the last full resync.
+        attempt: u32,
+    },
+    /// The WebSocket is open.
+    Connected,
+    /// A text frame went out.
+    Sent(&'a str),
+    /// A text frame came in.
+    Received(&'a str),
+    /// The connection ended, and why.
+    Disconnected {
+        /// Why, for humans.
+        reason: &'a str,
+    },
+}
+
+/// An observer of a client's frames and connection changes.
+pub type Tap = Arc<dyn Fn(TapEvent<'_>) + Send + Sync>;
+
+/// The client's settings.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// The server's host.
+    pub host: String,
+    /// The server's port.
+    pub port: u16,
+    /// The request path with its query: `/ws/{room}?token={jwt}`.
+    pub path: String,
+    /// This client's id, which scopes its mutation ids (keep it across reconnects).
+    pub client_id: ClientId,
+    /// Seeds the reconnect jitter.
+    pub seed: u64,
+    /// A confirmed mutation fails with `timeout` after this long (and stays pending).
+    pub confirm_timeout_ms: u64,
+    /// A request (`bucket_get`, `asset_list`) fails with `timeout` after this long.
+    pub request_timeout_ms: u64,
+    /// The first reconnect delay.
+    pub backoff_initial_ms: u64,
+    /// The largest reconnect delay.
+    pub backoff_max_ms: u64,
+    /// Connecting (TCP and WebSocket handshake) gives up after this long.
+    pub connect_timeout_ms: u64,
+    /// A server that does not welcome within this long is dropped.
+    pub hello_timeout_ms: u64,
+    /// The largest frame accepted from the server.
+    pub frame_bytes_max: usize,
+    /// Mutation outcomes remembered for [`Client::outcome`].
+    pub outcomes_max: usize,
+    /// Events kept until drained.
+    pub events_max: usize,
+    /// An observer of frames and connection changes.
+    pub tap: Option<Tap>,
+}
+
+impl ClientConfig {
+    /// Settings with the protocol's defaults for a server at `host:port` and `path`.
+    pub fn new(
+        host: impl Into<String>,
+        port: u16,
+        path: impl Into<String>,
+        client_id: ClientId,
+    ) -> ClientConfig {
+        ClientConfig {
+            host: host.into(),
+            port,
+            path: path.into(),
+            client_id,
+            seed: 0,
+            confirm_timeout_ms: 10_000,
+            request_timeout_ms: 10_000,
+            backoff_initial_ms: 250,
+            backoff_max_ms: 30_000,
+            connect_timeout_ms: 10_000,
+            hello_timeout_ms: 10_000,
+            frame_bytes_max: 1 << 20,
+            outcomes_max: 1 << 20,
+            events_max: 4096,
+            tap: None,
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    /// The server refused it; nothing happened.
+    #[error("refused: {0:?}")]
+    Refused(Box<ErrorBody>),
+    /// The server could not say whether it happened (`replay_expired`).
+    #[error("indefinite: {0:?}")]
+    Indefinite(Box<ErrorBody>),
+    /// No answer in time; a mutation stays pending and is replayed on reconnect.
+    #[error("no answer in time")]
+    Timeout,
+    /// The client is not connected (requests are not queued) or was closed.
+    #[error("not connected")]
+    Disconnected,
+    /// The server refused the connection for good (close 4001 or 4002).
+    #[error("connection refused by the server with close code {0}")]
+    ConnectionRefused(u16),
+}
+
+#[derive(Default)]
+pub(crate) struct Control {
+    pub stopped: bool,
+    pub kill: bool,
+    pub stalled_until: Option<Instant>,
+    pub refused: Option<u16>,
+}
+
+pub(crate) struct Shared {
+    pub config: ClientConfig,
+    core: Mutex<core::Core>,
+    control: Mutex<Control>,
+    /// The outbox has new frames.
+    pub wake: Notify,
+    /// The control flags changed.
+    pub control_changed: Notify,
+    /// The core took in an answer.
+    pub changed: Notify,
+}
+
+impl Shared {
+    pub fn core(&self) -> MutexGuard<'_, core::Core> {
+        self.core.lock().expect("client core lock")
+    }
+
+    pub fn control(&self) -> MutexGuard<'_, Control> {
+        self.control.lock().expect("client control lock")
+    }
+
+    pub fn tap(&self, event: TapEvent<'_>) {
+        if let Some(tap) = &self.config.tap {
+            tap(event);
+        }
+    }
+
+    pub fn set_refused(&self, code: u16) {
+        self.control().refused = Some(code);
+        self.changed.notify_waiters();
+    }
+
+    fn order(&self, change: impl FnOnce(&mut Control)) {
+        change(&mut self.control());
+        self.control_changed.notify_waiters();
+        self.control_changed.notify_one();
+    }
+}
+
+/// A connected (or reconnecting) client. Dropping it stops its connection.
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+/// A reference to a subscription; dropping the last reference to a target unsubscribes it.
+pub struct Subscription {
+    shared: Arc<Shared>,
+    target: Target,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.shared.core().unsubscribe(&self.target);
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Subscription {
+    /// The subscription's current view.
+    pub fn view(&self) -> View {
+        self.shared.core().view(&self.target).cloned().unwrap_or(View::Waiting)
+    }
+}
+
+impl Client {
+    /// Starts the client's connection loop on the current tokio runtime.
+    pub fn start<C: Connector>(config: ClientConfig, connector: C) -> Client {
+        let core = core::Core::new(config.client_id.clone(), config.outcomes_max, config.events_max);
+        let shared = Arc::new(Shared {
+            config,
+            core: Mutex::new(core),
+            control: Mutex::default(),
+            wake: Notify::new(),
+            control_changed: Notify::new(),
+            changed: Notify::new(),
+        });
+        tokio::spawn(driver::drive(shared.clone(), connector));
+        Client { shared }
+    }
+
+    /// Reads the client's state (cache, pending mutations, outcomes) under its lock.
+    pub fn with_core<R>(&self, read: impl FnOnce(&Core) -> R) -> R {
+        read(&self.shared.core())
+    }
+
+    /// Sends a mutation without waiting (fire-and-forget); returns its id. Its outcome is kept.
+    pub fn mutate(&self, mutation: Mutation) -> u64 {
+        let mid = self.shared.core().mutate(mutation);
+        self.shared.wake.notify_one();
+        mid
+    }
+
+    /// Sends a mutation and waits for its answer, at most `confirm_timeout_ms`.
+    pub async fn mutate_confirmed(&self, mutation: Mutation) -> Result<Ack, ClientError> {
+        let mid = self.mutate(mutation);
+        self.wait_outcome(mid).await
+    }
+
+    /// Waits for the answer to mutation `mid`, at most `confirm_timeout_ms`.
+    pub async fn wait_outcome(&self, mid: u64) -> Result<Ack, ClientError> {
+        let timeout = Duration::from_millis(self.shared.config.confirm_timeout_ms);
+        let outcome = self.wait(timeout, |core| core.outcome(mid).cloned()).await?;
+        match outcome {
+            Outcome::Ack(ack) => Ok(ack),
+            Outcome::Refused(body) if body.code == ErrorCode::ReplayExpired => {
+                Err(ClientError::Indefinite(Box::new(body)))
+            }
+            Outcome::Refused(body) => Err(ClientError::Refused(Box::new(body))),
+        }
+    }
+
+    async fn wait<T>(
+        &self,
+        timeout: Duration,
+        mut ready: impl FnMut(&Core) -> Option<T>,
+    ) -> Result<T, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let changed = self.shared.changed.notified();
+            if let Some(value) = ready(&self.shared.core()) {
+                return Ok(value);
+            }
+            if let Some(code) = self.shared.control().refused {
+                return Err(ClientError::ConnectionRefused(code));
+            }
+            tokio::select! {
+                biased;
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(ClientError::Timeout),
+            }
+        }
+    }
+
+    /// Subscribes to `target`; identical subscriptions share one server subscription.
+    pub fn subscribe(&self, target: Target) -> Subscription {
+        self.shared.core().subscribe(target.clone());
+        self.shared.wake.notify_one();
+        Subscription { shared: self.shared.clone(), target }
+    }
+
+    /// Reads a JSON bucket through the validation cache: the server is asked with the cached
+    /// version and sends the value only when it is newer.
+    pub async fn bucket_get(&self, bucket: BucketName) -> Result<(u64, serde_json::Value), ClientError> {
+        let if_version = self.shared.core().cached_bucket(&bucket).map(|(version, _)| *version);
+        let message = |req| ClientMessage::BucketGet { req, bucket: bucket.clone(), if_version };
+        match self.request(message).await? {
+            ServerMessage::BucketValue { version, value, .. } => Ok((version, value)),
+            ServerMessage::BucketNotModified { .. } => {
+                let cached = self.shared.core().cached_bucket(&bucket).cloned();
+                cached.ok_or(ClientError::Disconnected)
+            }
+            ServerMessage::Error(body) => Err(ClientError::Refused(Box::new(body))),
+            other => unreachable!("a bucket_get answered with {other:?}"),
+        }
+    }
+
+    /// Lists an asset bucket.
+    pub async fn asset_list(
+        &self,
+        bucket: BucketName,
+    ) -> Result<Vec<roomlab_protocol::AssetInfo>, ClientError> {
+        match self.request(|req| ClientMessage::AssetList { req, bucket: bucket.clone() }).await? {
+            ServerMessage::AssetsList { assets, .. } => Ok(assets),
+            ServerMessage::Error(body) => Err(ClientError::Refused(Box::new(body))),
+            other => unreachable!("an asset_list answered with {other:?}"),
+        }
+    }
+
+    async fn request(&self, make: impl FnOnce(u64) -> ClientMessage) -> Result<ServerMessage, ClientError> {
+        let req = self.shared.core().request(make).ok_or(ClientError::Disconnected)?;
+        self.shared.wake.notify_one();
+        let timeout = Duration::from_millis(self.shared.config.request_timeout_ms);
+        self.wait(timeout, |core| core.answers.get(&req).cloned()).await
+    }
+
+    /// Waits until the client is connected and every subscription has its fresh answer.
+    pub async fn wait_resynced(&self, timeout: Duration) -> Result<(), ClientError> {
+        self.wait(timeout, |core| core.resynced().then_some(())).await
+    }
+
+    /// Takes the events that happened since the last call.
+    pub fn drain_events(&self) -> Vec<Event> {
+        self.shared.core().drain_events()
+    }
+
+    /// Drops the connection abruptly, as a network failure would; the client reconnects.
+    pub fn kill_connection(&self) {
+        self.shared.order(|control| control.kill = true);
+    }
+
+    /// Stops reading from the socket for `duration`, as a slow consumer would.
+    pub fn stall(&self, duration: Duration) {
+        self.shared.order(|control| control.stalled_until = Some(Instant::now() + duration));
+    }
+
+    /// Closes the connection for good.
+    pub fn close(&self) {
+        self.shared.order(|control| control.stopped = true);
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

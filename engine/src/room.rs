@@ -462,23 +462,46 @@ impl Room {
         target: Target,
     ) -> Result<ServerMessage, Refusal> {
         let reader = self.reader(conn);
-        let (subscription, first) = match target {
+        let (subscription, first) = self.first_answer(&reader, sub, target)?;
+        self.watchers.insert(Watchers::key(&subscription, &reader.user), conn, sub.clone());
+        let connection = self.connections.get_mut(&conn).expect("connected");
+        connection.subscriptions.insert(sub.clone(), subscription);
+        Ok(first)
+    }
+
+    /// What a subscription to `target` by `identity` would answer now, without subscribing: the
+    /// oracle that the simulation compares every client's view against.
+    pub fn answer(&self, identity: &Identity, sub: &SubId, target: &Target) -> ServerMessage {
+        let reader = self.effective(identity);
+        match self.first_answer(&reader, sub, target.clone()) {
+            Ok((_, first)) => first,
+            Err(body) => ServerMessage::Error(body.with_sub(sub.clone())),
+        }
+    }
+
+    fn first_answer(
+        &self,
+        reader: &Identity,
+        sub: &SubId,
+        target: Target,
+    ) -> Result<(Subscription, ServerMessage), Refusal> {
+        Ok(match target {
             Target::Query(query) => {
                 query.check().map_err(|e| refuse(ErrorCode::Invalid, e.to_string()))?;
-                let docs: Vec<DocSnapshot> = self.query_result(&query, &reader);
+                let docs: Vec<DocSnapshot> = self.query_result(&query, reader);
                 let result = docs.iter().map(|d| (d.id.clone(), d.seq)).collect();
                 let first = ServerMessage::QueryResult { sub: sub.clone(), seq: self.seq, docs };
                 (Subscription::Query { query, result }, first)
             }
             Target::Doc(doc) => {
-                if self.docs.get(&doc).is_some_and(|d| !self.can_read(&reader, &doc, d)) {
+                if self.docs.get(&doc).is_some_and(|d| !self.can_read(reader, &doc, d)) {
                     return Err(refuse(ErrorCode::Forbidden, format!("you may not read {doc}")));
                 }
-                let (first, last) = self.doc_message(sub, &doc, &reader);
+                let (first, last) = self.doc_message(sub, &doc, reader);
                 (Subscription::Doc { doc, last }, first)
             }
             Target::Bucket(name) => {
-                let bucket = self.readable_bucket(&reader, &name, Backend::D1Json)?;
+                let bucket = self.readable_bucket(reader, &name, Backend::D1Json)?;
                 let (version, value) = (bucket.version, bucket.value.clone());
                 let first = ServerMessage::BucketValue {
                     sub: Some(sub.clone()),
@@ -490,7 +513,7 @@ impl Room {
                 (Subscription::Bucket(name), first)
             }
             Target::Assets(name) => {
-                let bucket = self.readable_bucket(&reader, &name, Backend::R2Assets)?;
+                let bucket = self.readable_bucket(reader, &name, Backend::R2Assets)?;
                 let assets = bucket.assets.values().cloned().collect();
                 let first = ServerMessage::AssetsList {
                     sub: Some(sub.clone()),
@@ -500,11 +523,7 @@ impl Room {
                 };
                 (Subscription::Assets(name), first)
             }
-        };
-        self.watchers.insert(Watchers::key(&subscription, &reader.user), conn, sub.clone());
-        let connection = self.connections.get_mut(&conn).expect("connected");
-        connection.subscriptions.insert(sub.clone(), subscription);
-        Ok(first)
+        })
     }
 
     fn unsubscribe(&mut self, conn: ConnId, sub: SubId) -> Vec<Effect> {

@@ -1,0 +1,484 @@
+//! The client's state machine, without I/O: subscriptions and their cached views, pending
+//! mutations and their outcomes, and what to send on (re)connect. The driver feeds it frames.
+
+use roomlab_protocol::{
+    merge_patch, AssetInfo, BucketName, ClientId, ClientMessage, DocId, DocSnapshot, ErrorBody, ErrorCode,
+    Mutation, Query, ServerMessage, SubId, Target, PROTOCOL_VERSION,
+};
+use serde_json::Value;
+use std::collections::{BTreeMap, VecDeque};
+
+/// What a subscription shows, as the server last told it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum View {
+    /// Not answered yet (or not since the last reconnect).
+    Waiting,
+    /// A live query's documents, in the query's order.
+    Query {
+        /// The room sequence of the last answer or diff.
+        seq: u64,
+        /// The documents.
+        docs: Vec<DocSnapshot>,
+    },
+    /// A document.
+    Doc(DocSnapshot),
+    /// A deleted document, with the sequence of its deletion.
+    Deleted(u64),
+    /// A document that does not exist, as of a sequence.
+    Missing(u64),
+    /// A JSON bucket's value.
+    Bucket {
+        /// Its version.
+        version: u64,
+        /// Its value.
+        value: Value,
+    },
+    /// A bucket that was deleted.
+    BucketDeleted(u64),
+    /// An asset bucket's list.
+    Assets(Vec<AssetInfo>),
+    /// The subscription was refused.
+    Refused(ErrorBody),
+}
+
+/// How a mutation ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Acknowledged at a sequence.
+    Ack(Ack),
+    /// Refused; definite unless the code says otherwise.
+    Refused(ErrorBody),
+}
+
+/// A mutation's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    /// The mutation id.
+    pub mid: u64,
+    /// The room sequence it was committed at.
+    pub seq: u64,
+    /// The bucket version, for bucket writes.
+    pub version: Option<u64>,
+    /// The new asset's key, for uploads.
+    pub object_key: Option<roomlab_protocol::ObjectKey>,
+}
+
+/// Something the application may want to react to, in the order it happened. Bucket callbacks may
+/// fire more than once for one write (optimistic, confirmed, revalidated): each is its own event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A mutation was applied to the local view before the server answered.
+    Optimistic { mid: u64 },
+    /// The server acknowledged a mutation.
+    Confirmed { mid: u64, seq: u64 },
+    /// The server refused a mutation; its optimistic effect is gone.
+    RolledBack { mid: u64, code: ErrorCode },
+    /// A subscription's view changed.
+    Changed { sub: SubId },
+    /// A bucket read found the cached value still current.
+    Revalidated { bucket: BucketName, version: u64 },
+    /// The connection is up and every subscription has its fresh answer.
+    Resynced,
+}
+
+pub(crate) struct Subscription {
+    pub id: SubId,
+    pub target: Target,
+    pub refs: usize,
+    pub view: View,
+}
+
+pub(crate) struct Pending {
+    pub mutation: Mutation,
+}
+
+/// Connection state as the core sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Link {
+    Down,
+    /// `hello` sent, `welcome` not yet seen.
+    Greeting,
+    /// Welcomed; `resync_left` subscriptions still owe their first answer.
+    Live {
+        resync_left: usize,
+    },
+}
+
+/// The client's state.
+pub struct Core {
+    pub(crate) client: ClientId,
+    pub(crate) link: Link,
+    next_mid: u64,
+    next_sub: u64,
+    next_req: u64,
+    pub(crate) subscriptions: BTreeMap<String, Subscription>,
+    sub_keys: BTreeMap<SubId, String>,
+    pub(crate) pending: BTreeMap<u64, Pending>,
+    outcomes: BTreeMap<u64, Outcome>,
+    outcomes_max: usize,
+    /// Frames waiting for the driver to send, while the link is live.
+    pub(crate) outbox: VecDeque<ClientMessage>,
+    events: VecDeque<Event>,
+    events_max: usize,
+    /// The highest sequence seen for each document, to catch pushes that go back in time.
+    doc_seq_seen: BTreeMap<DocId, u64>,
+    violations: Vec<String>,
+    pub(crate) room_seq: u64,
+    pub(crate) answers: BTreeMap<u64, ServerMessage>,
+    buckets: BTreeMap<BucketName, (u64, Value)>,
+}
+
+/// The stable key of a subscription target: identical targets share one server subscription.
+pub fn target_key(target: &Target) -> String {
+    serde_json::to_string(target).expect("targets serialize")
+}
+
+impl Core {
+    pub(crate) fn new(client: ClientId, outcomes_max: usize, events_max: usize) -> Core {
+        Core {
+            client,
+            link: Link::Down,
+            next_mid: 1,
+            next_sub: 1,
+            next_req: 1,
+            subscriptions: BTreeMap::new(),
+            sub_keys: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
+            outcomes_max,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            events_max,
+            doc_seq_seen: BTreeMap::new(),
+            violations: Vec::new(),
+            room_seq: 0,
+            answers: BTreeMap::new(),
+            buckets: BTreeMap::new(),
+        }
+    }
+
+    fn is_live(&self) -> bool {
+        matches!(self.link, Link::Live { .. })
+    }
+
+    fn event(&mut self, event: Event) {
+        if self.events.len() == self.events_max {
+            self.events.pop_front();
+        }
+        self.events.push_back(event);
+    }
+
+    pub(crate) fn drain_events(&mut self) -> Vec<Event> {
+        self.events.drain(..).collect()
+    }
+
+    /// Registers a mutation and, when live, queues it; returns its id.
+    pub(crate) fn mutate(&mut self, mutation: Mutation) -> u64 {
+        let mid = self.next_mid;
+        self.next_mid += 1;
+        if self.is_live() {
+            self.outbox.push_back(ClientMessage::Mutate { mid, mutation: mutation.clone() });
+        }
+        self.pending.insert(mid, Pending { mutation });
+        self.event(Event::Optimistic { mid });
+        mid
+    }
+
+    pub(crate) fn outcome(&self, mid: u64) -> Option<&Outcome> {
+        self.outcomes.get(&mid)
+    }
+
+    /// Adds a reference to a subscription, starting it when it is the first; returns its id.
+    pub(crate) fn subscribe(&mut self, target: Target) -> SubId {
+        let key = target_key(&target);
+        if let Some(existing) = self.subscriptions.get_mut(&key) {
+            existing.refs += 1;
+            return existing.id.clone();
+        }
+        let id = SubId::new(format!("s{}", self.next_sub)).expect("valid sub id");
+        self.next_sub += 1;
+        if self.is_live() {
+            self.outbox.push_back(ClientMessage::Subscribe { sub: id.clone(), target: target.clone() });
+        }
+        self.sub_keys.insert(id.clone(), key.clone());
+        self.subscriptions.insert(key, Subscription { id: id.clone(), target, refs: 1, view: View::Waiting });
+        id
+    }
+
+    /// Drops a reference; the last one unsubscribes.
+    pub(crate) fn unsubscribe(&mut self, target: &Target) {
+        let key = target_key(target);
+        let Some(subscription) = self.subscriptions.get_mut(&key) else { return };
+        subscription.refs -= 1;
+        if subscription.refs > 0 {
+            return;
+        }
+        let subscription = self.subscriptions.remove(&key).expect("present");
+        self.sub_keys.remove(&subscription.id);
+        if self.is_live() {
+            self.outbox.push_back(ClientMessage::Unsubscribe { sub: subscription.id });
+        }
+    }
+
+    pub(crate) fn request(&mut self, make: impl FnOnce(u64) -> ClientMessage) -> Option<u64> {
+        if !self.is_live() {
+            return None;
+        }
+        let req = self.next_req;
+        self.next_req += 1;
+        self.outbox.push_back(make(req));
+        Some(req)
+    }
+
+    /// The connection is open: greet.
+    pub(crate) fn connected(&mut self) -> ClientMessage {
+        self.link = Link::Greeting;
+        self.outbox.clear();
+        ClientMessage::Hello { protocol: PROTOCOL_VERSION, client: self.client.clone() }
+    }
+
+    /// The connection dropped: nothing queued for it will be sent; everything is re-derived on the
+    /// next connection.
+    pub(crate) fn disconnected(&mut self) {
+        self.link = Link::Down;
+        self.outbox.clear();
+        self.answers.clear();
+    }
+
+    /// Welcomed: resubscribe everything, then replay every unanswered mutation in id order
+    /// (client.reconnect.resubscribe, client.reconnect.replay).
+    fn welcomed(&mut self, seq: u64) {
+        self.room_seq = self.room_seq.max(seq);
+        for subscription in self.subscriptions.values_mut() {
+            subscription.view = View::Waiting;
+            let message = ClientMessage::Subscribe {
+                sub: subscription.id.clone(),
+                target: subscription.target.clone(),
+            };
+            self.outbox.push_back(message);
+        }
+        for (mid, pending) in &self.pending {
+            self.outbox.push_back(ClientMessage::Mutate { mid: *mid, mutation: pending.mutation.clone() });
+        }
+        self.link = Link::Live { resync_left: self.subscriptions.len() };
+        if self.subscriptions.is_empty() {
+            self.event(Event::Resynced);
+        }
+    }
+
+    /// Whether the link is live and every subscription has been answered since it came up.
+    pub(crate) fn resynced(&self) -> bool {
+        self.link == Link::Live { resync_left: 0 }
+    }
+
+    fn answered(&mut self, sub: &SubId, first: bool) {
+        if let (true, Link::Live { resync_left }) = (first, &mut self.link) {
+            *resync_left = resync_left.saturating_sub(1);
+            if *resync_left == 0 {
+                self.event(Event::Resynced);
+            }
+        }
+        self.event(Event::Changed { sub: sub.clone() });
+    }
+
+    fn seen(&mut self, doc: &DocId, seq: u64, context: &str) {
+        let previous = self.doc_seq_seen.entry(doc.clone()).or_insert(0);
+        if seq < *previous {
+            let violation = format!("{context}: {doc} went back from seq {previous} to {seq}");
+            self.violations.push(violation);
+        }
+        *previous = (*previous).max(seq);
+    }
+
+    /// Pushes that went back in time (client.cache.ordering): each a sentence.
+    pub fn violations(&self) -> &[String] {
+        &self.violations
+    }
+
+    /// Applies one message from the server.
+    pub(crate) fn receive(&mut self, message: ServerMessage) {
+        match message {
+            ServerMessage::Welcome { seq, .. } => self.welcomed(seq),
+            ServerMessage::Ack { mid, seq, version, object_key } => {
+                self.room_seq = self.room_seq.max(seq);
+                self.finish(mid, Outcome::Ack(Ack { mid, seq, version, object_key }));
+                self.event(Event::Confirmed { mid, seq });
+            }
+            ServerMessage::Error(body) => self.error(body),
+            ServerMessage::Pong { .. } | ServerMessage::Unsubscribed { .. } => {}
+            ServerMessage::BucketValue { req: Some(req), bucket, version, value, .. } => {
+                self.buckets.insert(bucket.clone(), (version, value.clone()));
+                let message =
+                    ServerMessage::BucketValue { sub: None, req: Some(req), bucket, version, value };
+                self.answers.insert(req, message);
+            }
+            ServerMessage::BucketNotModified { req, bucket, version } => {
+                self.event(Event::Revalidated { bucket: bucket.clone(), version });
+                self.answers.insert(req, ServerMessage::BucketNotModified { req, bucket, version });
+            }
+            ServerMessage::AssetsList { sub: None, req: Some(req), bucket, assets } => {
+                self.answers
+                    .insert(req, ServerMessage::AssetsList { sub: None, req: Some(req), bucket, assets });
+            }
+            push => self.push(push),
+        }
+    }
+
+    fn finish(&mut self, mid: u64, outcome: Outcome) {
+        if self.pending.remove(&mid).is_none() && self.outcomes.contains_key(&mid) {
+            return;
+        }
+        if self.outcomes.len() == self.outcomes_max {
+            self.outcomes.pop_first();
+        }
+        self.outcomes.insert(mid, outcome);
+    }
+
+    fn error(&mut self, body: ErrorBody) {
+        if let Some(mid) = body.mid {
+            let code = body.code;
+            if code == ErrorCode::Internal {
+                // An internal error committed nothing and is not remembered: replay it as new.
+                return;
+            }
+            self.finish(mid, Outcome::Refused(body));
+            self.event(Event::RolledBack { mid, code });
+        } else if let Some(req) = body.req {
+            self.answers.insert(req, ServerMessage::Error(body));
+        } else if let Some(sub) = body.sub.clone() {
+            self.set_view(&sub, |_| View::Refused(body), true);
+        }
+    }
+
+    fn set_view(&mut self, sub: &SubId, change: impl FnOnce(&View) -> View, first: bool) {
+        let Some(key) = self.sub_keys.get(sub) else { return };
+        let subscription = self.subscriptions.get_mut(key).expect("sub keys follow subscriptions");
+        let was_waiting = subscription.view == View::Waiting;
+        subscription.view = change(&subscription.view);
+        self.answered(sub, first && was_waiting);
+    }
+
+    fn push(&mut self, message: ServerMessage) {
+        match message {
+            ServerMessage::QueryResult { sub, seq, docs } => {
+                for doc in &docs {
+                    self.seen(&doc.id, doc.seq, "query:result");
+                }
+                self.set_view(&sub, |_| View::Query { seq, docs }, true);
+            }
+            ServerMessage::QueryDiff { sub, seq, added, changed, removed } => {
+                for doc in added.iter().chain(&changed) {
+                    self.seen(&doc.id, doc.seq, "query:diff");
+                }
+                let query = self.query_of(&sub);
+                self.set_view(
+                    &sub,
+                    |view| apply_diff(view, query.as_ref(), seq, added, changed, &removed),
+                    false,
+                );
+            }
+            ServerMessage::DocSnapshot { sub, doc } => {
+                self.seen(&doc.id, doc.seq, "doc:snapshot");
+                self.set_view(&sub, |_| View::Doc(doc), true);
+            }
+            ServerMessage::DocDeleted { sub, seq, .. } => self.set_view(&sub, |_| View::Deleted(seq), true),
+            ServerMessage::DocMissing { sub, seq, .. } => self.set_view(&sub, |_| View::Missing(seq), true),
+            ServerMessage::BucketValue { sub: Some(sub), bucket, version, value, .. } => {
+                self.buckets.insert(bucket, (version, value.clone()));
+                self.set_view(&sub, |_| View::Bucket { version, value }, true);
+            }
+            ServerMessage::BucketDeleted { sub, seq, bucket } => {
+                self.buckets.remove(&bucket);
+                self.set_view(&sub, |_| View::BucketDeleted(seq), true);
+            }
+            ServerMessage::AssetsList { sub: Some(sub), assets, .. } => {
+                self.set_view(&sub, |_| View::Assets(assets), true);
+            }
+            _ => {}
+        }
+    }
+
+    fn query_of(&self, sub: &SubId) -> Option<Query> {
+        let key = self.sub_keys.get(sub)?;
+        match &self.subscriptions[key].target {
+            Target::Query(query) => Some(query.clone()),
+            _ => None,
+        }
+    }
+
+    /// A subscription's view as the server last told it.
+    pub fn view(&self, target: &Target) -> Option<&View> {
+        self.subscriptions.get(&target_key(target)).map(|s| &s.view)
+    }
+
+    /// Every active subscription with its view.
+    pub fn views(&self) -> impl Iterator<Item = (&Target, &View)> {
+        self.subscriptions.values().map(|s| (&s.target, &s.view))
+    }
+
+    /// A document subscription's view with unanswered mutations applied on top (client.optimistic);
+    /// a refusal removes the mutation, so its effect rolls back by itself.
+    pub fn optimistic_doc(&self, doc: &DocId) -> Option<Value> {
+        let mut data = match self.view(&Target::Doc(doc.clone())) {
+            Some(View::Doc(snapshot)) => Some(snapshot.data.clone()),
+            _ => None,
+        };
+        for pending in self.pending.values() {
+            data = match &pending.mutation {
+                Mutation::Create { doc: d, data: new, .. } if d == doc => Some(new.clone()),
+                Mutation::Put { doc: d, data: new, .. } if d == doc => Some(new.clone()),
+                Mutation::Patch { doc: d, data: patch, .. } if d == doc => data.map(|mut v| {
+                    merge_patch(&mut v, patch);
+                    v
+                }),
+                Mutation::Remove { doc: d, .. } | Mutation::Purge { doc: d } if d == doc => None,
+                _ => data,
+            };
+        }
+        data
+    }
+
+    /// Mutations sent or waiting to be sent, not yet answered.
+    pub fn pending(&self) -> impl Iterator<Item = (u64, &Mutation)> {
+        self.pending.iter().map(|(mid, p)| (*mid, &p.mutation))
+    }
+
+    /// Every answered mutation still remembered (at most `outcomes_max`), by id.
+    pub fn outcomes(&self) -> &BTreeMap<u64, Outcome> {
+        &self.outcomes
+    }
+
+    /// The last value and version seen for a bucket, what the validation cache checks against.
+    pub fn cached_bucket(&self, bucket: &BucketName) -> Option<&(u64, Value)> {
+        self.buckets.get(bucket)
+    }
+}
+
+fn apply_diff(
+    view: &View,
+    query: Option<&Query>,
+    seq: u64,
+    added: Vec<DocSnapshot>,
+    changed: Vec<DocSnapshot>,
+    removed: &[DocId],
+) -> View {
+    let View::Query { docs, .. } = view else {
+        // A diff before the first answer cannot be placed; the next answer replaces the view.
+        return view.clone();
+    };
+    let mut by_id: BTreeMap<DocId, DocSnapshot> = docs.iter().map(|d| (d.id.clone(), d.clone())).collect();
+    for doc in added.into_iter().chain(changed) {
+        // client.cache.ordering: never replace a document with an older one.
+        if by_id.get(&doc.id).is_none_or(|old| old.seq <= doc.seq) {
+            by_id.insert(doc.id.clone(), doc);
+        }
+    }
+    for id in removed {
+        by_id.remove(id);
+    }
+    let mut docs: Vec<DocSnapshot> = by_id.into_values().collect();
+    if let Some(query) = query {
+        docs.sort_by(|a, b| query.compare(a, b));
+    }
+    View::Query { seq, docs }
+}

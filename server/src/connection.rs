@@ -1,0 +1,225 @@
+//! One WebSocket connection: frames in to the room, the room's frames out, heartbeats, limits.
+
+use crate::rooms::{error_frame, CloseOrder, Input, Outbound, Outbox};
+use crate::Server;
+use futures_util::{SinkExt, StreamExt};
+use roomlab_engine::{ConnId, Identity};
+use roomlab_protocol::{
+    decode, ClientId, ClientMessage, DecodeError, DocId, ErrorCode, FieldName, RoomId, YjsFrame,
+    PROTOCOL_VERSION,
+};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// Which endpoint a connection came in on.
+#[derive(Debug, Clone)]
+pub(crate) enum Endpoint {
+    /// The protocol socket `/ws/{room}`: JSON text frames and enveloped Yjs binary frames.
+    Protocol,
+    /// The y-websocket socket `/yjs/{room}/{doc}/{field}`: bare y-protocols binary frames for one field.
+    Yjs { doc: DocId, field: FieldName },
+}
+
+/// How long a close frame may take to leave before the socket is dropped anyway.
+const CLOSE_SEND_MS_MAX: u64 = 1_000;
+
+pub(crate) async fn run<S>(
+    server: Server,
+    ws: WebSocketStream<S>,
+    room_id: RoomId,
+    identity: Identity,
+    endpoint: Endpoint,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if !server.connection_opened() {
+        let (mut sink, _) = ws.split();
+        let _ = send_close(&mut sink, 1013, "too many connections").await;
+        return;
+    }
+    serve_connection(&server, ws, room_id, identity, endpoint).await;
+    server.connection_closed();
+}
+
+async fn serve_connection<S>(
+    server: &Server,
+    ws: WebSocketStream<S>,
+    room_id: RoomId,
+    identity: Identity,
+    endpoint: Endpoint,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = server.next_conn();
+    let limits = server.config().engine.limits.clone();
+    let (messages, outbound) = mpsc::channel(limits.outbound_queue_max);
+    let (close, close_orders) = watch::channel::<CloseOrder>(None);
+    let outbox = Outbox { messages, close };
+    let (mut sink, stream) = ws.split();
+    let inputs = match server.room(&room_id) {
+        Ok((inputs, _room)) => inputs,
+        Err(e) => {
+            let _ = send_close(&mut sink, 1011, &format!("room unavailable: {e}")).await;
+            return;
+        }
+    };
+    if inputs.send(Input::Connect { conn, identity, outbox: outbox.clone() }).await.is_err() {
+        let _ = send_close(&mut sink, 1001, "room closing").await;
+        return;
+    }
+    if let Endpoint::Yjs { .. } = endpoint {
+        // Stock y-websocket clients never greet; the server greets for them with a client id of
+        // its own, and drops the JSON answers they could not read.
+        let client = ClientId::new(format!("yjs-{}", conn.0)).expect("valid client id");
+        let hello = ClientMessage::Hello { protocol: PROTOCOL_VERSION, client };
+        let _ = inputs.send(Input::Message { conn, message: hello }).await;
+    }
+    let reader = read_loop(server, conn, stream, &inputs, &outbox, &endpoint);
+    let writer = write_loop(&mut sink, outbound, close_orders.clone(), &endpoint);
+    tokio::select! {
+        biased;
+        _ = reader => {}
+        _ = writer => {}
+    }
+    let _ = inputs.send(Input::Disconnect { conn }).await;
+    let order = close_orders.borrow().clone();
+    let (code, reason) = order.unwrap_or((1000, String::new()));
+    let _ = send_close(&mut sink, code, &reason).await;
+}
+
+async fn read_loop<S>(
+    server: &Server,
+    conn: ConnId,
+    mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
+    inputs: &mpsc::Sender<Input>,
+    outbox: &Outbox,
+    endpoint: &Endpoint,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = server.config();
+    let frame_bytes_max = config.engine.limits.frame_bytes_max;
+    let ping_every = Duration::from_millis(config.ping_interval_ms);
+    let mut stopping = server.shutdown_signal();
+    let mut pings = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    let mut heard = Instant::now();
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stop| *stop) => {
+                outbox.order_close(1001, "server shutting down");
+                return;
+            }
+            frame = stream.next() => frame,
+            _ = pings.tick() => {
+                if heard.elapsed() > Duration::from_millis(config.silence_close_ms) {
+                    outbox.order_close(1001, "no answer to pings");
+                    return;
+                }
+                let _ = outbox.messages.try_send(Outbound::Ping);
+                continue;
+            }
+        };
+        heard = Instant::now();
+        let input = match frame {
+            None | Some(Ok(Message::Close(_))) => return,
+            Some(Err(WsError::Capacity(_))) => {
+                outbox.order_close(1009, "frame too large");
+                return;
+            }
+            Some(Err(_)) => return,
+            Some(Ok(Message::Text(text))) if matches!(endpoint, Endpoint::Protocol) => {
+                match decode(text.as_bytes(), frame_bytes_max) {
+                    Ok(message) => Input::Message { conn, message },
+                    Err(DecodeError::TooLarge { .. }) => {
+                        outbox.order_close(1009, "frame too large");
+                        return;
+                    }
+                    Err(e) => {
+                        answer_bad_frame(outbox, &e.to_string());
+                        continue;
+                    }
+                }
+            }
+            Some(Ok(Message::Binary(bytes))) => match endpoint {
+                Endpoint::Protocol => match YjsFrame::decode(&bytes, frame_bytes_max) {
+                    Ok(frame) => Input::Yjs { conn, frame },
+                    Err(e) => {
+                        answer_bad_frame(outbox, &e.to_string());
+                        continue;
+                    }
+                },
+                Endpoint::Yjs { doc, field } => Input::Yjs {
+                    conn,
+                    frame: YjsFrame { doc: doc.clone(), field: field.clone(), payload: bytes.to_vec() },
+                },
+            },
+            Some(Ok(_)) => continue,
+        };
+        if inputs.send(input).await.is_err() {
+            outbox.order_close(1001, "room closed");
+            return;
+        }
+    }
+}
+
+fn answer_bad_frame(outbox: &Outbox, why: &str) {
+    if outbox.messages.try_send(error_frame(ErrorCode::BadFrame, why)).is_err() {
+        outbox.order_close(4008, "slow consumer: outbound queue full");
+    }
+}
+
+async fn write_loop<S>(
+    sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    mut outbound: mpsc::Receiver<Outbound>,
+    mut close_orders: watch::Receiver<CloseOrder>,
+    endpoint: &Endpoint,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = close_orders.changed() => return,
+            frame = outbound.recv() => match frame {
+                Some(frame) => frame,
+                None => return,
+            },
+        };
+        let message = match (frame, endpoint) {
+            (Outbound::Text(text), Endpoint::Protocol) => Message::text(text),
+            (Outbound::Text(_), Endpoint::Yjs { .. }) => continue,
+            (Outbound::Yjs(frame), Endpoint::Protocol) => Message::binary(frame.encode()),
+            (Outbound::Yjs(frame), Endpoint::Yjs { .. }) => Message::binary(frame.payload),
+            (Outbound::Ping, _) => Message::Ping(Default::default()),
+        };
+        // A peer that stops reading blocks this send; a close order still ends the connection.
+        tokio::select! {
+            biased;
+            _ = close_orders.changed() => return,
+            sent = sink.send(message) => if sent.is_err() { return },
+        }
+    }
+}
+
+async fn send_close<S>(
+    sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    code: u16,
+    reason: &str,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_string().into() };
+    let deadline = Duration::from_millis(CLOSE_SEND_MS_MAX);
+    match tokio::time::timeout(deadline, sink.send(Message::Close(Some(frame)))).await {
+        Ok(sent) => sent,
+        Err(_) => Ok(()),
+    }
+}

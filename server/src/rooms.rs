@@ -1,0 +1,235 @@
+//! The room registry and the room actor: one task per open room owns its engine `Room`, so every
+//! change of a room is made by one writer in arrival order (docs/PROTOCOL.md room.one-authority).
+
+use crate::{Clock, ServerConfig};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use roomlab_engine::{ConnId, Effect, Identity, Room};
+use roomlab_protocol::{encode_server, ClientMessage, ErrorCode, RoomId, YjsFrame};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+
+/// A frame on its way to one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outbound {
+    /// A JSON message.
+    Text(String),
+    /// A Yjs envelope.
+    Yjs(YjsFrame),
+    /// A WebSocket ping (conn.heartbeat).
+    Ping,
+}
+
+/// Why and how a connection must close: a WebSocket close code and a reason.
+pub(crate) type CloseOrder = Option<(u16, String)>;
+
+/// The room's way to reach one connection: a bounded queue and a close signal.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbox {
+    pub messages: mpsc::Sender<Outbound>,
+    pub close: watch::Sender<CloseOrder>,
+}
+
+impl Outbox {
+    /// Queues a frame; a full queue closes the connection as a slow consumer (conn.slow-consumer).
+    fn deliver(&self, frame: Outbound) {
+        if self.close.borrow().is_some() {
+            return;
+        }
+        if self.messages.try_send(frame).is_err() {
+            self.order_close(4008, "slow consumer: outbound queue full");
+        }
+    }
+
+    /// Asks the connection to close with `code`, unless a close was already asked for.
+    pub fn order_close(&self, code: u16, reason: &str) {
+        self.close.send_if_modified(|order| {
+            let first = order.is_none();
+            if first {
+                *order = Some((code, reason.to_string()));
+            }
+            first
+        });
+    }
+}
+
+/// What a connection asks of its room.
+pub(crate) enum Input {
+    Connect { conn: ConnId, identity: Identity, outbox: Outbox },
+    Message { conn: ConnId, message: ClientMessage },
+    Yjs { conn: ConnId, frame: YjsFrame },
+    Disconnect { conn: ConnId },
+}
+
+/// A shared view of one open room, for asset downloads and for the simulation's snapshots.
+pub type SharedRoom = Arc<Mutex<Room>>;
+
+struct Open {
+    inputs: mpsc::Sender<Input>,
+    room: SharedRoom,
+}
+
+/// Every open room by id.
+#[derive(Default)]
+pub(crate) struct Registry {
+    rooms: Mutex<BTreeMap<RoomId, Open>>,
+}
+
+impl Registry {
+    /// The room's input queue and shared state, opening the room (and starting its actor) on
+    /// first use.
+    pub fn open(
+        self: &Arc<Self>,
+        id: &RoomId,
+        config: &ServerConfig,
+        clock: &Clock,
+    ) -> Result<(mpsc::Sender<Input>, SharedRoom), roomlab_engine::EngineError> {
+        let mut rooms = self.rooms.lock().expect("registry lock");
+        if let Some(open) = rooms.get(id).filter(|open| !open.inputs.is_closed()) {
+            return Ok((open.inputs.clone(), open.room.clone()));
+        }
+        let path = config.data.as_ref().map(|dir| dir.join(format!("{}.sqlite", file_name(id))));
+        let room = Room::open(id.clone(), path.as_deref(), config.engine.clone())?;
+        let room = Arc::new(Mutex::new(room));
+        let (inputs, receiver) = mpsc::channel(config.room_queue_max);
+        let rng = ChaCha8Rng::seed_from_u64(config.seed ^ stable_hash(id.as_str()));
+        let actor = Actor {
+            id: id.clone(),
+            room: room.clone(),
+            outboxes: BTreeMap::new(),
+            rng,
+            clock: clock.clone(),
+            registry: self.clone(),
+            idle_close_ms: config.idle_close_ms,
+        };
+        tokio::spawn(actor.run(receiver));
+        rooms.insert(id.clone(), Open { inputs: inputs.clone(), room: room.clone() });
+        Ok((inputs, room))
+    }
+
+    /// The open rooms.
+    pub fn snapshot(&self) -> Vec<(RoomId, SharedRoom)> {
+        let rooms = self.rooms.lock().expect("registry lock");
+        rooms.iter().map(|(id, open)| (id.clone(), open.room.clone())).collect()
+    }
+
+    /// Forgets a room whose actor stopped, unless it was already reopened.
+    fn forget(&self, id: &RoomId, room: &SharedRoom) {
+        let mut rooms = self.rooms.lock().expect("registry lock");
+        if rooms.get(id).is_some_and(|open| Arc::ptr_eq(&open.room, room)) {
+            rooms.remove(id);
+        }
+    }
+}
+
+/// A file name for a room id: ids may hold any printable character, so everything but
+/// `[A-Za-z0-9_-]` is hex-escaped, which keeps names unique and safe on every file system.
+pub(crate) fn file_name(id: &RoomId) -> String {
+    let mut name = String::new();
+    for byte in id.as_str().bytes() {
+        match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => name.push(byte as char),
+            _ => name.push_str(&format!("%{byte:02x}")),
+        }
+    }
+    name
+}
+
+/// FNV-1a: a hash that is the same in every process, unlike std's randomly keyed one.
+pub(crate) fn stable_hash(text: &str) -> u64 {
+    text.bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3))
+}
+
+struct Actor {
+    id: RoomId,
+    room: SharedRoom,
+    outboxes: BTreeMap<ConnId, Outbox>,
+    rng: ChaCha8Rng,
+    clock: Clock,
+    registry: Arc<Registry>,
+    idle_close_ms: u64,
+}
+
+impl Actor {
+    async fn run(mut self, mut inputs: mpsc::Receiver<Input>) {
+        let idle = std::time::Duration::from_millis(self.idle_close_ms);
+        loop {
+            let input = if self.outboxes.is_empty() {
+                match tokio::time::timeout(idle, inputs.recv()).await {
+                    Ok(input) => input,
+                    Err(_elapsed) if inputs.is_empty() => None,
+                    Err(_elapsed) => continue,
+                }
+            } else {
+                inputs.recv().await
+            };
+            let Some(input) = input else { break };
+            self.handle(input);
+        }
+        // Closing the queue first makes late senders reopen the room instead of waiting on it.
+        inputs.close();
+        self.registry.forget(&self.id, &self.room);
+        tracing::debug!(room = %self.id, "room closed");
+    }
+
+    fn handle(&mut self, input: Input) {
+        let now_ms = self.clock.now_ms();
+        let effects = {
+            let mut room = self.room.lock().expect("room lock");
+            match input {
+                Input::Connect { conn, identity, outbox } => {
+                    self.outboxes.insert(conn, outbox);
+                    room.connect(conn, identity, now_ms)
+                }
+                Input::Message { conn, message } => room.handle(conn, message, now_ms),
+                Input::Yjs { conn, frame } => room.handle_yjs(conn, frame, &mut self.rng),
+                Input::Disconnect { conn } => {
+                    self.outboxes.remove(&conn);
+                    room.disconnect(conn);
+                    Vec::new()
+                }
+            }
+        };
+        for effect in effects {
+            self.carry_out(effect);
+        }
+    }
+
+    fn carry_out(&mut self, effect: Effect) {
+        let (conn, frame) = match effect {
+            Effect::Send { conn, message } => (conn, Outbound::Text(encode_server(&message))),
+            Effect::Yjs { conn, frame } => (conn, Outbound::Yjs(frame)),
+            Effect::Close { conn, code, reason } => {
+                if let Some(outbox) = self.outboxes.get(&conn) {
+                    outbox.order_close(code, &reason);
+                }
+                return;
+            }
+        };
+        if let Some(outbox) = self.outboxes.get(&conn) {
+            outbox.deliver(frame);
+        }
+    }
+}
+
+/// The error frame a connection answers itself, without its room (bad frames, for example).
+pub(crate) fn error_frame(code: ErrorCode, message: &str) -> Outbound {
+    let body = roomlab_protocol::ErrorBody::new(code, message);
+    Outbound::Text(encode_server(&roomlab_protocol::ServerMessage::Error(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_file_names_are_unique_and_plain() {
+        let check = |id: &str, expected: &str| assert_eq!(file_name(&RoomId::new(id).unwrap()), expected);
+        check("canvas-9", "canvas-9");
+        check("a/b", "a%2fb");
+        check("a%2fb", "a%252fb");
+        check("../x", "%2e%2e%2fx");
+    }
+}
