@@ -6,6 +6,8 @@ use rand_chacha::rand_core::SeedableRng;
 use roomlab_protocol::fracdex;
 use std::io::BufRead;
 
+mod sim_command;
+
 /// roomlab makes real-time room backends trustworthy: a reference room engine and server, a
 /// deterministic simulation, a conformance suite and planted bugs that prove they catch what they
 /// claim. See README.md.
@@ -18,6 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the deterministic simulation: the real server and many virtual clients in a faulty
+    /// network, invariants checked on snapshots; exit 1 on any failure, with a repro line.
+    Sim(sim_command::SimArgs),
     /// Fractional index keys: make keys between two others, or check keys.
     #[command(subcommand)]
     Fracdex(FracdexCommand),
@@ -250,6 +255,12 @@ fn run_token(
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Sim(args) => {
+            if !sim_command::run_sim(args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Serve { addr, data, secret } => run_serve(addr, data, secret),
         Command::Token { room, user, role, ttl, plan, addons, secret } => {
             run_token(room, user, role, ttl, plan, addons, secret);

@@ -115,6 +115,8 @@ pub struct Core {
     sub_keys: BTreeMap<SubId, String>,
     pub(crate) pending: BTreeMap<u64, Pending>,
     outcomes: BTreeMap<u64, Outcome>,
+    /// The mutation behind each remembered outcome, for checkers that replay what was acknowledged.
+    answered: BTreeMap<u64, Mutation>,
     outcomes_max: usize,
     /// Frames waiting for the driver to send, while the link is live.
     pub(crate) outbox: VecDeque<ClientMessage>,
@@ -126,6 +128,7 @@ pub struct Core {
     pub(crate) room_seq: u64,
     pub(crate) answers: BTreeMap<u64, ServerMessage>,
     buckets: BTreeMap<BucketName, (u64, Value)>,
+    subscriptions_made: u64,
 }
 
 /// The stable key of a subscription target: identical targets share one server subscription.
@@ -145,6 +148,7 @@ impl Core {
             sub_keys: BTreeMap::new(),
             pending: BTreeMap::new(),
             outcomes: BTreeMap::new(),
+            answered: BTreeMap::new(),
             outcomes_max,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
@@ -154,6 +158,7 @@ impl Core {
             room_seq: 0,
             answers: BTreeMap::new(),
             buckets: BTreeMap::new(),
+            subscriptions_made: 0,
         }
     }
 
@@ -197,6 +202,7 @@ impl Core {
         }
         let id = SubId::new(format!("s{}", self.next_sub)).expect("valid sub id");
         self.next_sub += 1;
+        self.subscriptions_made += 1;
         if self.is_live() {
             self.outbox.push_back(ClientMessage::Subscribe { sub: id.clone(), target: target.clone() });
         }
@@ -271,6 +277,16 @@ impl Core {
         self.link == Link::Live { resync_left: 0 }
     }
 
+    /// Whether the client is connected, welcomed, and has a fresh answer for every subscription.
+    pub fn is_resynced(&self) -> bool {
+        self.resynced()
+    }
+
+    /// Server subscriptions started since the client began (reference-counted repeats excluded).
+    pub fn subscriptions_made(&self) -> u64 {
+        self.subscriptions_made
+    }
+
     fn answered(&mut self, sub: &SubId, first: bool) {
         if let (true, Link::Live { resync_left }) = (first, &mut self.link) {
             *resync_left = resync_left.saturating_sub(1);
@@ -325,22 +341,24 @@ impl Core {
     }
 
     fn finish(&mut self, mid: u64, outcome: Outcome) {
-        if self.pending.remove(&mid).is_none() && self.outcomes.contains_key(&mid) {
+        let Some(pending) = self.pending.remove(&mid) else {
+            // An answer to nothing pending: a late duplicate, or a mid this client never sent.
             return;
-        }
+        };
         if self.outcomes.len() == self.outcomes_max {
-            self.outcomes.pop_first();
+            if let Some((oldest, _)) = self.outcomes.pop_first() {
+                self.answered.remove(&oldest);
+            }
         }
         self.outcomes.insert(mid, outcome);
+        self.answered.insert(mid, pending.mutation);
     }
 
     fn error(&mut self, body: ErrorBody) {
         if let Some(mid) = body.mid {
+            // An `internal` error ends the mutation too, as indefinite: the application decides
+            // whether to send it again (under a new id), and a checker sees the failure.
             let code = body.code;
-            if code == ErrorCode::Internal {
-                // An internal error committed nothing and is not remembered: replay it as new.
-                return;
-            }
             self.finish(mid, Outcome::Refused(body));
             self.event(Event::RolledBack { mid, code });
         } else if let Some(req) = body.req {
@@ -446,6 +464,11 @@ impl Core {
     /// Every answered mutation still remembered (at most `outcomes_max`), by id.
     pub fn outcomes(&self) -> &BTreeMap<u64, Outcome> {
         &self.outcomes
+    }
+
+    /// The mutation behind a remembered outcome.
+    pub fn answered_mutation(&self, mid: u64) -> Option<&Mutation> {
+        self.answered.get(&mid)
     }
 
     /// The last value and version seen for a bucket, what the validation cache checks against.

@@ -144,6 +144,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut ws: Web
     }
     let hello_deadline = Instant::now() + Duration::from_millis(shared.config.hello_timeout_ms);
     let mut resynced = false;
+    let ping_every = Duration::from_millis(shared.config.ping_interval_ms);
+    let silence_max = Duration::from_millis(shared.config.silence_ms_max);
+    let mut heard = Instant::now();
+    let mut pinged = heard;
+    let mut nonce = 0u64;
     loop {
         let wake = shared.wake.notified();
         let control_changed = shared.control_changed.notified();
@@ -155,10 +160,25 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut ws: Web
         if flush(shared, &mut ws).await.is_err() {
             return End::Dropped { resynced };
         }
+        // client.heartbeat: a connection can die without a close reaching us (a half-open TCP
+        // connection behind a partition); silence first earns a ping, then a reconnect.
+        let next_beat = (heard.max(pinged) + ping_every).min(heard + silence_max);
         let frame = tokio::select! {
             biased;
             _ = control_changed => continue,
             _ = wake => continue,
+            _ = tokio::time::sleep_until(next_beat) => {
+                if heard.elapsed() >= silence_max {
+                    shared.tap(TapEvent::Disconnected { reason: "server silent; reconnecting" });
+                    return End::Dropped { resynced };
+                }
+                nonce += 1;
+                pinged = Instant::now();
+                if send(shared, &mut ws, encode(&roomlab_protocol::ClientMessage::Ping { nonce })).await.is_err() {
+                    return End::Dropped { resynced };
+                }
+                continue;
+            }
             _ = tokio::time::sleep_until(hello_deadline), if greeting => {
                 shared.tap(TapEvent::Disconnected { reason: "no welcome in time" });
                 return End::Dropped { resynced };
@@ -166,6 +186,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut ws: Web
             _ = tokio::time::sleep_until(stalled_until.unwrap_or_else(Instant::now)), if stalled_until.is_some() => continue,
             frame = ws.next(), if stalled_until.is_none() => frame,
         };
+        heard = Instant::now();
         match frame {
             Some(Ok(Message::Text(text))) => {
                 shared.tap(TapEvent::Received(text.as_str()));

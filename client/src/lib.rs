@@ -82,6 +82,10 @@ pub struct ClientConfig {
     pub connect_timeout_ms: u64,
     /// A server that does not welcome within this long is dropped.
     pub hello_timeout_ms: u64,
+    /// A connection silent this long is pinged (client.heartbeat).
+    pub ping_interval_ms: u64,
+    /// A connection silent this long is dropped and reconnected (client.heartbeat).
+    pub silence_ms_max: u64,
     /// The largest frame accepted from the server.
     pub frame_bytes_max: usize,
     /// Mutation outcomes remembered for [`Client::outcome`].
@@ -112,6 +116,8 @@ impl ClientConfig {
             backoff_max_ms: 30_000,
             connect_timeout_ms: 10_000,
             hello_timeout_ms: 10_000,
+            ping_interval_ms: 10_000,
+            silence_ms_max: 25_000,
             frame_bytes_max: 1 << 20,
             outcomes_max: 1 << 20,
             events_max: 4096,
@@ -126,7 +132,7 @@ pub enum ClientError {
     /// The server refused it; nothing happened.
     #[error("refused: {0:?}")]
     Refused(Box<ErrorBody>),
-    /// The server could not say whether it happened (`replay_expired`).
+    /// The server could not say whether it happened (`replay_expired`, `internal`).
     #[error("indefinite: {0:?}")]
     Indefinite(Box<ErrorBody>),
     /// No answer in time; a mutation stays pending and is replayed on reconnect.

@@ -4,7 +4,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 
 /// The schema version this engine writes; older databases are migrated on open, one step at a time.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Documents, the membership log and the replay windows.
 const SCHEMA_V1: &str = "
@@ -93,7 +93,22 @@ CREATE TABLE yjs_updates (
 INSERT INTO meta (key, value) VALUES ('users_seq', 0), ('teams_seq', 0);
 ";
 
-const MIGRATIONS: [&str; 2] = [SCHEMA_V1, SCHEMA_V2];
+/// One staged commit may create several documents at one sequence, so the membership log is keyed
+/// by (sequence, document), not by sequence alone.
+const SCHEMA_V3: &str = "
+CREATE TABLE membership_log_v3 (
+    seq INTEGER NOT NULL,
+    doc TEXT NOT NULL,
+    action TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (seq, doc)
+);
+INSERT INTO membership_log_v3 (seq, doc, action, at) SELECT seq, doc, action, at FROM membership_log;
+DROP TABLE membership_log;
+ALTER TABLE membership_log_v3 RENAME TO membership_log;
+";
+
+const MIGRATIONS: [&str; 3] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 /// Opens (creating and migrating) a room database at `path`, or in memory when `path` is `None`.
 pub fn open(path: Option<&Path>) -> rusqlite::Result<Connection> {

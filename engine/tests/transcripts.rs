@@ -355,6 +355,12 @@ fn staged_sessions() {
         1 {"type":"mutate","mid":10,"op":"stage_put","doc":"z","doc_type":"notes","data":{}}
         1 {"type":"mutate","mid":11,"op":"stage_discard"}
         1 {"type":"subscribe","sub":"s2","doc":"sys:session"}
+        1 {"type":"mutate","mid":12,"op":"stage_put","doc":"x","doc_type":"notes","data":{}}
+        1 {"type":"mutate","mid":13,"op":"stage_put","doc":"y","doc_type":"notes","data":{}}
+        1 {"type":"mutate","mid":14,"op":"stage_commit"}
+        reopen
+        1 {"type":"hello","protocol":1,"client":"ca"}
+        1 {"type":"subscribe","sub":"i","doc":"sys:index"}
         "#
     )));
 }

@@ -1,0 +1,380 @@
+//! The invariants, checked on snapshots of the world: the server's room, every client's cache and
+//! outcomes, and a replay of every acknowledged mutation into a fresh engine.
+
+use crate::trace::SharedTrace;
+use crate::world::{engine_config, World, ROOM};
+use roomlab_client::{Outcome, View};
+use roomlab_engine::{ConnId, Effect, Identity, Room};
+use roomlab_protocol::{
+    ClientId, ClientMessage, Mutation, Role, RoomId, ServerMessage, SubId, UserId, PROTOCOL_VERSION,
+};
+use std::collections::BTreeMap;
+
+/// Broken invariants, each a sentence; at most a few of each kind are kept.
+#[derive(Debug, Default)]
+pub(crate) struct Failures(Vec<String>);
+
+const FAILURES_MAX: usize = 20;
+
+impl Failures {
+    pub fn push(&mut self, failure: String) {
+        if self.0.len() < FAILURES_MAX {
+            self.0.push(failure);
+        }
+    }
+
+    pub fn extend(&mut self, failures: impl IntoIterator<Item = String>) {
+        for failure in failures {
+            self.push(failure);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_vec(self) -> Vec<String> {
+        self.0
+    }
+}
+
+/// No client ever receives a document its user may not read: `private` documents are readable by
+/// their owner only. A leak is written into the trace as a failure marker that the end checks find.
+pub(crate) fn private_leak(user: &UserId, text: &str, trace: &SharedTrace, actor: &str) {
+    if !text.contains("\"private\"") {
+        return;
+    }
+    let Ok(message) = roomlab_protocol::decode_server(text.as_bytes(), usize::MAX) else { return };
+    let docs: Vec<&roomlab_protocol::DocSnapshot> = match &message {
+        ServerMessage::QueryResult { docs, .. } => docs.iter().collect(),
+        ServerMessage::QueryDiff { added, changed, .. } => added.iter().chain(changed).collect(),
+        ServerMessage::DocSnapshot { doc, .. } => vec![doc],
+        _ => Vec::new(),
+    };
+    for doc in docs {
+        if doc.doc_type.as_str() == "private" && doc.owner != *user {
+            let text = format!(
+                "LEAK {actor} (user {user}) received private document {} owned by {}",
+                doc.id, doc.owner
+            );
+            trace.lock().expect("trace lock").record_leak(text);
+        }
+    }
+}
+
+/// Checks that hold at any moment: the room's own invariants (usage equals what is stored) and
+/// that no user's usage is past their limit.
+pub(crate) fn checkpoint(world: &World<'_>, now_ms: u64) -> Vec<String> {
+    let mut failures = world.trace.lock().expect("trace lock").leaks().to_vec();
+    let Some(room) = world.room() else { return failures };
+    let room = room.lock().expect("room lock");
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| room.check_invariants())) {
+        let why = panic.downcast_ref::<String>().cloned().unwrap_or_else(|| "unknown".into());
+        failures.push(format!("room invariant broken at {now_ms} ms: {why}"));
+    }
+    let quotas = engine_config(world.scenario).quotas;
+    let clients = world.clients.lock().expect("clients lock");
+    let mut identities: BTreeMap<UserId, Identity> = BTreeMap::new();
+    for v in clients.iter() {
+        identities.entry(v.identity.user.clone()).or_insert_with(|| v.identity.clone());
+    }
+    for (user, identity) in identities {
+        let (usage, limit) = (room.usage(&user), quotas.limit(identity.plan, identity.addons));
+        if usage > limit {
+            failures.push(format!(
+                "quota: {user} uses {usage} bytes, past their limit of {limit} at {now_ms} ms"
+            ));
+        }
+    }
+    failures
+}
+
+/// The checks after the liveness phase, when every client is settled.
+pub(crate) fn final_checks(world: &World<'_>, now_ms: u64) -> Vec<String> {
+    let mut failures = checkpoint(world, now_ms);
+    let Some(room) = world.room() else {
+        failures.push("the server is not running at the end".into());
+        return failures;
+    };
+    let room = room.lock().expect("room lock");
+    failures.extend(convergence(world, &room));
+    failures.extend(client_histories(world));
+    failures.extend(replay(world, &room));
+    failures
+}
+
+fn same_answer(view: &View, answer: &ServerMessage) -> bool {
+    match (view, answer) {
+        (View::Query { docs, .. }, ServerMessage::QueryResult { docs: expected, .. }) => docs == expected,
+        (View::Doc(doc), ServerMessage::DocSnapshot { doc: expected, .. }) => doc == expected,
+        (View::Deleted(_), ServerMessage::DocDeleted { .. }) => true,
+        (View::Missing(_), ServerMessage::DocMissing { .. }) => true,
+        (View::Bucket { version, value }, ServerMessage::BucketValue { version: v, value: expected, .. }) => {
+            version == v && value == expected
+        }
+        (View::BucketDeleted(_), ServerMessage::Error(body)) => {
+            body.code == roomlab_protocol::ErrorCode::NotFound
+        }
+        (View::Assets(assets), ServerMessage::AssetsList { assets: expected, .. }) => assets == expected,
+        (View::Refused(body), ServerMessage::Error(expected)) => body.code == expected.code,
+        _ => false,
+    }
+}
+
+/// Each client's view of each subscription equals the server's answer to the same subscription.
+fn convergence(world: &World<'_>, room: &Room) -> Vec<String> {
+    let mut failures = Vec::new();
+    let sub = SubId::new("check").expect("valid");
+    for v in world.clients.lock().expect("clients lock").iter() {
+        v.client.with_core(|core| {
+            for (target, view) in core.views() {
+                // A refused subscription is not live on the server: it keeps the refusal it got,
+                // whatever the server would answer now, until the next reconnect sends it again.
+                if matches!(view, View::Refused(_)) {
+                    continue;
+                }
+                let answer = room.answer(&v.identity, &sub, target);
+                if !same_answer(view, &answer) {
+                    let target = serde_json::to_string(target).unwrap_or_default();
+                    failures.push(format!(
+                        "convergence: c{} ({}) sees {view:?} for {target}, the server answers {}",
+                        v.index,
+                        v.identity.user,
+                        roomlab_protocol::encode_server(&answer)
+                    ));
+                }
+            }
+        });
+    }
+    failures
+}
+
+/// Per client: pushes never went back in time, acknowledgements increase with mutation ids, and no
+/// viewer write was ever acknowledged.
+fn client_histories(world: &World<'_>) -> Vec<String> {
+    let mut failures = Vec::new();
+    for v in world.clients.lock().expect("clients lock").iter() {
+        v.client.with_core(|core| {
+            failures.extend(core.violations().iter().map(|violation| format!("ordering: c{}: {violation}", v.index)));
+            let mut last: Option<(u64, u64)> = None;
+            for (mid, outcome) in core.outcomes() {
+                let Outcome::Ack(ack) = outcome else { continue };
+                let mutation = core.answered_mutation(*mid);
+                if v.identity.role == Role::Viewer && !is_session_end(mutation) {
+                    let mutation = serde_json::to_string(&mutation).unwrap_or_default();
+                    failures.push(format!("access: viewer c{} had mutation {mid} {mutation} acknowledged at seq {}", v.index, ack.seq));
+                }
+                if let Some((previous_mid, previous_seq)) = last {
+                    if ack.seq < previous_seq {
+                        failures.push(format!(
+                            "sequence: c{} mutation {mid} acknowledged at seq {} after mutation {previous_mid} at seq {previous_seq}",
+                            v.index, ack.seq
+                        ));
+                    }
+                }
+                last = Some((*mid, ack.seq));
+            }
+        });
+    }
+    failures
+}
+
+/// Ending a staged session writes nothing of a viewer's: a viewer cannot stage, so their session
+/// is empty and its commit or discard changes no document.
+fn is_session_end(mutation: Option<&Mutation>) -> bool {
+    matches!(mutation, Some(Mutation::StageDiscard | Mutation::StageCommit))
+}
+
+/// One acknowledged mutation, as the replay needs it.
+struct Acked {
+    seq: u64,
+    class: u8,
+    client: usize,
+    mid: u64,
+    identity: Identity,
+    mutation: Mutation,
+    ack: roomlab_client::Ack,
+}
+
+/// Which acknowledged mutations may share a sequence: a change takes the sequence (class 0); a bind
+/// of an existing compatible bucket and a commit of an empty session may take one or be answered
+/// with the current one (class 1); staging never takes one (class 2).
+fn class_of(mutation: &Mutation) -> u8 {
+    match mutation {
+        Mutation::BucketBind { .. } | Mutation::StageCommit => 1,
+        Mutation::StagePut { .. } | Mutation::StageDiscard => 2,
+        _ => 0,
+    }
+}
+
+/// Whether a class-1 mutation would take a sequence if applied to `replica` now.
+fn would_advance(replica: &Room, acked: &Acked) -> bool {
+    match &acked.mutation {
+        Mutation::BucketBind { bucket, .. } => !replica.export().buckets.contains_key(bucket),
+        Mutation::StageCommit => {
+            let session = roomlab_protocol::DocId::new("sys:session").expect("valid");
+            let sub = SubId::new("check").expect("valid");
+            match replica.answer(&acked.identity, &sub, &roomlab_protocol::Target::Doc(session)) {
+                ServerMessage::DocSnapshot { doc, .. } => {
+                    doc.data["staged"].as_array().is_some_and(|s| !s.is_empty())
+                }
+                _ => false,
+            }
+        }
+        _ => true,
+    }
+}
+
+/// Puts the acknowledged mutations in the order the room applied them: by sequence; within one
+/// sequence the change that took it first, then those answered with it.
+fn replay_order(mut acked: Vec<Acked>, replica: &Room) -> Result<Vec<Acked>, String> {
+    acked.sort_by_key(|a| (a.seq, a.class, a.client, a.mid));
+    let changes: Vec<(u64, usize, u64)> =
+        acked.iter().filter(|a| a.class == 0).map(|a| (a.seq, a.client, a.mid)).collect();
+    if let Some(pair) = changes.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(format!(
+            "sequence: c{} mutation {} and c{} mutation {} were both acknowledged as the change at seq {}",
+            pair[0].1, pair[0].2, pair[1].1, pair[1].2, pair[0].0
+        ));
+    }
+    let _ = replica;
+    Ok(acked)
+}
+
+/// No acknowledged write is lost and none is applied twice: replaying every acknowledged mutation
+/// in sequence order into a fresh engine must acknowledge each at the same sequence and end in the
+/// same state as the server's room, which has been through every crash of the run.
+fn replay(world: &World<'_>, room: &Room) -> Vec<String> {
+    let mut acked: Vec<Acked> = Vec::new();
+    let mut users: BTreeMap<UserId, Identity> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for v in world.clients.lock().expect("clients lock").iter() {
+        users.entry(v.identity.user.clone()).or_insert_with(|| v.identity.clone());
+        v.client.with_core(|core| {
+            for (mid, outcome) in core.outcomes() {
+                let mutation = core.answered_mutation(*mid).cloned().expect("outcomes keep their mutation");
+                match outcome {
+                    Outcome::Ack(ack) => acked.push(Acked {
+                        seq: ack.seq,
+                        class: class_of(&mutation),
+                        client: v.index,
+                        mid: *mid,
+                        identity: v.identity.clone(),
+                        mutation,
+                        ack: ack.clone(),
+                    }),
+                    Outcome::Refused(body) if !body.code.is_definite() => failures.push(format!(
+                        "indefinite: c{} mutation {mid} ended with {} and cannot be judged",
+                        v.index, body.code
+                    )),
+                    Outcome::Refused(_) => {}
+                }
+            }
+        });
+    }
+    let id = RoomId::new(ROOM).expect("valid");
+    let mut replica = Room::open(id, None, engine_config(world.scenario)).expect("an in-memory room opens");
+    let mut acked = match replay_order(acked, &replica) {
+        Ok(acked) => acked,
+        Err(failure) => {
+            failures.push(failure);
+            return failures;
+        }
+    };
+    let mut conns: BTreeMap<usize, ConnId> = BTreeMap::new();
+    // Every user connected during setup, before any mutation: each first connection took a sequence.
+    for (n, identity) in users.values().enumerate() {
+        replica.connect(ConnId(1_000_000 + n as u64), identity.clone(), 0);
+    }
+    let mut index = 0;
+    while index < acked.len() {
+        // Among class-1 mutations at the sequence the room is about to take, the one that takes it
+        // goes first.
+        if acked[index].class == 1 && acked[index].seq == replica.seq() + 1 {
+            let group_end = index
+                + acked[index..].iter().take_while(|a| a.seq == acked[index].seq && a.class == 1).count();
+            if let Some(first) = (index..group_end).find(|&i| would_advance(&replica, &acked[i])) {
+                acked[index..=first].rotate_right(1);
+            }
+        }
+        let a = &acked[index];
+        index += 1;
+        let conn = *conns.entry(a.client).or_insert_with(|| {
+            let conn = ConnId(a.client as u64);
+            replica.connect(conn, a.identity.clone(), 0);
+            let client = ClientId::new(format!("sim-{}", a.client)).expect("valid");
+            replica.handle(conn, ClientMessage::Hello { protocol: PROTOCOL_VERSION, client }, 0);
+            conn
+        });
+        let effects =
+            replica.handle(conn, ClientMessage::Mutate { mid: a.mid, mutation: a.mutation.clone() }, 0);
+        let answer = effects.into_iter().find_map(|effect| match effect {
+            Effect::Send { conn: c, message } if c == conn && is_answer(&message, a.mid) => Some(message),
+            _ => None,
+        });
+        let expected = ServerMessage::Ack {
+            mid: a.mid,
+            seq: a.ack.seq,
+            version: a.ack.version,
+            object_key: a.ack.object_key.clone(),
+        };
+        if answer.as_ref() != Some(&expected) {
+            failures.push(format!(
+                "durability: c{} mutation {} ({}) was acknowledged at seq {}, but replaying the acknowledged history answers {}",
+                a.client,
+                a.mid,
+                serde_json::to_string(&a.mutation).unwrap_or_default(),
+                a.ack.seq,
+                answer.map(|m| roomlab_protocol::encode_server(&m)).unwrap_or_else(|| "nothing".into())
+            ));
+            return failures;
+        }
+    }
+    let (ours, theirs) = (without_times(room.export()), without_times(replica.export()));
+    if ours != theirs {
+        failures.push(format!(
+            "durability: the server's room (seq {}, {} documents) differs from the replay of every acknowledged mutation (seq {}, {} documents){}",
+            ours.seq,
+            ours.docs.len(),
+            theirs.seq,
+            theirs.docs.len(),
+            first_difference(&ours, &theirs)
+        ));
+    }
+    failures
+}
+
+/// The export without deletion times, which come from each room's clock.
+fn without_times(mut export: roomlab_engine::model::Export) -> roomlab_engine::model::Export {
+    for (_, deleted) in &mut export.docs {
+        if let Some((_, at)) = deleted {
+            *at = 0;
+        }
+    }
+    export
+}
+
+fn is_answer(message: &ServerMessage, mid: u64) -> bool {
+    match message {
+        ServerMessage::Ack { mid: m, .. } => *m == mid,
+        ServerMessage::Error(body) => body.mid == Some(mid),
+        _ => false,
+    }
+}
+
+fn first_difference(a: &roomlab_engine::model::Export, b: &roomlab_engine::model::Export) -> String {
+    if let Some((x, y)) = a.docs.iter().zip(&b.docs).find(|(x, y)| x != y) {
+        return format!(
+            ": first differing document: server {} vs replay {}",
+            serde_json::to_string(&x.0).unwrap_or_default(),
+            serde_json::to_string(&y.0).unwrap_or_default()
+        );
+    }
+    if a.usage != b.usage {
+        return format!(": usage {:?} vs {:?}", a.usage, b.usage);
+    }
+    if a.buckets != b.buckets {
+        return ": buckets differ".into();
+    }
+    String::new()
+}

@@ -1,0 +1,205 @@
+//! The fault driver: partitions both ways and one way, clogged links, latency changes, connection
+//! kills, reconnect storms, slow consumers, server crashes and restarts. In swarm mode each seed
+//! draws its own rates, so some runs see a storm of one fault and none of another.
+
+use crate::scenario::{Faults, Scenario};
+use crate::world::{ServerSlot, World};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A fault that is on and when it ends.
+#[derive(Debug, Clone, PartialEq)]
+enum Active {
+    Partition { host: usize, oneway: bool, until_ms: u64 },
+    Clog { host: usize, until_ms: u64 },
+    Crashed { until_ms: u64 },
+}
+
+pub(crate) struct FaultDriver {
+    rng: ChaCha8Rng,
+    rates: Vec<(&'static str, f64)>,
+    active: Vec<Active>,
+    fired: BTreeMap<String, u64>,
+    hosts: usize,
+    clients: usize,
+}
+
+const KINDS: [&str; 8] =
+    ["partition", "oneway-partition", "clog", "latency", "kill", "crash", "stall", "storm"];
+
+fn rates_of(faults: &Faults) -> [f64; 8] {
+    [
+        faults.partitions,
+        faults.oneway_partitions,
+        faults.clogs,
+        faults.latency,
+        faults.kills,
+        faults.crashes,
+        faults.stalls,
+        faults.storms,
+    ]
+}
+
+impl FaultDriver {
+    pub fn new(scenario: &Scenario, seed: u64) -> FaultDriver {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xfa17_fa17_fa17_fa17);
+        let mut rates: Vec<(&'static str, f64)> =
+            KINDS.iter().copied().zip(rates_of(&scenario.faults)).collect();
+        if scenario.swarm {
+            for (_, rate) in &mut rates {
+                // About a third of the faults are off for this seed; the rest run at 0x to 2x.
+                let draw = rng.next_u64() % 300;
+                *rate = if draw < 100 { 0.0 } else { *rate * (draw - 100) as f64 / 100.0 };
+            }
+        }
+        let fired =
+            rates.iter().filter(|(_, rate)| *rate > 0.0).map(|(kind, _)| (kind.to_string(), 0)).collect();
+        FaultDriver {
+            rng,
+            rates,
+            active: Vec::new(),
+            fired,
+            hosts: scenario.client_hosts,
+            clients: scenario.clients,
+        }
+    }
+
+    /// Faults injected by kind, including enabled kinds that never fired (count 0).
+    pub fn fired(&self) -> BTreeMap<String, u64> {
+        self.fired.clone()
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.rng.next_u64() % n.max(1)
+    }
+
+    fn host_name(host: usize) -> String {
+        format!("clients-{host}")
+    }
+
+    /// Ends faults whose time is up and starts new ones at their rates, for one poll interval.
+    pub fn step(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        slot: &ServerSlot,
+        world: &World<'_>,
+        now_ms: u64,
+        interval_ms: u64,
+    ) {
+        self.expire(sim, world, now_ms, false);
+        for index in 0..self.rates.len() {
+            let (kind, per_minute) = self.rates[index];
+            // The chance of one occurrence in this interval, from the rate per simulated minute.
+            let chance_per_million = (per_minute * interval_ms as f64 / 60_000.0 * 1e6) as u64;
+            if chance_per_million == 0 || self.below(1_000_000) >= chance_per_million {
+                continue;
+            }
+            if self.inject(kind, sim, slot, world, now_ms) {
+                *self.fired.entry(kind.to_string()).or_default() += 1;
+            }
+        }
+    }
+
+    fn inject(
+        &mut self,
+        kind: &str,
+        sim: &mut turmoil::Sim<'_>,
+        slot: &ServerSlot,
+        world: &World<'_>,
+        now_ms: u64,
+    ) -> bool {
+        let host = self.below(self.hosts as u64) as usize;
+        let duration_ms = 500 + self.below(5_000);
+        let until_ms = now_ms + duration_ms;
+        let busy = |active: &[Active]| {
+            active.iter().any(|a| matches!(a, Active::Partition { host: h, .. } | Active::Clog { host: h, .. } if *h == host))
+        };
+        let text = match kind {
+            "partition" | "oneway-partition" if !busy(&self.active) => {
+                let oneway = kind == "oneway-partition";
+                if oneway {
+                    sim.partition_oneway("server", Self::host_name(host));
+                } else {
+                    sim.partition("server", Self::host_name(host));
+                }
+                self.active.push(Active::Partition { host, oneway, until_ms });
+                format!("{kind} server / clients-{host} for {duration_ms} ms")
+            }
+            "clog" if !busy(&self.active) => {
+                sim.hold("server", Self::host_name(host));
+                self.active.push(Active::Clog { host, until_ms });
+                format!("clog server / clients-{host} for {duration_ms} ms")
+            }
+            "latency" => {
+                let max_ms = 1 + self.below(200);
+                sim.set_max_message_latency(Duration::from_millis(max_ms));
+                format!("latency up to {max_ms} ms")
+            }
+            "kill" => {
+                let index = self.below(self.clients as u64) as usize;
+                world.with_client(index, |client| client.kill_connection());
+                format!("kill c{index}'s connection")
+            }
+            "storm" => {
+                world.for_each_client(|client| client.kill_connection());
+                "reconnect storm: every connection killed".to_string()
+            }
+            "stall" => {
+                let index = self.below(self.clients as u64) as usize;
+                world.with_client(index, |client| client.stall(Duration::from_millis(duration_ms)));
+                format!("stall c{index} for {duration_ms} ms")
+            }
+            "crash" if !self.active.iter().any(|a| matches!(a, Active::Crashed { .. })) => {
+                slot.borrow_mut().take();
+                sim.crash("server");
+                let until_ms = now_ms + 200 + self.below(3_000);
+                self.active.push(Active::Crashed { until_ms });
+                "crash the server".to_string()
+            }
+            _ => return false,
+        };
+        world.note(now_ms, &format!("fault: {text}"));
+        true
+    }
+
+    fn expire(&mut self, sim: &mut turmoil::Sim<'_>, world: &World<'_>, now_ms: u64, all: bool) {
+        let (done, kept): (Vec<Active>, Vec<Active>) =
+            std::mem::take(&mut self.active).into_iter().partition(|a| {
+                all || match a {
+                    Active::Partition { until_ms, .. }
+                    | Active::Clog { until_ms, .. }
+                    | Active::Crashed { until_ms } => *until_ms <= now_ms,
+                }
+            });
+        self.active = kept;
+        for fault in done {
+            let text = match fault {
+                Active::Partition { host, oneway, .. } => {
+                    if oneway {
+                        sim.repair_oneway("server", Self::host_name(host));
+                    } else {
+                        sim.repair("server", Self::host_name(host));
+                    }
+                    format!("repair server / clients-{host}")
+                }
+                Active::Clog { host, .. } => {
+                    sim.release("server", Self::host_name(host));
+                    format!("release server / clients-{host}")
+                }
+                Active::Crashed { .. } => {
+                    sim.bounce("server");
+                    "restart the server".to_string()
+                }
+            };
+            world.note(now_ms, &format!("fault over: {text}"));
+        }
+    }
+
+    /// Ends every fault: the liveness phase starts from a healthy network and a running server.
+    pub fn heal(&mut self, sim: &mut turmoil::Sim<'_>, _slot: &ServerSlot, world: &World<'_>, now_ms: u64) {
+        self.expire(sim, world, now_ms, true);
+        sim.set_max_message_latency(Duration::from_millis(5));
+    }
+}

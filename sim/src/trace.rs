@@ -1,0 +1,158 @@
+//! The run's trace: every frame a client sent or received, every fault and every check, with
+//! simulated time. Its hash is the run's fingerprint for the determinism check.
+
+use std::sync::{Arc, Mutex};
+
+/// One event of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Simulated milliseconds since the start.
+    pub time_ms: u64,
+    /// Who: `c17` for a client, `world` for faults and checks.
+    pub actor: String,
+    /// What, for humans: a frame (`> ...` sent, `< ...` received), a fault or a check.
+    pub text: String,
+}
+
+/// The trace: a rolling hash of every event, and the events themselves when kept.
+#[derive(Debug, Default)]
+pub struct Trace {
+    hash: u64,
+    count: u64,
+    keep: bool,
+    events: Vec<Event>,
+    /// Rolling hashes after each event, to find the first divergence between two runs.
+    checkpoints: Vec<u64>,
+    /// Private documents delivered to users who may not read them (bounded).
+    leaks: Vec<String>,
+}
+
+/// Leaks remembered at most.
+const LEAKS_MAX: usize = 10;
+
+/// A trace shared by every client's tap and the world.
+pub type SharedTrace = Arc<Mutex<Trace>>;
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x100_0000_01b3;
+
+fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
+    for byte in bytes {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(FNV_PRIME);
+    }
+    hash
+}
+
+impl Trace {
+    /// A trace that keeps its events (for `--trace` and the determinism check) or only its hash.
+    pub fn new(keep: bool) -> Trace {
+        Trace { hash: FNV_OFFSET, keep, ..Trace::default() }
+    }
+
+    /// Records an event.
+    pub fn record(&mut self, time_ms: u64, actor: &str, text: &str) {
+        self.hash = fnv(self.hash, &time_ms.to_le_bytes());
+        self.hash = fnv(self.hash, actor.as_bytes());
+        self.hash = fnv(fnv(self.hash, &[0]), text.as_bytes());
+        self.count += 1;
+        if self.keep {
+            self.checkpoints.push(self.hash);
+            self.events.push(Event { time_ms, actor: actor.to_string(), text: text.to_string() });
+        }
+    }
+
+    /// Records a private document delivered to someone who may not read it.
+    pub(crate) fn record_leak(&mut self, text: String) {
+        if self.leaks.len() < LEAKS_MAX {
+            self.leaks.push(format!("access: {text}"));
+        }
+    }
+
+    /// The leaks seen so far.
+    pub(crate) fn leaks(&self) -> &[String] {
+        &self.leaks
+    }
+
+    /// The hash of every event so far.
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// Events recorded.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The kept events.
+    #[cfg(test)]
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// Takes the kept events.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+/// The first event at which two kept traces differ, with its index, or `None` when they agree.
+pub fn first_divergence(a: &[Event], b: &[Event]) -> Option<(usize, Option<Event>, Option<Event>)> {
+    let index = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or_else(|| (a.len() != b.len()).then(|| a.len().min(b.len())))?;
+    Some((index, a.get(index).cloned(), b.get(index).cloned()))
+}
+
+/// The trace as Chrome / Perfetto trace-event JSON: one instant event per frame, fault and check,
+/// one track (thread) per actor, so a run can be opened in ui.perfetto.dev.
+pub fn perfetto_json(events: &[Event]) -> String {
+    let mut tracks: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for event in events {
+        let next = tracks.len() + 1;
+        tracks.entry(event.actor.as_str()).or_insert(next);
+    }
+    let mut out = Vec::with_capacity(events.len() + tracks.len());
+    for (actor, tid) in &tracks {
+        out.push(serde_json::json!({"ph": "M", "name": "thread_name", "pid": 1, "tid": tid, "args": {"name": actor}}));
+    }
+    for event in events {
+        let (category, name) = match event.text.split_once(' ') {
+            Some((head, _)) if head == ">" || head == "<" => {
+                ("frame", event.text.chars().take(80).collect::<String>())
+            }
+            _ => ("world", event.text.chars().take(80).collect::<String>()),
+        };
+        out.push(serde_json::json!({
+            "ph": "i", "s": "t", "pid": 1, "tid": tracks[event.actor.as_str()],
+            "ts": event.time_ms * 1000, "cat": category, "name": name, "args": {"text": event.text},
+        }));
+    }
+    serde_json::json!({ "traceEvents": out, "displayTimeUnit": "ms" }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_follows_every_event_and_divergence_is_located() {
+        let run = |texts: &[&str]| {
+            let mut trace = Trace::new(true);
+            for (i, text) in texts.iter().enumerate() {
+                trace.record(i as u64, "c1", text);
+            }
+            trace
+        };
+        let (a, b, c) = (run(&["> x", "< y"]), run(&["> x", "< y"]), run(&["> x", "< z"]));
+        assert_eq!(a.hash(), b.hash());
+        assert_ne!(a.hash(), c.hash());
+        assert_eq!(first_divergence(a.events(), b.events()), None);
+        let (index, left, _) = first_divergence(a.events(), c.events()).unwrap();
+        assert_eq!((index, left.unwrap().text.as_str()), (1, "< y"));
+        assert_eq!(first_divergence(a.events(), &a.events()[..1]).map(|d| d.0), Some(1));
+        let json: serde_json::Value = serde_json::from_str(&perfetto_json(a.events())).unwrap();
+        assert_eq!(json["traceEvents"].as_array().unwrap().len(), 3);
+    }
+}

@@ -1,0 +1,363 @@
+//! What a virtual client does: a weighted mix of operations chosen by its own seeded RNG.
+
+use crate::scenario::Workload;
+use rand_chacha::rand_core::RngCore;
+use rand_chacha::ChaCha8Rng;
+use roomlab_client::{Client, ClientError, Subscription, View};
+use roomlab_protocol::{
+    fracdex, Backend, BucketName, Contract, Direction, DocId, DocType, Field, FieldName, ItemId, ListItem,
+    ListKey, Mutation, Op, Order, Query, Role, Target, Where,
+};
+use serde_json::json;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Shared ids of the contended document space.
+pub(crate) const SHARED_DOCS: u64 = 40;
+/// Buckets the bucket workload shares.
+pub(crate) const BUCKETS: u64 = 4;
+/// Subscriptions a virtual client holds at most.
+const SUBSCRIPTIONS_MAX: usize = 6;
+
+/// Which phase the world is in, as the clients read it.
+pub(crate) const PHASE_SETUP: u8 = 0;
+pub(crate) const PHASE_SAFETY: u8 = 1;
+pub(crate) const PHASE_LIVENESS: u8 = 2;
+
+/// A virtual client's program.
+pub(crate) struct Actor {
+    pub index: usize,
+    pub client: Arc<Client>,
+    pub rng: ChaCha8Rng,
+    pub mix: Workload,
+    pub rate_per_s: f64,
+    pub users: usize,
+    pub phase: Arc<AtomicU8>,
+    pub subscriptions: Vec<(Target, Subscription)>,
+    pub made: u64,
+}
+
+fn doc(id: impl Into<String>) -> DocId {
+    DocId::new(id).expect("workload ids are valid")
+}
+
+fn doc_type(name: &str) -> DocType {
+    DocType::new(name).expect("workload types are valid")
+}
+
+pub(crate) fn board() -> DocId {
+    doc("board")
+}
+
+pub(crate) fn cards() -> FieldName {
+    FieldName::new("cards").expect("valid field")
+}
+
+pub(crate) fn active_tasks(limit: Option<u32>) -> Query {
+    Query {
+        collection: doc_type("tasks"),
+        filter: Some(Where::Condition { field: Field("status".into()), op: Op::Eq, value: json!("active") }),
+        order_by: vec![Order { field: Field("priority".into()), dir: Direction::Desc }],
+        limit,
+    }
+}
+
+fn all_of(collection: &str) -> Query {
+    Query { collection: doc_type(collection), filter: None, order_by: Vec::new(), limit: None }
+}
+
+impl Actor {
+    fn below(&mut self, n: u64) -> u64 {
+        self.rng.next_u64() % n.max(1)
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    /// The admin's setup, once every user has connected: the private collection's schema and the
+    /// shared board.
+    async fn setup(&mut self) {
+        if self.index == 0 {
+            let schema = json!({"access": {"read": "owner", "write": "owner"}});
+            let create =
+                Mutation::Create { doc: doc("sys:schema:private"), doc_type: doc_type("sys"), data: schema };
+            let _ = self.client.mutate_confirmed(create).await;
+            let create = Mutation::Create {
+                doc: board(),
+                doc_type: doc_type("boards"),
+                data: json!({"title": "board"}),
+            };
+            let _ = self.client.mutate_confirmed(create).await;
+        }
+    }
+
+    fn subscribe(&mut self, target: Target) {
+        if self.subscriptions.iter().any(|(t, _)| *t == target) {
+            return;
+        }
+        let subscription = self.client.subscribe(target.clone());
+        self.subscriptions.push((target, subscription));
+    }
+
+    /// Runs operations until the safety phase ends.
+    pub async fn run(mut self) {
+        self.subscribe(Target::Doc(board()));
+        self.subscribe(Target::Query(active_tasks(None)));
+        while self.phase.load(Ordering::Relaxed) == PHASE_SETUP {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.setup().await;
+        let mean_ms = (1000.0 / self.rate_per_s) as u64;
+        while self.phase.load(Ordering::Relaxed) == PHASE_SAFETY {
+            let wait = self.below(2 * mean_ms + 1);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            if self.phase.load(Ordering::Relaxed) != PHASE_SAFETY {
+                break;
+            }
+            self.step().await;
+        }
+        // Hold the subscriptions through the liveness phase, so that convergence can be checked.
+        std::future::pending::<()>().await;
+    }
+
+    async fn step(&mut self) {
+        let w = self.mix;
+        let weights =
+            [w.records, w.queries, w.guards, w.lists, w.deletes, w.quota, w.buckets, w.private, w.staging];
+        let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+        let mut pick = self.below(total);
+        let mut kind = 0;
+        for (i, weight) in weights.iter().enumerate() {
+            if pick < u64::from(*weight) {
+                kind = i;
+                break;
+            }
+            pick -= u64::from(*weight);
+        }
+        let mutation = match kind {
+            0 => Some(self.record()),
+            1 => {
+                self.churn_subscriptions();
+                None
+            }
+            2 => Some(self.guarded()),
+            3 => self.list_op(),
+            4 => Some(self.delete_op()),
+            5 => Some(self.quota_op()),
+            6 => self.bucket_op().await,
+            7 => Some(self.private_op()),
+            _ => self.staging_op().await,
+        };
+        if let Some(mutation) = mutation {
+            self.send(mutation).await;
+        }
+    }
+
+    async fn send(&mut self, mutation: Mutation) {
+        if self.chance(50) {
+            self.client.mutate(mutation);
+        } else {
+            match self.client.mutate_confirmed(mutation).await {
+                Ok(_) | Err(ClientError::Refused(_)) | Err(ClientError::Timeout) => {}
+                Err(other) => tracing::debug!("client {}: {other}", self.index),
+            }
+        }
+    }
+
+    fn shared_doc(&mut self) -> DocId {
+        let k = self.below(SHARED_DOCS);
+        doc(format!("t{k}"))
+    }
+
+    fn task_data(&mut self) -> serde_json::Value {
+        let status = if self.chance(60) { "active" } else { "done" };
+        json!({"status": status, "priority": self.below(10), "by": self.index})
+    }
+
+    fn record(&mut self) -> Mutation {
+        let id = self.shared_doc();
+        let data = self.task_data();
+        match self.below(3) {
+            0 => Mutation::Create { doc: id, doc_type: doc_type("tasks"), data },
+            1 => Mutation::Put { doc: id, data, if_seq: None },
+            _ => Mutation::Patch {
+                doc: id,
+                data: json!({"priority": self.below(10), "note": null}),
+                if_seq: None,
+            },
+        }
+    }
+
+    fn cached_seq(&self, id: &DocId) -> Option<u64> {
+        let view = self.client.with_core(|core| core.view(&Target::Doc(id.clone())).cloned());
+        match view {
+            Some(View::Doc(snapshot)) => Some(snapshot.seq),
+            _ => None,
+        }
+    }
+
+    fn guarded(&mut self) -> Mutation {
+        let id = self.shared_doc();
+        self.subscribe(Target::Doc(id.clone()));
+        let if_seq = self.cached_seq(&id).or(Some(self.below(50)));
+        let data = self.task_data();
+        if self.chance(80) {
+            Mutation::Put { doc: id, data, if_seq }
+        } else {
+            Mutation::Remove { doc: id, if_seq }
+        }
+    }
+
+    fn churn_subscriptions(&mut self) {
+        if self.subscriptions.len() >= SUBSCRIPTIONS_MAX || (self.subscriptions.len() > 2 && self.chance(30))
+        {
+            // Keep the first two (board and tasks) so the lists and queries always have watchers.
+            let victim = 2 + self.below(self.subscriptions.len() as u64 - 2) as usize;
+            self.subscriptions.remove(victim);
+            return;
+        }
+        let target = match self.below(5) {
+            0 => Target::Query(active_tasks(Some(5))),
+            1 => Target::Query(all_of("private")),
+            2 => Target::Query(all_of("blobs")),
+            3 => Target::Bucket(BucketName::new(format!("b{}", self.below(BUCKETS))).expect("valid")),
+            _ => Target::Doc(self.shared_doc()),
+        };
+        self.subscribe(target);
+    }
+
+    fn board_items(&self) -> Vec<ListItem> {
+        let view = self.client.with_core(|core| core.view(&Target::Doc(board())).cloned());
+        match view {
+            Some(View::Doc(snapshot)) => snapshot.lists.get(&cards()).cloned().unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A key in one of the first gaps of the list as this client sees it; many clients pick the
+    /// same gap at once, so equal keys happen and the (key, item id) order decides.
+    fn contended_key(&mut self, items: &[ListItem]) -> Option<ListKey> {
+        let gap = self.below(items.len().min(3) as u64 + 1) as usize;
+        let before = gap.checked_sub(1).map(|i| items[i].key.as_str());
+        let after = items.get(gap).map(|item| item.key.as_str());
+        let key = fracdex::key_between(before, after).ok()?;
+        ListKey::new(key).ok()
+    }
+
+    fn list_op(&mut self) -> Option<Mutation> {
+        let items = self.board_items();
+        let choice = self.below(100);
+        if choice < 60 || items.is_empty() {
+            self.made += 1;
+            let item = ItemId::new(format!("c{}-{}", self.index, self.made)).expect("valid");
+            let key = self.contended_key(&items)?;
+            return Some(Mutation::ListInsert {
+                doc: board(),
+                list: cards(),
+                item,
+                key,
+                value: json!({"by": self.index}),
+            });
+        }
+        let item = items[self.below(items.len() as u64) as usize].id.clone();
+        if choice < 85 {
+            let key = self.contended_key(&items)?;
+            Some(Mutation::ListMove { doc: board(), list: cards(), item, key })
+        } else {
+            Some(Mutation::ListRemove { doc: board(), list: cards(), item })
+        }
+    }
+
+    fn delete_op(&mut self) -> Mutation {
+        let id = self.shared_doc();
+        match self.below(5) {
+            0 | 1 => Mutation::Remove { doc: id, if_seq: None },
+            2 | 3 => Mutation::Restore { doc: id },
+            _ => Mutation::Purge { doc: id },
+        }
+    }
+
+    fn quota_op(&mut self) -> Mutation {
+        let own = self.made.saturating_sub(self.below(3));
+        let id = doc(format!("q{}-{}", self.index, own.max(1)));
+        match self.below(4) {
+            0 | 1 => {
+                self.made += 1;
+                let size = 500 + self.below(2500) as usize;
+                let data = json!({"pad": "x".repeat(size)});
+                Mutation::Create {
+                    doc: doc(format!("q{}-{}", self.index, self.made)),
+                    doc_type: doc_type("blobs"),
+                    data,
+                }
+            }
+            2 => Mutation::Remove { doc: id, if_seq: None },
+            _ => Mutation::Purge { doc: id },
+        }
+    }
+
+    async fn bucket_op(&mut self) -> Option<Mutation> {
+        let bucket = BucketName::new(format!("b{}", self.below(BUCKETS))).expect("valid");
+        Some(match self.below(10) {
+            0 | 1 => {
+                let version = 1 + self.below(2) as u32;
+                let contract =
+                    Contract { backend: Backend::D1Json, schema_id: "notes".into(), schema_version: version };
+                Mutation::BucketBind { bucket, contract }
+            }
+            2 => Mutation::BucketDelete { bucket },
+            3 => {
+                let _ = self.client.bucket_get(bucket).await;
+                return None;
+            }
+            _ => {
+                let if_version =
+                    match self.client.with_core(|core| core.cached_bucket(&bucket).map(|(v, _)| *v)) {
+                        Some(version) if self.chance(50) => Some(version),
+                        _ => None,
+                    };
+                let value = json!({"by": self.index, "n": self.below(1000)});
+                Mutation::BucketSet { bucket, value, if_version }
+            }
+        })
+    }
+
+    fn private_op(&mut self) -> Mutation {
+        self.made += 1;
+        let id = doc(format!("p{}-{}", self.index, self.made));
+        Mutation::Create {
+            doc: id,
+            doc_type: doc_type("private"),
+            data: json!({"secret": self.below(1_000_000)}),
+        }
+    }
+
+    async fn staging_op(&mut self) -> Option<Mutation> {
+        // A staged session belongs to a user, not a connection; only the first client of each user
+        // stages, so that no two clients interleave puts, commits and discards of one session
+        // without taking a sequence, which no checker could put back in order.
+        if self.index >= self.users {
+            return Some(self.record());
+        }
+        for _ in 0..1 + self.below(2) {
+            let id = self.shared_doc();
+            let data = self.task_data();
+            let _ = self
+                .client
+                .mutate_confirmed(Mutation::StagePut { doc: id, doc_type: doc_type("tasks"), data })
+                .await;
+        }
+        Some(if self.chance(80) { Mutation::StageCommit } else { Mutation::StageDiscard })
+    }
+}
+
+/// The role of user `u{n}` in a scenario: u0 is the admin.
+pub(crate) fn role_of(user: usize, viewer_every: usize) -> Role {
+    match user {
+        0 => Role::Admin,
+        n if viewer_every > 0 && n.is_multiple_of(viewer_every) => Role::Viewer,
+        _ => Role::Member,
+    }
+}

@@ -1,0 +1,466 @@
+//! One simulated run: the world (a server host and client hosts on turmoil), its phases, the fault
+//! driver, and the checks at checkpoints and at the end.
+
+use crate::check::{self, Failures};
+use crate::faults::FaultDriver;
+use crate::scenario::Scenario;
+use crate::trace::{SharedTrace, Trace};
+use crate::workload::{role_of, Actor, PHASE_LIVENESS, PHASE_SAFETY, PHASE_SETUP};
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use roomlab_client::{Client, ClientConfig, TapEvent};
+use roomlab_engine::Identity;
+use roomlab_protocol::{ClientId, Plan, RoomId, UserId};
+use roomlab_server::{mint, Claims, Server, ServerConfig};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// The room every virtual client works in.
+pub(crate) const ROOM: &str = "sim-room";
+const SECRET: &[u8] = b"roomlab-sim-secret";
+const PORT: u16 = 8787;
+/// Unix seconds at the simulation's start: fixed, so that tokens and timestamps never depend on
+/// the machine's clock.
+const EPOCH_S: u64 = 1_767_225_600;
+/// How often the world looks at liveness and takes checkpoints, in simulated milliseconds.
+const POLL_MS: u64 = 100;
+const CHECKPOINT_MS: u64 = 5_000;
+/// How long everything must stay settled before the final checks.
+const QUIET_MS: u64 = 2_000;
+
+/// What one run is asked to do.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The scenario.
+    pub scenario: Scenario,
+    /// The seed.
+    pub seed: u64,
+    /// Keep every trace event (for `--trace` and the determinism check).
+    pub keep_trace: bool,
+}
+
+/// What one run did and found.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Report {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The seed.
+    pub seed: u64,
+    /// Every invariant that broke, each a sentence.
+    pub failures: Vec<String>,
+    /// Simulated milliseconds.
+    pub sim_ms: u64,
+    /// Wall-clock milliseconds (measured by the caller; zero inside the run).
+    pub wall_ms: u64,
+    /// Mutations and subscriptions the clients made.
+    pub operations: u64,
+    /// Mutations acknowledged.
+    pub acks: u64,
+    /// Mutations refused, by error code.
+    pub refusals: BTreeMap<String, u64>,
+    /// Faults injected, by kind; every kind the scenario enables is listed, fired or not.
+    pub faults: BTreeMap<String, u64>,
+    /// The room's final sequence.
+    pub final_seq: u64,
+    /// Live documents at the end.
+    pub live_docs: u64,
+    /// The trace's hash.
+    pub trace_hash: u64,
+    /// Trace events recorded.
+    pub trace_events: u64,
+    /// The kept trace, when asked for.
+    #[serde(skip)]
+    pub events: Vec<crate::trace::Event>,
+}
+
+impl Report {
+    /// Whether every invariant held.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// One virtual client as the world sees it.
+pub(crate) struct Virtual {
+    pub index: usize,
+    pub identity: Identity,
+    pub client: Arc<Client>,
+}
+
+pub(crate) type Clients = Arc<Mutex<Vec<Virtual>>>;
+
+thread_local! {
+    static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let text = format!("{info}");
+            let recorded = PANICS.try_with(|p| p.borrow_mut().push(text)).is_ok();
+            if !recorded || std::env::var_os("ROOMLAB_SIM_PANIC_TRACE").is_some() {
+                default(info);
+            }
+        }));
+    });
+}
+
+pub(crate) fn identity_of(scenario: &Scenario, index: usize) -> Identity {
+    let user = index % scenario.users;
+    let mut identity =
+        Identity::new(UserId::new(format!("u{user}")).expect("valid"), role_of(user, scenario.viewer_every));
+    if scenario.free_every > 0 && user > 0 && user.is_multiple_of(scenario.free_every) {
+        identity.plan = Plan::Free;
+    }
+    identity.addons = (user % 3) as u32;
+    identity
+}
+
+pub(crate) fn engine_config(scenario: &Scenario) -> roomlab_engine::Config {
+    let mut config = roomlab_engine::Config::default();
+    config.quotas.free_bytes = scenario.quotas.free_bytes;
+    config.quotas.pro_bytes = scenario.quotas.pro_bytes;
+    config.quotas.addon_bytes = scenario.quotas.addon_bytes;
+    config.limits.outbound_queue_max = 256;
+    config
+}
+
+fn server_config(scenario: &Scenario, seed: u64, data: &std::path::Path) -> ServerConfig {
+    let mut config = ServerConfig::new(SECRET);
+    config.data = Some(data.to_path_buf());
+    config.engine = engine_config(scenario);
+    config.epoch_ms = EPOCH_S * 1000;
+    config.seed = seed;
+    config.idle_close_ms = 3_600_000;
+    config
+}
+
+fn tap(trace: &SharedTrace, index: usize, user: UserId) -> roomlab_client::Tap {
+    let trace = trace.clone();
+    let actor = format!("c{index}");
+    Arc::new(move |event: TapEvent<'_>| {
+        let time_ms = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
+        let text = match event {
+            TapEvent::Connecting { attempt } => format!("connecting (attempt {attempt})"),
+            TapEvent::Connected => "connected".to_string(),
+            TapEvent::Sent(text) => format!("> {text}"),
+            TapEvent::Received(text) => {
+                check::private_leak(&user, text, &trace, &actor);
+                format!("< {text}")
+            }
+            TapEvent::Disconnected { reason } => format!("disconnected: {reason}"),
+        };
+        trace.lock().expect("trace lock").record(time_ms, &actor, &text);
+    })
+}
+
+fn client_config(
+    scenario: &Scenario,
+    seed: u64,
+    index: usize,
+    identity: &Identity,
+    trace: &SharedTrace,
+) -> ClientConfig {
+    let claims = Claims {
+        sub: identity.user.to_string(),
+        room: ROOM.into(),
+        role: identity.role,
+        exp: EPOCH_S + 86_400 * 365,
+        plan: Some(identity.plan),
+        addons: Some(identity.addons),
+    };
+    let path = format!("/ws/{ROOM}?token={}", mint(SECRET, &claims));
+    let id = ClientId::new(format!("sim-{index}")).expect("valid");
+    let mut config = ClientConfig::new("server", PORT, path, id);
+    config.seed = seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    config.tap = Some(tap(trace, index, identity.user.clone()));
+    let _ = scenario;
+    config
+}
+
+struct SimListener(turmoil::net::TcpListener);
+
+impl roomlab_server::Listener for SimListener {
+    type Stream = turmoil::net::TcpStream;
+    async fn accept(&mut self) -> std::io::Result<Self::Stream> {
+        self.0.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+struct SimConnector;
+
+impl roomlab_client::Connector for SimConnector {
+    type Stream = turmoil::net::TcpStream;
+    async fn connect(&self, host: &str, port: u16) -> std::io::Result<Self::Stream> {
+        turmoil::net::TcpStream::connect((host, port)).await
+    }
+}
+
+pub(crate) type ServerSlot = Rc<RefCell<Option<Server>>>;
+
+fn build(
+    config: &RunConfig,
+    data: &std::path::Path,
+    trace: &SharedTrace,
+) -> (turmoil::Sim<'static>, ServerSlot, Clients, Arc<AtomicU8>) {
+    let scenario = &config.scenario;
+    let total_s = scenario.setup_s * 10 + scenario.safety_s + scenario.liveness_s + 60;
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(config.seed)
+        .epoch(UNIX_EPOCH + Duration::from_secs(EPOCH_S))
+        .simulation_duration(Duration::from_secs(total_s))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(5))
+        // The accept backlog and socket buffers must hold a reconnect storm of every client.
+        .tcp_capacity(16_384)
+        .build();
+    let slot: ServerSlot = Rc::default();
+    let server_config = server_config(scenario, config.seed, data);
+    let host_slot = slot.clone();
+    sim.host("server", move || {
+        let (config, slot) = (server_config.clone(), host_slot.clone());
+        async move {
+            let server = Server::new(config)?;
+            *slot.borrow_mut() = Some(server.clone());
+            let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+            server.serve(SimListener(listener), 0).await;
+            Ok(())
+        }
+    });
+    let clients: Clients = Arc::default();
+    let phase = Arc::new(AtomicU8::new(PHASE_SETUP));
+    for host in 0..scenario.client_hosts {
+        let members: Vec<usize> =
+            (0..scenario.clients).filter(|i| i % scenario.client_hosts == host).collect();
+        let (scenario, seed, trace, clients, phase) =
+            (scenario.clone(), config.seed, trace.clone(), clients.clone(), phase.clone());
+        sim.client(format!("clients-{host}"), async move {
+            for index in members {
+                let identity = identity_of(&scenario, index);
+                let config = client_config(&scenario, seed, index, &identity, &trace);
+                let client = Arc::new(Client::start(config, SimConnector));
+                clients.lock().expect("clients lock").push(Virtual {
+                    index,
+                    identity: identity.clone(),
+                    client: client.clone(),
+                });
+                let actor = Actor {
+                    index,
+                    client,
+                    rng: ChaCha8Rng::seed_from_u64(seed.wrapping_add(1 + index as u64)),
+                    mix: scenario.workload,
+                    rate_per_s: scenario.ops_per_client_per_s,
+                    users: scenario.users,
+                    phase: phase.clone(),
+                    subscriptions: Vec::new(),
+                    made: 0,
+                };
+                tokio::spawn(actor.run());
+            }
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+    }
+    (sim, slot, clients, phase)
+}
+
+/// Runs one seed of a scenario and checks every invariant.
+pub fn run(config: &RunConfig) -> Report {
+    install_panic_hook();
+    PANICS.with(|p| p.borrow_mut().clear());
+    let scenario = &config.scenario;
+    let data = tempfile::tempdir().expect("a temporary directory for the room database");
+    let trace: SharedTrace = Arc::new(Mutex::new(Trace::new(config.keep_trace)));
+    let (mut sim, slot, clients, phase) = build(config, data.path(), &trace);
+    let mut failures = Failures::default();
+    let mut faults = FaultDriver::new(scenario, config.seed);
+    let world = World { slot: &slot, clients: &clients, trace: &trace, scenario };
+
+    let setup_deadline_ms = scenario.setup_s * 10_000;
+    let mut safety_end_ms = u64::MAX;
+    let mut liveness_deadline_ms = u64::MAX;
+    let mut quiet_since: Option<u64> = None;
+    let mut next_poll = 0;
+    let mut next_checkpoint = CHECKPOINT_MS;
+    loop {
+        let now = sim.elapsed().as_millis() as u64;
+        if now >= next_poll {
+            next_poll = now + POLL_MS;
+            match phase.load(Ordering::Relaxed) {
+                PHASE_SETUP if now >= scenario.setup_s * 1000 && world.all_settled(scenario.clients) => {
+                    world.note(now, "setup done: every client connected; workload and faults start");
+                    phase.store(PHASE_SAFETY, Ordering::Relaxed);
+                    safety_end_ms = now + scenario.safety_s * 1000;
+                }
+                PHASE_SETUP if now >= setup_deadline_ms => {
+                    failures
+                        .push(format!("setup: not every client connected within {} ms", setup_deadline_ms));
+                    break;
+                }
+                PHASE_SAFETY if now >= safety_end_ms => {
+                    faults.heal(&mut sim, &slot, &world, now);
+                    world.note(now, "safety phase over: faults healed, workload stopped");
+                    phase.store(PHASE_LIVENESS, Ordering::Relaxed);
+                    liveness_deadline_ms = now + scenario.liveness_s * 1000;
+                }
+                PHASE_SAFETY => faults.step(&mut sim, &slot, &world, now, POLL_MS),
+                PHASE_LIVENESS => {
+                    if world.all_settled(scenario.clients) {
+                        let since = *quiet_since.get_or_insert(now);
+                        if now - since >= QUIET_MS {
+                            break;
+                        }
+                    } else {
+                        quiet_since = None;
+                    }
+                    if now >= liveness_deadline_ms {
+                        failures.extend(world.unsettled_reasons(scenario.liveness_s));
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if now >= next_checkpoint {
+            next_checkpoint = now + CHECKPOINT_MS;
+            failures.extend(check::checkpoint(&world, now));
+            if !failures.is_empty() {
+                break;
+            }
+        }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.step())) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                failures.push(format!("a host failed: {e}"));
+                break;
+            }
+            Err(_) => {
+                // The panic hook recorded the message; it is reported below.
+                failures.push(format!("the simulated network panicked at {now} ms"));
+            }
+        }
+        let panics: Vec<String> = PANICS.with(|p| p.borrow_mut().drain(..).collect());
+        if !panics.is_empty() || !failures.is_empty() {
+            failures.extend(panics.into_iter().map(|p| format!("panic inside the simulation: {p}")));
+            break;
+        }
+    }
+    let sim_ms = sim.elapsed().as_millis() as u64;
+    if failures.is_empty() {
+        failures.extend(check::final_checks(&world, sim_ms));
+    }
+    let mut report = world.report(config, sim_ms, faults.fired());
+    report.failures = failures.into_vec();
+    for failure in &report.failures {
+        trace.lock().expect("trace lock").record(sim_ms, "world", &format!("FAILED {failure}"));
+    }
+    let mut trace = trace.lock().expect("trace lock");
+    (report.trace_hash, report.trace_events) = (trace.hash(), trace.count());
+    report.events = trace.take_events();
+    drop(trace);
+    // The simulation owns the server; drop it (and the room database) before the directory goes.
+    slot.borrow_mut().take();
+    drop(sim);
+    report
+}
+
+/// What the checks and the fault driver may look at.
+pub(crate) struct World<'a> {
+    pub slot: &'a ServerSlot,
+    pub clients: &'a Clients,
+    pub trace: &'a SharedTrace,
+    pub scenario: &'a Scenario,
+}
+
+impl World<'_> {
+    pub fn note(&self, now_ms: u64, text: &str) {
+        self.trace.lock().expect("trace lock").record(now_ms, "world", text);
+    }
+
+    pub fn room(&self) -> Option<roomlab_server::SharedRoom> {
+        let server = self.slot.borrow().clone()?;
+        let room = RoomId::new(ROOM).expect("valid");
+        server.open_rooms().into_iter().find(|(id, _)| *id == room).map(|(_, room)| room)
+    }
+
+    /// Every client started, connected, resynced, and without unanswered mutations.
+    pub fn all_settled(&self, expected: usize) -> bool {
+        let clients = self.clients.lock().expect("clients lock");
+        clients.len() == expected
+            && clients
+                .iter()
+                .all(|v| v.client.with_core(|core| core.is_resynced() && core.pending().next().is_none()))
+    }
+
+    fn unsettled_reasons(&self, liveness_s: u64) -> Vec<String> {
+        let clients = self.clients.lock().expect("clients lock");
+        let mut reasons: Vec<String> = clients
+            .iter()
+            .filter_map(|v| {
+                let (resynced, pending) = v.client.with_core(|core| (core.is_resynced(), core.pending().count()));
+                (!resynced || pending > 0).then(|| {
+                    format!("liveness: c{} not settled {liveness_s} s after faults stopped (resynced: {resynced}, unanswered mutations: {pending})", v.index)
+                })
+            })
+            .collect();
+        let total = reasons.len();
+        reasons.truncate(5);
+        if total > 5 {
+            reasons.push(format!("liveness: and {} more clients", total - 5));
+        }
+        reasons
+    }
+
+    fn report(&self, config: &RunConfig, sim_ms: u64, faults: BTreeMap<String, u64>) -> Report {
+        let mut report = Report {
+            scenario: config.scenario.name.clone(),
+            seed: config.seed,
+            sim_ms,
+            faults,
+            ..Report::default()
+        };
+        for v in self.clients.lock().expect("clients lock").iter() {
+            v.client.with_core(|core| {
+                report.operations += core.outcomes().len() as u64 + core.subscriptions_made();
+                for outcome in core.outcomes().values() {
+                    match outcome {
+                        roomlab_client::Outcome::Ack(_) => report.acks += 1,
+                        roomlab_client::Outcome::Refused(body) => {
+                            *report.refusals.entry(body.code.to_string()).or_default() += 1;
+                        }
+                    }
+                }
+            });
+        }
+        if let Some(room) = self.room() {
+            let export = room.lock().expect("room lock").export();
+            report.final_seq = export.seq;
+            report.live_docs = export.docs.iter().filter(|(_, deleted)| deleted.is_none()).count() as u64;
+        }
+        report
+    }
+}
+
+impl World<'_> {
+    /// Runs `act` on virtual client `index`.
+    pub fn with_client(&self, index: usize, act: impl FnOnce(&roomlab_client::Client)) {
+        let clients = self.clients.lock().expect("clients lock");
+        if let Some(v) = clients.iter().find(|v| v.index == index) {
+            act(&v.client);
+        }
+    }
+
+    /// Runs `act` on every virtual client.
+    pub fn for_each_client(&self, mut act: impl FnMut(&roomlab_client::Client)) {
+        for v in self.clients.lock().expect("clients lock").iter() {
+            act(&v.client);
+        }
+    }
+}

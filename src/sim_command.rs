@@ -1,0 +1,250 @@
+//! `roomlab sim`: sweeps seeds of a scenario over worker threads (one simulation per thread at a
+//! time), shows progress, prints a summary table and a repro line per failure.
+
+use anyhow::{bail, Context, Result};
+use roomlab_sim::{check_determinism, perfetto_json, repro_line, run, Report, RunConfig, Scenario};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// The options of `roomlab sim`.
+#[derive(clap::Args)]
+pub struct SimArgs {
+    /// An embedded scenario (swarm, reconnect-storm, fracdex-contention, delete-restore-race,
+    /// quota-pressure, bucket-contracts) or the path of a scenario file.
+    #[arg(long, default_value = "swarm")]
+    scenario: String,
+    /// How many seeds (0..N), or a range A..B.
+    #[arg(long, default_value = "100", conflicts_with = "seed")]
+    seeds: String,
+    /// One seed, decimal or 0x-hex: what a repro line gives.
+    #[arg(long, value_parser = parse_seed)]
+    seed: Option<u64>,
+    /// Virtual clients, instead of the scenario's number.
+    #[arg(long)]
+    clients: Option<usize>,
+    /// Simulated seconds of the faulty phase, instead of the scenario's.
+    #[arg(long)]
+    safety_s: Option<u64>,
+    /// Worker threads (each runs one simulation at a time).
+    #[arg(long, default_value_t = default_jobs())]
+    jobs: usize,
+    /// Run only shard K of N of the seeds (1-based), for CI matrices and indexed jobs.
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<(usize, usize)>,
+    /// Write every run's report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Merge the JSON reports of several shards into one summary instead of running anything.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["seed", "json"])]
+    merge: Vec<PathBuf>,
+    /// Run every seed twice and fail on any difference between the two traces.
+    #[arg(long)]
+    check_determinism: bool,
+    /// Write a Chrome / Perfetto trace-event JSON of the run (one seed only).
+    #[arg(long, requires = "seed")]
+    trace: Option<PathBuf>,
+}
+
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn parse_seed(text: &str) -> Result<u64, String> {
+    let parsed = match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|e| format!("{text:?} is not a seed: {e}"))
+}
+
+fn parse_shard(text: &str) -> Result<(usize, usize), String> {
+    let (k, n) = text.split_once('/').ok_or("a shard is K/N, like 2/8")?;
+    let (k, n): (usize, usize) =
+        (k.parse().map_err(|_| "K is not a number")?, n.parse().map_err(|_| "N is not a number")?);
+    if n == 0 || k == 0 || k > n {
+        return Err(format!("shard {k}/{n}: K must be in 1..=N"));
+    }
+    Ok((k, n))
+}
+
+fn seeds_of(args: &SimArgs) -> Result<Vec<u64>> {
+    let mut seeds: Vec<u64> = match (args.seed, args.seeds.split_once("..")) {
+        (Some(seed), _) => vec![seed],
+        (None, Some((a, b))) => {
+            let (a, b) =
+                (parse_seed(a).map_err(anyhow::Error::msg)?, parse_seed(b).map_err(anyhow::Error::msg)?);
+            if a >= b {
+                bail!("the seed range {a}..{b} is empty");
+            }
+            (a..b).collect()
+        }
+        (None, None) => (0..parse_seed(&args.seeds).map_err(anyhow::Error::msg)?).collect(),
+    };
+    if let Some((k, n)) = args.shard {
+        seeds = seeds.into_iter().enumerate().filter(|(i, _)| i % n == k - 1).map(|(_, seed)| seed).collect();
+    }
+    Ok(seeds)
+}
+
+/// Runs `roomlab sim`; returns whether every run passed.
+pub fn run_sim(args: SimArgs) -> Result<bool> {
+    if !args.merge.is_empty() {
+        let mut reports = Vec::new();
+        for path in &args.merge {
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let mut shard: Vec<Report> =
+                serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            reports.append(&mut shard);
+        }
+        reports.sort_by_key(|r| (r.scenario.clone(), r.seed));
+        return Ok(summarize(&reports, 0));
+    }
+    let mut scenario = Scenario::load(&args.scenario)?;
+    if let Some(clients) = args.clients {
+        scenario.clients = clients;
+        scenario.client_hosts = scenario.client_hosts.min(clients);
+    }
+    if let Some(safety_s) = args.safety_s {
+        scenario.safety_s = safety_s;
+    }
+    let seeds = seeds_of(&args)?;
+    if seeds.is_empty() {
+        bail!("no seeds to run (is the shard larger than the sweep?)");
+    }
+    eprintln!(
+        "roomlab sim: scenario {} ({} clients on {} hosts, {} s of faults), {} seed(s), {} job(s){}",
+        scenario.name,
+        scenario.clients,
+        scenario.client_hosts,
+        scenario.safety_s,
+        seeds.len(),
+        args.jobs.max(1),
+        if args.check_determinism { ", each run twice" } else { "" }
+    );
+    let started = Instant::now();
+    let reports = sweep(&scenario, &seeds, &args)?;
+    let wall_ms = started.elapsed().as_millis() as u64;
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&reports)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("reports written to {}", path.display());
+    }
+    Ok(summarize(&reports, wall_ms))
+}
+
+fn sweep(scenario: &Scenario, seeds: &[u64], args: &SimArgs) -> Result<Vec<Report>> {
+    let bar = indicatif::ProgressBar::new(seeds.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} seeds, {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let queue = Arc::new(Mutex::new(seeds.iter().copied()));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(Mutex::new(0usize));
+    let keep_trace = args.trace.is_some();
+    std::thread::scope(|scope| {
+        for _ in 0..args.jobs.max(1) {
+            let (queue, results, failed, bar) = (queue.clone(), results.clone(), failed.clone(), bar.clone());
+            scope.spawn(move || loop {
+                let Some(seed) = queue.lock().expect("queue").next() else { break };
+                let started = Instant::now();
+                let mut report = if args.check_determinism {
+                    match check_determinism(scenario, seed) {
+                        Ok(report) => report,
+                        Err(divergence) => {
+                            let mut report =
+                                Report { scenario: scenario.name.clone(), seed, ..Report::default() };
+                            report.failures.push(divergence);
+                            report
+                        }
+                    }
+                } else {
+                    run(&RunConfig { scenario: scenario.clone(), seed, keep_trace })
+                };
+                report.wall_ms = started.elapsed().as_millis() as u64;
+                if !report.passed() {
+                    *failed.lock().expect("failed") += 1;
+                    bar.println(format!("FAILED seed {seed:#018x}: {}", report.failures[0]));
+                    bar.println(format!("  repro: {}", repro_line(&scenario.name, seed)));
+                }
+                bar.set_message(format!("{} failed", failed.lock().expect("failed")));
+                bar.inc(1);
+                results.lock().expect("results").push(report);
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let mut reports = std::mem::take(&mut *results.lock().expect("results"));
+    reports.sort_by_key(|r| r.seed);
+    if let (Some(path), Some(report)) = (&args.trace, reports.first()) {
+        std::fs::write(path, perfetto_json(&report.events))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "trace of {} events written to {} (open it in ui.perfetto.dev)",
+            report.events.len(),
+            path.display()
+        );
+    }
+    Ok(reports)
+}
+
+fn summarize(reports: &[Report], wall_ms: u64) -> bool {
+    let sim_ms: u64 = reports.iter().map(|r| r.sim_ms).sum();
+    let run_ms: u64 = reports.iter().map(|r| r.wall_ms).sum();
+    let operations: u64 = reports.iter().map(|r| r.operations).sum();
+    let failed: Vec<&Report> = reports.iter().filter(|r| !r.passed()).collect();
+    let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
+    for report in reports {
+        for (kind, count) in &report.faults {
+            *faults.entry(kind.as_str()).or_default() += count;
+        }
+    }
+    let per_s = |count: u64, ms: u64| if ms == 0 { 0.0 } else { count as f64 * 1000.0 / ms as f64 };
+    println!("{:<28} {}", "seeds", reports.len());
+    println!("{:<28} {}", "failed", failed.len());
+    println!("{:<28} {:.1} s", "simulated time", sim_ms as f64 / 1000.0);
+    println!("{:<28} {:.1} s (runs: {:.1} s)", "wall time", wall_ms as f64 / 1000.0, run_ms as f64 / 1000.0);
+    println!(
+        "{:<28} {:.1}x real time",
+        "simulation speed (per run)",
+        per_s(sim_ms, run_ms) / 1000.0
+    );
+    println!(
+        "{:<28} {} ({:.0} per wall second of run)",
+        "client operations",
+        operations,
+        per_s(operations, run_ms)
+    );
+    let fired: Vec<String> = faults.iter().map(|(kind, count)| format!("{kind} {count}")).collect();
+    println!(
+        "{:<28} {}",
+        "faults fired",
+        if fired.is_empty() { "none".to_string() } else { fired.join(", ") }
+    );
+    let never: Vec<&str> = faults.iter().filter(|(_, count)| **count == 0).map(|(kind, _)| *kind).collect();
+    if !never.is_empty() {
+        println!("{:<28} {}", "enabled but never fired", never.join(", "));
+    }
+    for report in &failed {
+        println!("\nFAILED {} seed {:#018x}", report.scenario, report.seed);
+        for failure in &report.failures {
+            println!("  - {failure}");
+        }
+        println!("  repro: {} (commit {})", repro_line(&report.scenario, report.seed), commit());
+    }
+    failed.is_empty()
+}
+
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
