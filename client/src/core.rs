@@ -98,10 +98,8 @@ pub(crate) enum Link {
     Down,
     /// `hello` sent, `welcome` not yet seen.
     Greeting,
-    /// Welcomed; `resync_left` subscriptions still owe their first answer.
-    Live {
-        resync_left: usize,
-    },
+    /// Welcomed; `announced` once every subscription had its fresh answer (and `Resynced` fired).
+    Live { announced: bool },
 }
 
 /// The client's state.
@@ -224,6 +222,7 @@ impl Core {
         if self.is_live() {
             self.outbox.push_back(ClientMessage::Unsubscribe { sub: subscription.id });
         }
+        self.announce_resync();
     }
 
     pub(crate) fn request(&mut self, make: impl FnOnce(u64) -> ClientMessage) -> Option<u64> {
@@ -266,15 +265,22 @@ impl Core {
         for (mid, pending) in &self.pending {
             self.outbox.push_back(ClientMessage::Mutate { mid: *mid, mutation: pending.mutation.clone() });
         }
-        self.link = Link::Live { resync_left: self.subscriptions.len() };
-        if self.subscriptions.is_empty() {
-            self.event(Event::Resynced);
-        }
+        self.link = Link::Live { announced: false };
+        self.announce_resync();
     }
 
     /// Whether the link is live and every subscription has been answered since it came up.
+    /// A subscription added, dropped or answered meanwhile counts as it is now, so a drop of one
+    /// still waiting for its answer cannot leave the client waiting forever.
     pub(crate) fn resynced(&self) -> bool {
-        self.link == Link::Live { resync_left: 0 }
+        self.is_live() && self.subscriptions.values().all(|s| s.view != View::Waiting)
+    }
+
+    fn announce_resync(&mut self) {
+        if self.link == (Link::Live { announced: false }) && self.resynced() {
+            self.link = Link::Live { announced: true };
+            self.event(Event::Resynced);
+        }
     }
 
     /// Whether the client is connected, welcomed, and has a fresh answer for every subscription.
@@ -287,13 +293,8 @@ impl Core {
         self.subscriptions_made
     }
 
-    fn answered(&mut self, sub: &SubId, first: bool) {
-        if let (true, Link::Live { resync_left }) = (first, &mut self.link) {
-            *resync_left = resync_left.saturating_sub(1);
-            if *resync_left == 0 {
-                self.event(Event::Resynced);
-            }
-        }
+    fn answered(&mut self, sub: &SubId) {
+        self.announce_resync();
         self.event(Event::Changed { sub: sub.clone() });
     }
 
@@ -364,16 +365,15 @@ impl Core {
         } else if let Some(req) = body.req {
             self.answers.insert(req, ServerMessage::Error(body));
         } else if let Some(sub) = body.sub.clone() {
-            self.set_view(&sub, |_| View::Refused(body), true);
+            self.set_view(&sub, |view| *view = View::Refused(body));
         }
     }
 
-    fn set_view(&mut self, sub: &SubId, change: impl FnOnce(&View) -> View, first: bool) {
+    fn set_view(&mut self, sub: &SubId, change: impl FnOnce(&mut View)) {
         let Some(key) = self.sub_keys.get(sub) else { return };
         let subscription = self.subscriptions.get_mut(key).expect("sub keys follow subscriptions");
-        let was_waiting = subscription.view == View::Waiting;
-        subscription.view = change(&subscription.view);
-        self.answered(sub, first && was_waiting);
+        change(&mut subscription.view);
+        self.answered(sub);
     }
 
     fn push(&mut self, message: ServerMessage) {
@@ -382,7 +382,7 @@ impl Core {
                 for doc in &docs {
                     self.seen(&doc.id, doc.seq, "query:result");
                 }
-                self.set_view(&sub, |_| View::Query { seq, docs }, true);
+                self.set_view(&sub, |view| *view = View::Query { seq, docs });
             }
             ServerMessage::QueryDiff { sub, seq, added, changed, removed } => {
                 for doc in added.iter().chain(&changed) {
@@ -392,25 +392,24 @@ impl Core {
                 self.set_view(
                     &sub,
                     |view| apply_diff(view, query.as_ref(), seq, added, changed, &removed),
-                    false,
                 );
             }
             ServerMessage::DocSnapshot { sub, doc } => {
                 self.seen(&doc.id, doc.seq, "doc:snapshot");
-                self.set_view(&sub, |_| View::Doc(doc), true);
+                self.set_view(&sub, |view| *view = View::Doc(doc));
             }
-            ServerMessage::DocDeleted { sub, seq, .. } => self.set_view(&sub, |_| View::Deleted(seq), true),
-            ServerMessage::DocMissing { sub, seq, .. } => self.set_view(&sub, |_| View::Missing(seq), true),
+            ServerMessage::DocDeleted { sub, seq, .. } => self.set_view(&sub, |view| *view = View::Deleted(seq)),
+            ServerMessage::DocMissing { sub, seq, .. } => self.set_view(&sub, |view| *view = View::Missing(seq)),
             ServerMessage::BucketValue { sub: Some(sub), bucket, version, value, .. } => {
                 self.buckets.insert(bucket, (version, value.clone()));
-                self.set_view(&sub, |_| View::Bucket { version, value }, true);
+                self.set_view(&sub, |view| *view = View::Bucket { version, value });
             }
             ServerMessage::BucketDeleted { sub, seq, bucket } => {
                 self.buckets.remove(&bucket);
-                self.set_view(&sub, |_| View::BucketDeleted(seq), true);
+                self.set_view(&sub, |view| *view = View::BucketDeleted(seq));
             }
             ServerMessage::AssetsList { sub: Some(sub), assets, .. } => {
-                self.set_view(&sub, |_| View::Assets(assets), true);
+                self.set_view(&sub, |view| *view = View::Assets(assets));
             }
             _ => {}
         }
@@ -478,30 +477,132 @@ impl Core {
 }
 
 fn apply_diff(
-    view: &View,
+    view: &mut View,
     query: Option<&Query>,
     seq: u64,
     added: Vec<DocSnapshot>,
     changed: Vec<DocSnapshot>,
     removed: &[DocId],
-) -> View {
-    let View::Query { docs, .. } = view else {
-        // A diff before the first answer cannot be placed; the next answer replaces the view.
-        return view.clone();
-    };
-    let mut by_id: BTreeMap<DocId, DocSnapshot> = docs.iter().map(|d| (d.id.clone(), d.clone())).collect();
+) {
+    // A diff before the first answer cannot be placed; the next answer replaces the view.
+    let View::Query { seq: view_seq, docs } = view else { return };
+    *view_seq = seq;
+    docs.retain(|doc| !removed.contains(&doc.id));
     for doc in added.into_iter().chain(changed) {
-        // client.cache.ordering: never replace a document with an older one.
-        if by_id.get(&doc.id).is_none_or(|old| old.seq <= doc.seq) {
-            by_id.insert(doc.id.clone(), doc);
+        match docs.iter_mut().find(|old| old.id == doc.id) {
+            // client.cache.ordering: never replace a document with an older one.
+            Some(old) if old.seq <= doc.seq => *old = doc,
+            Some(_) => {}
+            None => docs.push(doc),
         }
     }
-    for id in removed {
-        by_id.remove(id);
+    match query {
+        Some(query) => docs.sort_by(|a, b| query.compare(a, b)),
+        None => docs.sort_by(|a, b| a.id.cmp(&b.id)),
     }
-    let mut docs: Vec<DocSnapshot> = by_id.into_values().collect();
-    if let Some(query) = query {
-        docs.sort_by(|a, b| query.compare(a, b));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roomlab_protocol::{decode_server, encode, DocType, Limits, RoomId, UserId};
+    use serde_json::json;
+
+    fn core() -> Core {
+        Core::new(ClientId::new("c1").unwrap(), 100, 100)
     }
-    View::Query { seq, docs }
+
+    fn welcome(seq: u64) -> ServerMessage {
+        ServerMessage::Welcome {
+            protocol: PROTOCOL_VERSION,
+            room: RoomId::new("r").unwrap(),
+            user: UserId::new("u").unwrap(),
+            role: roomlab_protocol::Role::Member,
+            seq,
+            limits: Limits::default(),
+        }
+    }
+
+    fn sent(core: &mut Core) -> Vec<String> {
+        core.outbox.drain(..).map(|m| encode(&m)).collect()
+    }
+
+    fn receive(core: &mut Core, frame: &str) {
+        core.receive(decode_server(frame.as_bytes(), 1 << 20).unwrap());
+    }
+
+    fn doc(id: &str) -> Target {
+        Target::Doc(DocId::new(id).unwrap())
+    }
+
+    #[test]
+    fn identical_subscriptions_share_one_and_the_last_drop_unsubscribes() {
+        let mut core = core();
+        core.connected();
+        core.receive(welcome(0));
+        core.subscribe(doc("a"));
+        core.subscribe(doc("a"));
+        assert_eq!(sent(&mut core), [r#"{"type":"subscribe","sub":"s1","doc":"a"}"#]);
+        core.unsubscribe(&doc("a"));
+        assert!(sent(&mut core).is_empty());
+        core.unsubscribe(&doc("a"));
+        assert_eq!(sent(&mut core), [r#"{"type":"unsubscribe","sub":"s1"}"#]);
+    }
+
+    #[test]
+    fn reconnect_resubscribes_then_replays_unanswered_mutations_in_order() {
+        let mut core = core();
+        core.subscribe(doc("a"));
+        let create = Mutation::Create { doc: DocId::new("a").unwrap(), doc_type: DocType::new("t").unwrap(), data: json!({}) };
+        core.mutate(create.clone());
+        core.mutate(Mutation::Remove { doc: DocId::new("a").unwrap(), if_seq: None });
+        assert!(core.outbox.is_empty(), "nothing is queued while down");
+        core.connected();
+        core.receive(welcome(4));
+        assert_eq!(
+            sent(&mut core),
+            [
+                r#"{"type":"subscribe","sub":"s1","doc":"a"}"#,
+                r#"{"type":"mutate","mid":1,"op":"create","doc":"a","doc_type":"t","data":{}}"#,
+                r#"{"type":"mutate","mid":2,"op":"remove","doc":"a"}"#,
+            ]
+        );
+        receive(&mut core, r#"{"type":"ack","mid":1,"seq":5}"#);
+        core.disconnected();
+        core.connected();
+        core.receive(welcome(5));
+        assert_eq!(sent(&mut core)[1], r#"{"type":"mutate","mid":2,"op":"remove","doc":"a"}"#);
+        assert_eq!(core.answered_mutation(1), Some(&create));
+    }
+
+    #[test]
+    fn dropping_a_subscription_still_waiting_for_its_answer_does_not_block_the_resync() {
+        let mut core = core();
+        core.subscribe(doc("a"));
+        core.subscribe(doc("b"));
+        core.connected();
+        core.receive(welcome(0));
+        assert!(!core.resynced());
+        receive(&mut core, r#"{"type":"doc:missing","sub":"s1","doc":"a","seq":0}"#);
+        core.unsubscribe(&doc("b"));
+        assert!(core.resynced());
+        assert!(core.drain_events().contains(&Event::Resynced));
+    }
+
+    #[test]
+    fn pushes_never_replace_a_document_with_an_older_one() {
+        let mut core = core();
+        core.connected();
+        core.receive(welcome(0));
+        let query = r#"{"collection":"t","order_by":[{"field":"n","dir":"asc"}]}"#;
+        let target: Target = serde_json::from_str(&format!(r#"{{"query":{query}}}"#)).unwrap();
+        core.subscribe(target.clone());
+        let d = |id: &str, seq: u64, n: u64| format!(r#"{{"id":"{id}","doc_type":"t","seq":{seq},"owner":"u","data":{{"n":{n}}}}}"#);
+        receive(&mut core, &format!(r#"{{"type":"query:result","sub":"s1","seq":3,"docs":[{},{}]}}"#, d("a", 2, 1), d("b", 3, 2)));
+        receive(&mut core, &format!(r#"{{"type":"query:diff","sub":"s1","seq":4,"changed":[{}],"added":[{}]}}"#, d("b", 1, 0), d("c", 4, 0)));
+        let View::Query { seq, docs } = core.view(&target).unwrap().clone() else { panic!("a query view") };
+        let order: Vec<(String, u64)> = docs.iter().map(|d| (d.id.to_string(), d.seq)).collect();
+        assert_eq!((seq, order), (4, vec![("c".into(), 4), ("a".into(), 2), ("b".into(), 3)]));
+        assert_eq!(core.violations(), ["query:diff: b went back from seq 3 to 1"]);
+    }
 }

@@ -119,6 +119,9 @@ async fn connect<C: Connector>(
         .map_err(|_| Failure::Network("connect timed out".into()))?
         .map_err(|e| Failure::Network(format!("connect failed: {e}")))?;
     let limits = WebSocketConfig::default()
+        // tungstenite zero-fills its whole read buffer on every read; 128 KiB by default made
+        // that fill most of the CPU time of a room with many small frames.
+        .read_buffer_size(8 * 1024)
         .max_message_size(Some(config.frame_bytes_max))
         .max_frame_size(Some(config.frame_bytes_max));
     let url = format!("ws://{host}:{port}{}", config.path);

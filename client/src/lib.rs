@@ -94,6 +94,9 @@ pub struct ClientConfig {
     pub events_max: usize,
     /// An observer of frames and connection changes.
     pub tap: Option<Tap>,
+    /// Spawn the connection task on the current `LocalSet` (as a deterministic simulation needs)
+    /// instead of the runtime.
+    pub local_tasks: bool,
 }
 
 impl ClientConfig {
@@ -122,6 +125,7 @@ impl ClientConfig {
             outcomes_max: 1 << 20,
             events_max: 4096,
             tap: None,
+            local_tasks: false,
         }
     }
 }
@@ -230,7 +234,11 @@ impl Client {
             control_changed: Notify::new(),
             changed: Notify::new(),
         });
-        tokio::spawn(driver::drive(shared.clone(), connector));
+        if shared.config.local_tasks {
+            tokio::task::spawn_local(driver::drive(shared.clone(), connector));
+        } else {
+            tokio::spawn(driver::drive(shared.clone(), connector));
+        }
         Client { shared }
     }
 

@@ -192,9 +192,13 @@ fn upgrade(
     let accept = derive_accept_key(key.as_bytes());
     let limits = &server.config().engine.limits;
     let config = WebSocketConfig::default()
+        // tungstenite zero-fills its whole read buffer on every read; 128 KiB by default made
+        // that fill most of the CPU time of a room with many small frames.
+        .read_buffer_size(8 * 1024)
         .max_message_size(Some(limits.frame_bytes_max))
         .max_frame_size(Some(limits.frame_bytes_max));
-    tokio::spawn(async move {
+    let spawner = server.clone();
+    spawner.spawn(async move {
         let Ok(upgraded) = hyper::upgrade::on(request).await else { return };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(config)).await;
         connection::run(server, ws, room, identity, endpoint).await;

@@ -56,6 +56,10 @@ pub struct ServerConfig {
     pub silence_close_ms: u64,
     /// Open connections at once; further upgrades are answered 503.
     pub connections_max: usize,
+    /// Spawn the server's tasks on the current `LocalSet` instead of the runtime. A simulation
+    /// needs this: tokio files runtime tasks in shards by a process-wide task id, so the order in
+    /// which a crash drops connections would depend on other threads; a `LocalSet` keeps one list.
+    pub local_tasks: bool,
 }
 
 impl ServerConfig {
@@ -72,6 +76,7 @@ impl ServerConfig {
             ping_interval_ms: 15_000,
             silence_close_ms: 30_000,
             connections_max: 100_000,
+            local_tasks: false,
         }
     }
 }
@@ -103,6 +108,14 @@ impl Listener for tokio::net::TcpListener {
         let (stream, _) = tokio::net::TcpListener::accept(self).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
+    }
+}
+
+pub(crate) fn spawn(local: bool, task: impl Future<Output = ()> + Send + 'static) {
+    if local {
+        tokio::task::spawn_local(task);
+    } else {
+        tokio::spawn(task);
     }
 }
 
@@ -212,7 +225,7 @@ impl Server {
                 }
             };
             let server = self.clone();
-            tokio::spawn(async move {
+            self.spawn(async move {
                 let service = service_fn(move |request| http::handle(server.clone(), request));
                 let connection = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -227,6 +240,11 @@ impl Server {
         while self.connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Spawns a task on the runtime, or on the current `LocalSet` when `local_tasks` is set.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        spawn(self.inner.config.local_tasks, task);
     }
 
     pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {

@@ -103,7 +103,7 @@ impl Registry {
             registry: self.clone(),
             idle_close_ms: config.idle_close_ms,
         };
-        tokio::spawn(actor.run(receiver));
+        crate::spawn(config.local_tasks, actor.run(receiver));
         rooms.insert(id.clone(), Open { inputs: inputs.clone(), room: room.clone() });
         Ok((inputs, room))
     }

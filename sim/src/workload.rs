@@ -17,6 +17,8 @@ use std::time::Duration;
 pub(crate) const SHARED_DOCS: u64 = 40;
 /// Buckets the bucket workload shares.
 pub(crate) const BUCKETS: u64 = 4;
+/// Items the shared board holds before the list workload only removes.
+const BOARD_ITEMS_MAX: usize = 16;
 /// Subscriptions a virtual client holds at most.
 const SUBSCRIPTIONS_MAX: usize = 6;
 
@@ -248,7 +250,9 @@ impl Actor {
 
     fn list_op(&mut self) -> Option<Mutation> {
         let items = self.board_items();
-        let choice = self.below(100);
+        // Past BOARD_ITEMS_MAX items, removes win: every list change pushes the whole board to
+        // every subscriber, so an ever-growing board would make the run measure JSON, not races.
+        let choice = if items.len() > BOARD_ITEMS_MAX { 99 } else { self.below(100) };
         if choice < 60 || items.is_empty() {
             self.made += 1;
             let item = ItemId::new(format!("c{}-{}", self.index, self.made)).expect("valid");

@@ -138,6 +138,7 @@ fn server_config(scenario: &Scenario, seed: u64, data: &std::path::Path) -> Serv
     config.epoch_ms = EPOCH_S * 1000;
     config.seed = seed;
     config.idle_close_ms = 3_600_000;
+    config.local_tasks = true;
     config
 }
 
@@ -180,6 +181,7 @@ fn client_config(
     let mut config = ClientConfig::new("server", PORT, path, id);
     config.seed = seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     config.tap = Some(tap(trace, index, identity.user.clone()));
+    config.local_tasks = true;
     let _ = scenario;
     config
 }
@@ -262,7 +264,7 @@ fn build(
                     subscriptions: Vec::new(),
                     made: 0,
                 };
-                tokio::spawn(actor.run());
+                tokio::task::spawn_local(actor.run());
             }
             std::future::pending::<()>().await;
             Ok(())

@@ -1,0 +1,130 @@
+//! Every embedded scenario over many seeds, a determinism check, the end-state summaries of a fixed
+//! seed (insta), and the regression seeds of scenarios/regressions.toml.
+//!
+//! `ROOMLAB_SIM_SEEDS` sets the seeds per scenario (default 50); each failure prints its repro line.
+
+use roomlab_sim::{check_determinism, repro_line, run, Report, RunConfig, Scenario, NAMES};
+use std::fmt::Write;
+
+fn seeds() -> u64 {
+    std::env::var("ROOMLAB_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(50)
+}
+
+fn failure_text(report: &Report) -> String {
+    let mut text = format!("{} seed {:#018x} failed:\n", report.scenario, report.seed);
+    for failure in &report.failures {
+        let _ = writeln!(text, "  - {failure}");
+    }
+    let _ = write!(text, "repro: {}", repro_line(&report.scenario, report.seed));
+    text
+}
+
+fn check(name: &str) {
+    let scenario = Scenario::load(name).unwrap();
+    let failed: Vec<String> = (0..seeds())
+        .map(|seed| run(&RunConfig { scenario: scenario.clone(), seed, keep_trace: false }))
+        .filter(|report| !report.passed())
+        .map(|report| failure_text(&report))
+        .collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
+#[test]
+fn swarm() {
+    check("swarm");
+}
+
+#[test]
+fn reconnect_storm() {
+    check("reconnect-storm");
+}
+
+#[test]
+fn fracdex_contention() {
+    check("fracdex-contention");
+}
+
+#[test]
+fn delete_restore_race() {
+    check("delete-restore-race");
+}
+
+#[test]
+fn quota_pressure() {
+    check("quota-pressure");
+}
+
+#[test]
+fn bucket_contracts() {
+    check("bucket-contracts");
+}
+
+/// Ten seeds of the swarm, each run twice: the traces (every frame, fault and check with its
+/// simulated time) must be identical.
+#[test]
+fn runs_are_deterministic() {
+    let scenario = Scenario::load("swarm").unwrap();
+    for seed in 100..110 {
+        if let Err(divergence) = check_determinism(&scenario, seed) {
+            panic!("{divergence}");
+        }
+    }
+}
+
+/// What one fixed seed of each scenario ends with; any change to the protocol, the engine, the
+/// client or the workload shows up here for review.
+#[test]
+fn end_state_summaries() {
+    let mut summary = String::new();
+    for name in NAMES {
+        let scenario = Scenario::load(name).unwrap();
+        let report = run(&RunConfig { scenario, seed: 7, keep_trace: false });
+        assert!(report.passed(), "{}", failure_text(&report));
+        let _ = writeln!(
+            summary,
+            "{name}: seq {}, live documents {}, operations {}, acks {}, refused {:?}, faults {:?}, simulated {} ms, trace {:016x} ({} events)",
+            report.final_seq,
+            report.live_docs,
+            report.operations,
+            report.acks,
+            report.refusals,
+            report.faults,
+            report.sim_ms,
+            report.trace_hash,
+            report.trace_events
+        );
+    }
+    insta::assert_snapshot!(summary);
+}
+
+#[derive(serde::Deserialize)]
+struct Regressions {
+    regression: Vec<Regression>,
+}
+
+#[derive(serde::Deserialize)]
+struct Regression {
+    scenario: String,
+    seed: u64,
+    clients: Option<usize>,
+    safety_s: Option<u64>,
+    found: String,
+}
+
+#[test]
+fn regression_seeds_stay_fixed() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/regressions.toml")).unwrap();
+    let regressions: Regressions = toml::from_str(&text).unwrap();
+    assert!(!regressions.regression.is_empty());
+    for regression in regressions.regression {
+        let mut scenario = Scenario::load(&regression.scenario).unwrap();
+        if let Some(clients) = regression.clients {
+            scenario.clients = clients;
+        }
+        if let Some(safety_s) = regression.safety_s {
+            scenario.safety_s = safety_s;
+        }
+        let report = run(&RunConfig { scenario, seed: regression.seed, keep_trace: false });
+        assert!(report.passed(), "regression ({}) is back:\n{}", regression.found, failure_text(&report));
+    }
+}
