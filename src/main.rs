@@ -6,6 +6,9 @@ use rand_chacha::rand_core::SeedableRng;
 use roomlab_protocol::fracdex;
 use std::io::BufRead;
 
+mod conform_command;
+mod embedded;
+mod mutants_command;
 mod sim_command;
 
 /// roomlab makes real-time room backends trustworthy: a reference room engine and server, a
@@ -23,6 +26,12 @@ enum Command {
     /// Run the deterministic simulation: the real server and many virtual clients in a faulty
     /// network, invariants checked on snapshots; exit 1 on any failure, with a repro line.
     Sim(sim_command::SimArgs),
+    /// Grade a server against docs/PROTOCOL.md over the wire, case by case (the embedded roomlab
+    /// server when no --target is given); exit 0 pass, 1 failures beyond the baseline, 2 harness error.
+    Conform(conform_command::ConformArgs),
+    /// Plant each known bug in turn, run the conformance suite and a simulation sweep against it,
+    /// and print the kill matrix; exit 1 if a mutant survives (needs --features mutants).
+    Mutants(mutants_command::MutantsArgs),
     /// Fractional index keys: make keys between two others, or check keys.
     #[command(subcommand)]
     Fracdex(FracdexCommand),
@@ -37,6 +46,9 @@ enum Command {
         /// The HS256 secret for room tokens (or the ROOMLAB_SECRET environment variable).
         #[arg(long, env = "ROOMLAB_SECRET", default_value = DEV_SECRET, hide_env_values = true)]
         secret: String,
+        /// Plant this bug (builds with --features mutants; see `roomlab mutants --list`).
+        #[arg(long, value_name = "NAME")]
+        mutant: Option<String>,
     },
     /// Mint a room token (an HS256 JWT) for development.
     Token {
@@ -197,13 +209,19 @@ fn unix_now() -> std::time::Duration {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
 }
 
-fn run_serve(addr: std::net::SocketAddr, data: Option<std::path::PathBuf>, secret: String) -> Result<()> {
+fn run_serve(
+    addr: std::net::SocketAddr,
+    data: Option<std::path::PathBuf>,
+    secret: String,
+    mutant: Option<roomlab_protocol::Mutant>,
+) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting tokio")?;
     runtime.block_on(async move {
         let mut config = roomlab_server::ServerConfig::new(secret.clone());
         config.data = data.clone();
         config.epoch_ms = unix_now().as_millis() as u64;
         config.seed = unix_now().as_nanos() as u64;
+        config.engine.mutant = mutant;
         let server = roomlab_server::Server::new(config)?;
         let listener =
             tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
@@ -217,6 +235,9 @@ fn run_serve(addr: std::net::SocketAddr, data: Option<std::path::PathBuf>, secre
             println!("using the development secret; set ROOMLAB_SECRET in production");
         }
         println!("mint a token: roomlab token --room canvas-1 --user u-1 --role member");
+        if let Some(mutant) = mutant {
+            println!("MUTANT {mutant} planted: this server has a bug on purpose");
+        }
         let stopper = server.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
@@ -261,7 +282,17 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Command::Serve { addr, data, secret } => run_serve(addr, data, secret),
+        Command::Serve { addr, data, secret, mutant } => {
+            let mutant = conform_command::mutant(mutant.as_deref())?;
+            run_serve(addr, data, secret, mutant)
+        }
+        Command::Conform(args) => std::process::exit(conform_command::run_conform(args)?),
+        Command::Mutants(args) => {
+            if !mutants_command::run_mutants(args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Token { room, user, role, ttl, plan, addons, secret } => {
             run_token(room, user, role, ttl, plan, addons, secret);
             Ok(())

@@ -45,9 +45,12 @@ pub struct SimArgs {
     /// Write a Chrome / Perfetto trace-event JSON of the run (one seed only).
     #[arg(long, requires = "seed")]
     trace: Option<PathBuf>,
+    /// Plant this bug in the server or the clients (builds with --features mutants).
+    #[arg(long, value_name = "NAME")]
+    mutant: Option<String>,
 }
 
-fn default_jobs() -> usize {
+pub fn default_jobs() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
@@ -100,7 +103,7 @@ pub fn run_sim(args: SimArgs) -> Result<bool> {
             reports.append(&mut shard);
         }
         reports.sort_by_key(|r| (r.scenario.clone(), r.seed));
-        return Ok(summarize(&reports, 0));
+        return Ok(summarize(&reports, 0, crate::conform_command::mutant(args.mutant.as_deref())?));
     }
     let mut scenario = Scenario::load(&args.scenario)?;
     if let Some(clients) = args.clients {
@@ -132,10 +135,12 @@ pub fn run_sim(args: SimArgs) -> Result<bool> {
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("reports written to {}", path.display());
     }
-    Ok(summarize(&reports, wall_ms))
+    let mutant = crate::conform_command::mutant(args.mutant.as_deref())?;
+    Ok(summarize(&reports, wall_ms, mutant))
 }
 
 fn sweep(scenario: &Scenario, seeds: &[u64], args: &SimArgs) -> Result<Vec<Report>> {
+    let mutant = crate::conform_command::mutant(args.mutant.as_deref())?;
     let bar = indicatif::ProgressBar::new(seeds.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} seeds, {msg}")
@@ -163,13 +168,13 @@ fn sweep(scenario: &Scenario, seeds: &[u64], args: &SimArgs) -> Result<Vec<Repor
                         }
                     }
                 } else {
-                    run(&RunConfig { scenario: scenario.clone(), seed, keep_trace })
+                    run(&RunConfig { scenario: scenario.clone(), seed, keep_trace, mutant })
                 };
                 report.wall_ms = started.elapsed().as_millis() as u64;
                 if !report.passed() {
                     *failed.lock().expect("failed") += 1;
                     bar.println(format!("FAILED seed {seed:#018x}: {}", report.failures[0]));
-                    bar.println(format!("  repro: {}", repro_line(&scenario.name, seed)));
+                    bar.println(format!("  repro: {}", repro_line(&scenario.name, seed, mutant)));
                 }
                 bar.set_message(format!("{} failed", failed.lock().expect("failed")));
                 bar.inc(1);
@@ -192,7 +197,7 @@ fn sweep(scenario: &Scenario, seeds: &[u64], args: &SimArgs) -> Result<Vec<Repor
     Ok(reports)
 }
 
-fn summarize(reports: &[Report], wall_ms: u64) -> bool {
+fn summarize(reports: &[Report], wall_ms: u64, mutant: Option<roomlab_protocol::Mutant>) -> bool {
     let sim_ms: u64 = reports.iter().map(|r| r.sim_ms).sum();
     let run_ms: u64 = reports.iter().map(|r| r.wall_ms).sum();
     let operations: u64 = reports.iter().map(|r| r.operations).sum();
@@ -208,11 +213,7 @@ fn summarize(reports: &[Report], wall_ms: u64) -> bool {
     println!("{:<28} {}", "failed", failed.len());
     println!("{:<28} {:.1} s", "simulated time", sim_ms as f64 / 1000.0);
     println!("{:<28} {:.1} s (runs: {:.1} s)", "wall time", wall_ms as f64 / 1000.0, run_ms as f64 / 1000.0);
-    println!(
-        "{:<28} {:.1}x real time",
-        "simulation speed (per run)",
-        per_s(sim_ms, run_ms) / 1000.0
-    );
+    println!("{:<28} {:.1}x real time", "simulation speed (per run)", per_s(sim_ms, run_ms) / 1000.0);
     println!(
         "{:<28} {} ({:.0} per wall second of run)",
         "client operations",
@@ -234,7 +235,7 @@ fn summarize(reports: &[Report], wall_ms: u64) -> bool {
         for failure in &report.failures {
             println!("  - {failure}");
         }
-        println!("  repro: {} (commit {})", repro_line(&report.scenario, report.seed), commit());
+        println!("  repro: {} (commit {})", repro_line(&report.scenario, report.seed, mutant), commit());
     }
     failed.is_empty()
 }

@@ -99,12 +99,16 @@ pub(crate) enum Link {
     /// `hello` sent, `welcome` not yet seen.
     Greeting,
     /// Welcomed; `announced` once every subscription had its fresh answer (and `Resynced` fired).
-    Live { announced: bool },
+    Live {
+        announced: bool,
+    },
 }
 
 /// The client's state.
 pub struct Core {
     pub(crate) client: ClientId,
+    /// A planted bug (builds with the `mutants` feature only).
+    pub(crate) mutant: Option<roomlab_protocol::Mutant>,
     pub(crate) link: Link,
     next_mid: u64,
     next_sub: u64,
@@ -137,6 +141,7 @@ pub fn target_key(target: &Target) -> String {
 impl Core {
     pub(crate) fn new(client: ClientId, outcomes_max: usize, events_max: usize) -> Core {
         Core {
+            mutant: None,
             client,
             link: Link::Down,
             next_mid: 1,
@@ -254,7 +259,11 @@ impl Core {
     /// (client.reconnect.resubscribe, client.reconnect.replay).
     fn welcomed(&mut self, seq: u64) {
         self.room_seq = self.room_seq.max(seq);
+        let skip_answered = roomlab_protocol::Mutant::SkipResubscribe.planted(self.mutant);
         for subscription in self.subscriptions.values_mut() {
+            if skip_answered && subscription.view != View::Waiting {
+                continue;
+            }
             subscription.view = View::Waiting;
             let message = ClientMessage::Subscribe {
                 sub: subscription.id.clone(),
@@ -389,17 +398,18 @@ impl Core {
                     self.seen(&doc.id, doc.seq, "query:diff");
                 }
                 let query = self.query_of(&sub);
-                self.set_view(
-                    &sub,
-                    |view| apply_diff(view, query.as_ref(), seq, added, changed, &removed),
-                );
+                self.set_view(&sub, |view| apply_diff(view, query.as_ref(), seq, added, changed, &removed));
             }
             ServerMessage::DocSnapshot { sub, doc } => {
                 self.seen(&doc.id, doc.seq, "doc:snapshot");
                 self.set_view(&sub, |view| *view = View::Doc(doc));
             }
-            ServerMessage::DocDeleted { sub, seq, .. } => self.set_view(&sub, |view| *view = View::Deleted(seq)),
-            ServerMessage::DocMissing { sub, seq, .. } => self.set_view(&sub, |view| *view = View::Missing(seq)),
+            ServerMessage::DocDeleted { sub, seq, .. } => {
+                self.set_view(&sub, |view| *view = View::Deleted(seq))
+            }
+            ServerMessage::DocMissing { sub, seq, .. } => {
+                self.set_view(&sub, |view| *view = View::Missing(seq))
+            }
             ServerMessage::BucketValue { sub: Some(sub), bucket, version, value, .. } => {
                 self.buckets.insert(bucket, (version, value.clone()));
                 self.set_view(&sub, |view| *view = View::Bucket { version, value });
@@ -553,7 +563,11 @@ mod tests {
     fn reconnect_resubscribes_then_replays_unanswered_mutations_in_order() {
         let mut core = core();
         core.subscribe(doc("a"));
-        let create = Mutation::Create { doc: DocId::new("a").unwrap(), doc_type: DocType::new("t").unwrap(), data: json!({}) };
+        let create = Mutation::Create {
+            doc: DocId::new("a").unwrap(),
+            doc_type: DocType::new("t").unwrap(),
+            data: json!({}),
+        };
         core.mutate(create.clone());
         core.mutate(Mutation::Remove { doc: DocId::new("a").unwrap(), if_seq: None });
         assert!(core.outbox.is_empty(), "nothing is queued while down");
@@ -597,9 +611,25 @@ mod tests {
         let query = r#"{"collection":"t","order_by":[{"field":"n","dir":"asc"}]}"#;
         let target: Target = serde_json::from_str(&format!(r#"{{"query":{query}}}"#)).unwrap();
         core.subscribe(target.clone());
-        let d = |id: &str, seq: u64, n: u64| format!(r#"{{"id":"{id}","doc_type":"t","seq":{seq},"owner":"u","data":{{"n":{n}}}}}"#);
-        receive(&mut core, &format!(r#"{{"type":"query:result","sub":"s1","seq":3,"docs":[{},{}]}}"#, d("a", 2, 1), d("b", 3, 2)));
-        receive(&mut core, &format!(r#"{{"type":"query:diff","sub":"s1","seq":4,"changed":[{}],"added":[{}]}}"#, d("b", 1, 0), d("c", 4, 0)));
+        let d = |id: &str, seq: u64, n: u64| {
+            format!(r#"{{"id":"{id}","doc_type":"t","seq":{seq},"owner":"u","data":{{"n":{n}}}}}"#)
+        };
+        receive(
+            &mut core,
+            &format!(
+                r#"{{"type":"query:result","sub":"s1","seq":3,"docs":[{},{}]}}"#,
+                d("a", 2, 1),
+                d("b", 3, 2)
+            ),
+        );
+        receive(
+            &mut core,
+            &format!(
+                r#"{{"type":"query:diff","sub":"s1","seq":4,"changed":[{}],"added":[{}]}}"#,
+                d("b", 1, 0),
+                d("c", 4, 0)
+            ),
+        );
         let View::Query { seq, docs } = core.view(&target).unwrap().clone() else { panic!("a query view") };
         let order: Vec<(String, u64)> = docs.iter().map(|d| (d.id.to_string(), d.seq)).collect();
         assert_eq!((seq, order), (4, vec![("c".into(), 4), ("a".into(), 2), ("b".into(), 3)]));

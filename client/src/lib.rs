@@ -97,6 +97,8 @@ pub struct ClientConfig {
     /// Spawn the connection task on the current `LocalSet` (as a deterministic simulation needs)
     /// instead of the runtime.
     pub local_tasks: bool,
+    /// A planted bug, in builds with the `mutants` feature (see [`roomlab_protocol::Mutant`]).
+    pub mutant: Option<roomlab_protocol::Mutant>,
 }
 
 impl ClientConfig {
@@ -126,6 +128,7 @@ impl ClientConfig {
             events_max: 4096,
             tap: None,
             local_tasks: false,
+            mutant: None,
         }
     }
 }
@@ -225,7 +228,8 @@ impl Subscription {
 impl Client {
     /// Starts the client's connection loop on the current tokio runtime.
     pub fn start<C: Connector>(config: ClientConfig, connector: C) -> Client {
-        let core = core::Core::new(config.client_id.clone(), config.outcomes_max, config.events_max);
+        let mut core = core::Core::new(config.client_id.clone(), config.outcomes_max, config.events_max);
+        core.mutant = config.mutant;
         let shared = Arc::new(Shared {
             config,
             core: Mutex::new(core),

@@ -7,7 +7,7 @@ use crate::state::{Bucket, Document, Session, Team, UserRecord};
 use crate::storage::{self, DocumentRow, ItemRow, StagedRow};
 use crate::watch::WatchKey;
 use roomlab_protocol::{
-    BucketName, DocId, DocSnapshot, DocType, ErrorBody, ErrorCode, FieldName, ItemId, ObjectKey,
+    BucketName, DocId, DocSnapshot, DocType, ErrorBody, ErrorCode, FieldName, ItemId, Mutant, ObjectKey,
     ServerMessage, SubId, TeamId, UserId,
 };
 use rusqlite::Transaction;
@@ -131,7 +131,7 @@ impl Room {
         &mut self,
         conn: ConnId,
         mid: u64,
-        key: (&str, &str),
+        key: Option<(&str, &str)>,
         planned: Result<Change, Refusal>,
         now_ms: u64,
     ) -> Vec<Effect> {
@@ -164,7 +164,21 @@ impl Room {
         effects
     }
 
-    fn remember(&mut self, answer: &ServerMessage, key: (&str, &str), mid: u64) -> rusqlite::Result<()> {
+    /// Commits the transaction the `ack-before-commit` mutant left open.
+    pub(crate) fn commit_deferred(&mut self) -> rusqlite::Result<()> {
+        if std::mem::take(&mut self.deferred_commit) {
+            self.db.execute_batch("COMMIT")?;
+        }
+        Ok(())
+    }
+
+    fn remember(
+        &mut self,
+        answer: &ServerMessage,
+        key: Option<(&str, &str)>,
+        mid: u64,
+    ) -> rusqlite::Result<()> {
+        let Some(key) = key else { return Ok(()) };
         let transaction = self.db.transaction()?;
         let text = serde_json::to_string(answer).expect("answers serialize");
         storage::remember_answer(&transaction, key, mid, &text, self.config.limits.replay_window_max)?;
@@ -177,7 +191,7 @@ impl Room {
     fn write(
         &mut self,
         change: &Change,
-        key: (&str, &str),
+        key: Option<(&str, &str)>,
         (mid, seq): (u64, u64),
         now_ms: u64,
     ) -> rusqlite::Result<Result<(ServerMessage, Deltas), Refusal>> {
@@ -201,7 +215,11 @@ impl Room {
             let used = storage::usage(&transaction, user.as_str())?;
             assert_eq!(used, memory[user], "stored usage of {user} differs from the room's");
             let limit = limits[user];
-            if *delta > 0 && used + *delta as u64 > limit {
+            let over = |delta: u64| match Mutant::QuotaCheckedBeforeWrite.planted(self.config.mutant) {
+                true => used >= limit,
+                false => used + delta > limit,
+            };
+            if *delta > 0 && over(*delta as u64) {
                 let message = format!("usage {used} + {delta} bytes exceeds the limit of {limit}");
                 let body = ErrorBody {
                     used: Some(used),
@@ -214,8 +232,18 @@ impl Room {
         }
         let answer =
             ServerMessage::Ack { mid, seq, version: change.version, object_key: change.object_key.clone() };
-        let text = serde_json::to_string(&answer).expect("answers serialize");
-        storage::remember_answer(&transaction, key, mid, &text, window)?;
+        if let Some(key) = key {
+            let text = serde_json::to_string(&answer).expect("answers serialize");
+            storage::remember_answer(&transaction, key, mid, &text, window)?;
+        }
+        if Mutant::AckBeforeCommit.planted(self.config.mutant) {
+            // The planted bug: the transaction stays open and commits when the next message
+            // arrives, so a crash in between loses a write that was already acknowledged.
+            let mut transaction = transaction;
+            transaction.set_drop_behavior(rusqlite::DropBehavior::Ignore);
+            self.deferred_commit = true;
+            return Ok(Ok((answer, deltas)));
+        }
         transaction.commit()?;
         Ok(Ok((answer, deltas)))
     }
@@ -226,8 +254,10 @@ impl Room {
         let mut charge = |user: &UserId, bytes: u64, sign: i64| {
             *deltas.entry(user.clone()).or_default() += sign * bytes as i64;
         };
+        let keep_purged = Mutant::PurgeKeepsUsage.planted(self.config.mutant);
         for write in &change.docs {
-            if let Some(old) = self.docs.get(&write.id) {
+            if let Some(old) = self.docs.get(&write.id).filter(|_| !(keep_purged && write.document.is_none()))
+            {
                 charge(&old.owner, old.bytes(), -1);
             }
             if let Some(new) = &write.document {
@@ -404,7 +434,9 @@ impl Room {
                     return None;
                 }
                 *last = key;
-                Some(message)
+                let silenced = Mutant::NoDocDeletedPush.planted(self.config.mutant)
+                    && matches!(message, ServerMessage::DocDeleted { .. });
+                (!silenced).then_some(message)
             }
             Subscription::Bucket(name) if touched.buckets.contains(name) => Some(self.bucket_push(sub, name)),
             Subscription::Assets(name) if touched.buckets.contains(name) => Some(self.bucket_push(sub, name)),

@@ -9,7 +9,7 @@ use crate::storage;
 use base64::Engine as _;
 use roomlab_protocol::{
     merge_patch, AssetInfo, Backend, BucketName, Contract, DocId, DocType, ErrorBody, ErrorCode, FieldName,
-    ItemId, ListKey, Mutation, ObjectKey, Plan, Role, ServerMessage, TeamId, UserId,
+    ItemId, ListKey, Mutant, Mutation, ObjectKey, Plan, Role, ServerMessage, TeamId, UserId,
 };
 use serde_json::Value;
 
@@ -76,7 +76,10 @@ impl Room {
         let writer = self.effective(&connection.identity);
         let key = (writer.user.to_string(), client.to_string());
         match storage::replay_lookup(&self.db, (&key.0, &key.1), mid) {
-            Ok((Some(newest), answer)) if mid <= newest => {
+            Ok((Some(newest), answer))
+                if mid <= newest
+                    && !(Mutant::ReplayAppliedTwice.planted(self.config.mutant) && answer.is_some()) =>
+            {
                 let message = match answer.and_then(|a| serde_json::from_str(&a).ok()) {
                     Some(original) => original,
                     None => {
@@ -90,7 +93,40 @@ impl Room {
             Err(e) => return vec![Effect::Send { conn, message: crate::commit::internal(mid, &e) }],
         }
         let planned = self.plan(&writer, mutation, self.seq + 1, now_ms);
-        self.commit(conn, mid, (&key.0, &key.1), planned, now_ms)
+        self.commit(conn, mid, Some((&key.0, &key.1)), planned, now_ms)
+    }
+
+    /// Runs one mutation for `identity` outside any WebSocket (an HTTP asset upload or delete), as
+    /// connection `conn` that lives only for it. The user is recorded as on a connection; there is
+    /// no replay window, since an HTTP request carries no mutation id. Returns the answer (an ack
+    /// with mid 0, or an error) and the pushes to other connections.
+    pub fn mutate_detached(
+        &mut self,
+        conn: ConnId,
+        identity: Identity,
+        mutation: Mutation,
+        now_ms: u64,
+    ) -> (ServerMessage, Vec<Effect>) {
+        let mut effects = self.connect(conn, identity, now_ms);
+        let writer = match self.connections.get(&conn) {
+            Some(connection) => self.effective(&connection.identity),
+            None => {
+                let body = ErrorBody::new(ErrorCode::Internal, "the room could not record the user");
+                return (ServerMessage::Error(body), effects);
+            }
+        };
+        let planned = self.plan(&writer, mutation, self.seq + 1, now_ms);
+        effects.extend(self.commit(conn, 0, None, planned, now_ms));
+        self.disconnect(conn);
+        let answer = effects.iter().position(|e| matches!(e, Effect::Send { conn: c, .. } if *c == conn));
+        let answer = match answer.map(|at| effects.remove(at)) {
+            Some(Effect::Send { message, .. }) => message,
+            _ => ServerMessage::Error(ErrorBody::new(ErrorCode::Internal, "the room did not answer")),
+        };
+        effects.retain(
+            |e| !matches!(e, Effect::Send { conn: c, .. } | Effect::Yjs { conn: c, .. } if *c == conn),
+        );
+        (answer, effects)
     }
 
     /// Checks a mutation against the in-memory state and returns the change it makes at `seq`.
@@ -200,7 +236,11 @@ impl Room {
             return Err(forbidden(message));
         }
         match self.docs.get(doc) {
-            Some(Document { deleted: Some(_), seq, .. }) => return Err(deleted(doc, *seq)),
+            Some(Document { deleted: Some(_), seq, .. })
+                if !Mutant::CreateDeletedAnswersExists.planted(self.config.mutant) =>
+            {
+                return Err(deleted(doc, *seq))
+            }
             Some(_) => return Err(refuse(ErrorCode::Exists, format!("{doc} exists"))),
             None => {}
         }
@@ -258,6 +298,7 @@ impl Room {
             true => writer.role >= Role::Admin,
             false => {
                 self.schema(&document.doc_type).can_write(writer.role, Some(writer.user == document.owner))
+                    || (Mutant::ViewerCanWrite.planted(self.config.mutant) && writer.role == Role::Viewer)
             }
         };
         if !allowed {
@@ -313,7 +354,7 @@ impl Room {
         seq: u64,
         now_ms: u64,
     ) -> Result<Change, Refusal> {
-        if doc.is_system() {
+        if doc.is_system() && !Mutant::SysDocRemovable.planted(self.config.mutant) {
             return Err(protected(&doc));
         }
         let document = self.writable(writer, &doc, if_seq)?;
@@ -339,6 +380,9 @@ impl Room {
         }
         let mut document = document.clone();
         document.deleted = None;
+        if Mutant::RestoreBumpsSeq.planted(self.config.mutant) {
+            document.seq = self.seq + 1;
+        }
         Ok(Change::doc(DocWrite::new(doc, Some(document), Some(Lifecycle::Restore))))
     }
 
@@ -368,7 +412,8 @@ impl Room {
                 if document.list_item_count(&list) >= max {
                     return Err(refuse(ErrorCode::LimitExceeded, format!("{doc}/{list} holds {max} items")));
                 }
-                document.put_item(&list, item.clone(), Item { key, value });
+                let inserted = if Mutant::ListTiesByArrival.planted(self.config.mutant) { seq } else { 0 };
+                document.put_item(&list, item.clone(), Item { key, value, inserted });
             }
             (ListOp::Move(key), Some(old)) => document.put_item(&list, item.clone(), Item { key, ..old }),
             (ListOp::Update(value), Some(old)) => {
@@ -512,7 +557,8 @@ impl Room {
     ) -> Result<Change, Refusal> {
         let bucket = self.writable_bucket(writer, &name, Some(Backend::D1Json))?;
         storage_enabled(writer)?;
-        if let Some(expected) = if_version.filter(|expected| *expected != bucket.version) {
+        let guarded = if_version.filter(|_| !Mutant::BucketGuardIgnored.planted(self.config.mutant));
+        if let Some(expected) = guarded.filter(|expected| *expected != bucket.version) {
             let message = format!("{name} is at version {}, not {expected}", bucket.version);
             return Err(Box::new(ErrorBody {
                 version: Some(bucket.version),

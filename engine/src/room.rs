@@ -8,8 +8,8 @@ use crate::yjs::Yjs;
 use crate::EngineError;
 use roomlab_protocol::{
     AssetInfo, Backend, BucketName, ClientId, ClientMessage, DocId, DocSnapshot, DocType, ErrorBody,
-    ErrorCode, FieldName, ItemId, Limits, ListKey, ObjectKey, Plan, Query, Role, RoomId, ServerMessage,
-    SubId, Target, TeamId, UserId, PROTOCOL_VERSION,
+    ErrorCode, FieldName, ItemId, Limits, ListKey, Mutant, ObjectKey, Plan, Query, Role, RoomId,
+    ServerMessage, SubId, Target, TeamId, UserId, PROTOCOL_VERSION,
 };
 use rusqlite::Connection;
 use serde_json::{json, Value};
@@ -75,6 +75,8 @@ pub struct Config {
     pub limits: Limits,
     /// The quota limits of the plans.
     pub quotas: Quotas,
+    /// A planted bug, in builds with the `mutants` feature (see [`roomlab_protocol::Mutant`]).
+    pub mutant: Option<roomlab_protocol::Mutant>,
 }
 
 /// What a document subscription last showed, so that a change of access pushes only real changes.
@@ -133,6 +135,8 @@ pub struct Room {
     pub(crate) trash_seq: u64,
     pub(crate) users_seq: u64,
     pub(crate) teams_seq: u64,
+    /// A transaction the `ack-before-commit` mutant left open; never set otherwise.
+    pub(crate) deferred_commit: bool,
 }
 
 pub(crate) type Refusal = Box<ErrorBody>;
@@ -175,6 +179,7 @@ impl Room {
             trash_seq: 0,
             users_seq: storage::meta(&db, "users_seq")?,
             teams_seq: storage::meta(&db, "teams_seq")?,
+            deferred_commit: false,
             db,
         };
         room.load_documents()?;
@@ -206,7 +211,11 @@ impl Room {
             let id = DocId::new(row.doc).map_err(corrupt)?;
             let document =
                 self.docs.get_mut(&id).ok_or_else(|| corrupt(format!("list item of missing {id}")))?;
-            let item = Item { key: ListKey::new(row.key).map_err(corrupt)?, value: parse_json(&row.value)? };
+            let item = Item {
+                key: ListKey::new(row.key).map_err(corrupt)?,
+                value: parse_json(&row.value)?,
+                inserted: 0,
+            };
             let list = FieldName::new(row.list).map_err(corrupt)?;
             document.put_item(&list, ItemId::new(row.item).map_err(corrupt)?, item);
         }
@@ -308,6 +317,9 @@ impl Room {
     /// A connection was authenticated by the host at `now_ms`. The user is recorded; a new user (or a
     /// new role for them) is a change of `sys:users` and takes a sequence.
     pub fn connect(&mut self, conn: ConnId, identity: Identity, now_ms: u64) -> Vec<Effect> {
+        if let Err(e) = self.commit_deferred() {
+            return vec![Effect::Close { conn, code: 1011, reason: format!("storage failed: {e}") }];
+        }
         let known = self.users.get(&identity.user);
         let effective_before = known.map(|record| record.role.unwrap_or(record.token_role));
         let mut record = known.cloned().unwrap_or(UserRecord {
@@ -355,6 +367,9 @@ impl Room {
 
     /// Handles one message from a connection at time `now_ms`, returning the effects to carry out.
     pub fn handle(&mut self, conn: ConnId, message: ClientMessage, now_ms: u64) -> Vec<Effect> {
+        if let Err(e) = self.commit_deferred() {
+            return vec![Effect::Close { conn, code: 1011, reason: format!("storage failed: {e}") }];
+        }
         let Some(connection) = self.connections.get(&conn) else {
             return Vec::new();
         };
@@ -436,6 +451,7 @@ impl Room {
     pub(crate) fn can_read(&self, reader: &Identity, id: &DocId, document: &Document) -> bool {
         id.schema_for().is_some()
             || self.schema(&document.doc_type).can_read(reader.role, reader.user == document.owner)
+            || (Mutant::OwnerReadByAdmin.planted(self.config.mutant) && reader.role == Role::Admin)
     }
 
     fn subscribe(&mut self, conn: ConnId, sub: SubId, target: Target) -> Vec<Effect> {

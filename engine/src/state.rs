@@ -19,6 +19,9 @@ pub(crate) fn canonical_len(value: &Value) -> u64 {
 pub(crate) struct Item {
     pub key: ListKey,
     pub value: Value,
+    /// The sequence that inserted the item; only the `list-ties-by-arrival` mutant sets it, so
+    /// that it orders equal keys by arrival. Always 0 otherwise.
+    pub inserted: u64,
 }
 
 /// A document as the room holds it. The data and lists are private so that the cached sizes cannot
@@ -90,15 +93,19 @@ impl Document {
             .lists
             .iter()
             .map(|(name, items)| {
-                let mut items: Vec<ListItem> = items
+                let mut items: Vec<(u64, ListItem)> = items
                     .iter()
-                    .map(|(id, item)| ListItem {
-                        id: id.clone(),
-                        key: item.key.clone(),
-                        value: item.value.clone(),
+                    .map(|(id, item)| {
+                        let listed =
+                            ListItem { id: id.clone(), key: item.key.clone(), value: item.value.clone() };
+                        (item.inserted, listed)
                     })
                     .collect();
-                ListItem::sort(&mut items);
+                // (key, id) order (list.order); `inserted` is 0 unless a mutant plants arrival order.
+                items.sort_by(|(a_in, a), (b_in, b)| {
+                    (a.key.as_str(), a_in, a.id.as_str()).cmp(&(b.key.as_str(), b_in, b.id.as_str()))
+                });
+                let items: Vec<ListItem> = items.into_iter().map(|(_, item)| item).collect();
                 (name.clone(), items)
             })
             .collect();

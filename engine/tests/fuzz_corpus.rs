@@ -21,7 +21,11 @@ fn engine_ops_corpus_replays_clean() {
         // The same limits as the fuzz target, so a crash it found replays here.
         let limits =
             Limits { list_items_max: 2, replay_window_max: 4, subscriptions_max: 3, ..Limits::default() };
-        let config = Config { limits, quotas: Quotas { free_bytes: 300, pro_bytes: 600, addon_bytes: 0 } };
+        let config = Config {
+            limits,
+            quotas: Quotas { free_bytes: 300, pro_bytes: 600, addon_bytes: 0 },
+            mutant: None,
+        };
         lines += check_script(&scratch.path().join("room.sqlite"), config, &input);
         scripts += 1;
     }

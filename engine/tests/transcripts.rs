@@ -12,7 +12,7 @@ use std::path::Path;
 fn config() -> Config {
     let quotas = Quotas { free_bytes: 200, pro_bytes: 300, addon_bytes: 100 };
     let limits = Limits { list_items_max: 3, staged_docs_max: 2, asset_bytes_max: 16, ..Limits::default() };
-    Config { quotas, limits }
+    Config { quotas, limits, mutant: None }
 }
 
 fn open(path: &Path) -> Room {

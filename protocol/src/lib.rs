@@ -16,6 +16,7 @@ pub mod fracdex;
 pub mod fuzzing;
 mod ids;
 mod message;
+mod mutant;
 pub mod query;
 
 pub use codec::{
@@ -30,4 +31,5 @@ pub use message::{
     merge_patch, AssetInfo, Backend, ClientMessage, Contract, DocSnapshot, ErrorBody, Limits, ListItem,
     Mutation, Plan, Role, ServerMessage, Target, PROTOCOL_VERSION,
 };
+pub use mutant::Mutant;
 pub use query::{Direction, Field, Op, Order, Query, QueryError, Where};

@@ -61,7 +61,7 @@ async fn serve_connection<S>(
     let (messages, outbound) = mpsc::channel(limits.outbound_queue_max);
     let (close, close_orders) = watch::channel::<CloseOrder>(None);
     let outbox = Outbox { messages, close };
-    let (mut sink, stream) = ws.split();
+    let (mut sink, mut stream) = ws.split();
     let inputs = match server.room(&room_id) {
         Ok((inputs, _room)) => inputs,
         Err(e) => {
@@ -80,8 +80,9 @@ async fn serve_connection<S>(
         let hello = ClientMessage::Hello { protocol: PROTOCOL_VERSION, client };
         let _ = inputs.send(Input::Message { conn, message: hello }).await;
     }
-    let reader = read_loop(server, conn, stream, &inputs, &outbox, &endpoint);
-    let writer = write_loop(&mut sink, outbound, close_orders.clone(), &endpoint);
+    let reader = read_loop(server, conn, &mut stream, &inputs, &outbox, &endpoint);
+    let mut outbound = outbound;
+    let writer = write_loop(&mut sink, &mut outbound, close_orders.clone(), &endpoint);
     tokio::select! {
         biased;
         _ = reader => {}
@@ -90,13 +91,72 @@ async fn serve_connection<S>(
     let _ = inputs.send(Input::Disconnect { conn }).await;
     let order = close_orders.borrow().clone();
     let (code, reason) = order.unwrap_or((1000, String::new()));
+    // What the room answered before it asked for the close (unsupported_protocol before 4002,
+    // say) still leaves first; a slow consumer's queue is what it could not take, so it is dropped.
+    if code != 4008 {
+        let deadline = Duration::from_millis(CLOSE_SEND_MS_MAX);
+        let _ = tokio::time::timeout(deadline, flush(&mut sink, &mut outbound, &endpoint)).await;
+    }
     let _ = send_close(&mut sink, code, &reason).await;
+    if code == 1009 {
+        if let Ok(ws) = stream.reunite(sink) {
+            linger(ws).await;
+        }
+    }
+}
+
+/// Reads and drops what the peer is still sending, until it closes or a deadline passes. After an
+/// oversize frame the rest of that frame is in flight: closing the socket on unread bytes makes
+/// the kernel reset the connection, and the peer would never read the 1009 close frame.
+async fn linger<S>(mut ws: WebSocketStream<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let drain = async {
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(read) = ws.get_mut().read(&mut buffer).await {
+            if read == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(CLOSE_SEND_MS_MAX), drain).await;
+}
+
+/// Sends every frame already queued, without waiting for more.
+async fn flush<S>(
+    sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    outbound: &mut mpsc::Receiver<Outbound>,
+    endpoint: &Endpoint,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while let Ok(frame) = outbound.try_recv() {
+        if let Some(message) = to_message(frame, endpoint) {
+            if sink.send(message).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The WebSocket message for a queued frame on this endpoint; `None` for JSON that a bare
+/// y-websocket peer could not read.
+fn to_message(frame: Outbound, endpoint: &Endpoint) -> Option<Message> {
+    Some(match (frame, endpoint) {
+        (Outbound::Text(text), Endpoint::Protocol) => Message::text(text),
+        (Outbound::Text(_), Endpoint::Yjs { .. }) => return None,
+        (Outbound::Yjs(frame), Endpoint::Protocol) => Message::binary(frame.encode()),
+        (Outbound::Yjs(frame), Endpoint::Yjs { .. }) => Message::binary(frame.payload),
+        (Outbound::Ping, _) => Message::Ping(Default::default()),
+    })
 }
 
 async fn read_loop<S>(
     server: &Server,
     conn: ConnId,
-    mut stream: futures_util::stream::SplitStream<WebSocketStream<S>>,
+    stream: &mut futures_util::stream::SplitStream<WebSocketStream<S>>,
     inputs: &mpsc::Sender<Input>,
     outbox: &Outbox,
     endpoint: &Endpoint,
@@ -177,7 +237,7 @@ fn answer_bad_frame(outbox: &Outbox, why: &str) {
 
 async fn write_loop<S>(
     sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
-    mut outbound: mpsc::Receiver<Outbound>,
+    outbound: &mut mpsc::Receiver<Outbound>,
     mut close_orders: watch::Receiver<CloseOrder>,
     endpoint: &Endpoint,
 ) where
@@ -192,13 +252,7 @@ async fn write_loop<S>(
                 None => return,
             },
         };
-        let message = match (frame, endpoint) {
-            (Outbound::Text(text), Endpoint::Protocol) => Message::text(text),
-            (Outbound::Text(_), Endpoint::Yjs { .. }) => continue,
-            (Outbound::Yjs(frame), Endpoint::Protocol) => Message::binary(frame.encode()),
-            (Outbound::Yjs(frame), Endpoint::Yjs { .. }) => Message::binary(frame.payload),
-            (Outbound::Ping, _) => Message::Ping(Default::default()),
-        };
+        let Some(message) = to_message(frame, endpoint) else { continue };
         // A peer that stops reading blocks this send; a close order still ends the connection.
         tokio::select! {
             biased;

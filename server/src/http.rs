@@ -1,17 +1,20 @@
 //! HTTP: routing, the WebSocket upgrades, asset downloads and listings, and the health check.
 
 use crate::connection::{self, Endpoint};
+use crate::rooms::Input;
 use crate::token::{self, TokenError};
 use crate::Server;
+use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use roomlab_engine::Identity;
 use roomlab_protocol::{
-    BucketName, DocId, ErrorCode, FieldName, ObjectKey, RoomId, ServerMessage, SubId, Target,
+    BucketName, DocId, ErrorCode, FieldName, Mutation, ObjectKey, RoomId, ServerMessage, SubId, Target,
 };
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role as WsRole, WebSocketConfig};
@@ -28,9 +31,11 @@ enum Route {
     YjsSocket(RoomId, DocId, FieldName),
     AssetList(RoomId, BucketName),
     AssetDownload(RoomId, BucketName, ObjectKey),
+    AssetUpload(RoomId, BucketName),
+    AssetDelete(RoomId, BucketName, ObjectKey),
 }
 
-fn route(path: &str) -> Option<Route> {
+fn route(method: &Method, path: &str) -> Option<Route> {
     let segments: Vec<String> = path
         .trim_start_matches('/')
         .split('/')
@@ -38,12 +43,20 @@ fn route(path: &str) -> Option<Route> {
         .collect();
     let parts: Vec<&str> = segments.iter().map(String::as_str).collect();
     let room = |s: &str| RoomId::new(s).ok();
+    let (get, post, delete) = (method == Method::GET, method == Method::POST, method == Method::DELETE);
     Some(match parts.as_slice() {
+        ["v1", "rooms", r, "buckets", b, "assets"] if post => {
+            Route::AssetUpload(room(r)?, BucketName::new(*b).ok()?)
+        }
+        ["v1", "rooms", r, "buckets", b, "assets", k] if delete => {
+            Route::AssetDelete(room(r)?, BucketName::new(*b).ok()?, ObjectKey::new(*k).ok()?)
+        }
+        _ if !get => return None,
         ["v1", "health"] => Route::Health,
         ["ws", r] => Route::Socket(room(r)?),
         ["yjs", r, d, f] => Route::YjsSocket(room(r)?, DocId::new(*d).ok()?, FieldName::new(*f).ok()?),
-        ["v1", "rooms", r, "assets", b] => Route::AssetList(room(r)?, BucketName::new(*b).ok()?),
-        ["v1", "rooms", r, "assets", b, k] => {
+        ["v1", "rooms", r, "buckets", b, "assets"] => Route::AssetList(room(r)?, BucketName::new(*b).ok()?),
+        ["v1", "rooms", r, "buckets", b, "assets", k] => {
             Route::AssetDownload(room(r)?, BucketName::new(*b).ok()?, ObjectKey::new(*k).ok()?)
         }
         _ => return None,
@@ -94,21 +107,23 @@ pub(crate) async fn handle(
     server: Server,
     request: Request<Incoming>,
 ) -> Result<Reply, std::convert::Infallible> {
-    let Some(route) = route(request.uri().path()) else {
-        return Ok(text(StatusCode::NOT_FOUND, "no such route; see docs/PROTOCOL.md"));
+    let Some(route) = route(request.method(), request.uri().path()) else {
+        return Ok(text(StatusCode::NOT_FOUND, "no such route for this method; see docs/PROTOCOL.md"));
     };
-    if request.method() != Method::GET {
-        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served"));
-    }
     let room = match &route {
         Route::Health => {
             let open = server.open_rooms().len();
-            return Ok(json(StatusCode::OK, &serde_json::json!({ "status": "ok", "rooms_open": open })));
+            return Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "status": "ok", "protocol": roomlab_protocol::PROTOCOL_VERSION, "rooms_open": open }),
+            ));
         }
         Route::Socket(room)
         | Route::YjsSocket(room, ..)
         | Route::AssetList(room, _)
-        | Route::AssetDownload(room, ..) => room.clone(),
+        | Route::AssetDownload(room, ..)
+        | Route::AssetUpload(room, _)
+        | Route::AssetDelete(room, ..) => room.clone(),
     };
     let identity = match token::verify(
         &server.config().secret,
@@ -126,8 +141,78 @@ pub(crate) async fn handle(
         }
         Route::AssetList(room, bucket) => asset_list(&server, &room, &identity, bucket),
         Route::AssetDownload(room, bucket, key) => asset_download(&server, &room, &identity, &bucket, &key),
+        Route::AssetUpload(room, bucket) => asset_upload(&server, room, identity, bucket, request).await,
+        Route::AssetDelete(room, bucket, object_key) => {
+            let mutation = Mutation::AssetDelete { bucket, object_key };
+            detached(&server, (room, identity), mutation, StatusCode::OK, None).await
+        }
         Route::Health => unreachable!("answered above"),
     })
+}
+
+/// `POST .../assets?name=N`: the body is the file, its `Content-Type` the asset's (assets.upload).
+async fn asset_upload(
+    server: &Server,
+    room: RoomId,
+    identity: Identity,
+    bucket: BucketName,
+    request: Request<Incoming>,
+) -> Reply {
+    let Some(name) = query_param(&request, "name").filter(|n| !n.is_empty()) else {
+        return text(StatusCode::BAD_REQUEST, "the file name goes in ?name=");
+    };
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    let limit = server.config().engine.limits.asset_bytes_max;
+    let body = match Limited::new(request.into_body(), limit).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("files are at most {limit} bytes")),
+    };
+    let data_b64 = base64::engine::general_purpose::STANDARD.encode(&body);
+    let mutation = Mutation::AssetUpload { bucket, name, content_type, data_b64 };
+    detached(server, (room, identity), mutation, StatusCode::CREATED, Some(body.len())).await
+}
+
+/// Runs an HTTP mutation through the room's single writer and answers it.
+/// `ok` is the status of an ack; `size`, when given, goes into its body (an upload's bytes).
+async fn detached(
+    server: &Server,
+    (room, identity): (RoomId, Identity),
+    mutation: Mutation,
+    ok: StatusCode,
+    size: Option<usize>,
+) -> Reply {
+    let inputs = match server.room(&room) {
+        Ok((inputs, _)) => inputs,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("room unavailable: {e}")),
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let input = Input::Detached { conn: server.next_conn(), identity, mutation, reply };
+    if inputs.send(input).await.is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "the room is closing; try again");
+    }
+    match answer.await {
+        Ok(ServerMessage::Ack { seq, object_key, .. }) => {
+            let mut body = serde_json::json!({ "seq": seq });
+            if let Some(key) = object_key {
+                body["object_key"] = serde_json::json!(key);
+            }
+            if let Some(size) = size {
+                body["size"] = serde_json::json!(size);
+            }
+            json(ok, &body)
+        }
+        Ok(ServerMessage::Error(body)) if body.code == ErrorCode::LimitExceeded => {
+            text(StatusCode::PAYLOAD_TOO_LARGE, body.message)
+        }
+        Ok(ServerMessage::Error(body)) => text(status_of(body.code), body.message),
+        Ok(other) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected answer {other:?}")),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "the room closed before answering"),
+    }
 }
 
 fn unauthorized(error: &TokenError) -> Reply {
@@ -222,19 +307,30 @@ mod tests {
     #[test]
     fn paths_route_to_endpoints() {
         let check = |path: &str, expected: Option<&str>| {
-            assert_eq!(route(path).map(|r| format!("{r:?}")).as_deref(), expected, "{path}");
+            assert_eq!(route(&Method::GET, path).map(|r| format!("{r:?}")).as_deref(), expected, "{path}");
         };
         check("/v1/health", Some("Health"));
         check("/ws/canvas-9", Some("Socket(RoomId(\"canvas-9\"))"));
         check("/ws/a%2Fb", Some("Socket(RoomId(\"a/b\"))"));
         check("/yjs/r/t1/body", Some("YjsSocket(RoomId(\"r\"), DocId(\"t1\"), FieldName(\"body\"))"));
-        check("/v1/rooms/r/assets/gallery", Some("AssetList(RoomId(\"r\"), BucketName(\"gallery\"))"));
         check(
-            "/v1/rooms/r/assets/gallery/a4",
+            "/v1/rooms/r/buckets/gallery/assets",
+            Some("AssetList(RoomId(\"r\"), BucketName(\"gallery\"))"),
+        );
+        check(
+            "/v1/rooms/r/buckets/gallery/assets/a4",
             Some("AssetDownload(RoomId(\"r\"), BucketName(\"gallery\"), ObjectKey(\"a4\"))"),
         );
         check("/ws/", None);
         check("/ws/a%20b", None);
         check("/nope", None);
+        let post = route(&Method::POST, "/v1/rooms/r/buckets/g/assets").map(|r| format!("{r:?}"));
+        assert_eq!(post.as_deref(), Some("AssetUpload(RoomId(\"r\"), BucketName(\"g\"))"));
+        let delete = route(&Method::DELETE, "/v1/rooms/r/buckets/g/assets/a4").map(|r| format!("{r:?}"));
+        assert_eq!(
+            delete.as_deref(),
+            Some("AssetDelete(RoomId(\"r\"), BucketName(\"g\"), ObjectKey(\"a4\"))")
+        );
+        assert_eq!(route(&Method::POST, "/v1/health"), None);
     }
 }

@@ -5,7 +5,7 @@ use crate::{Clock, ServerConfig};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use roomlab_engine::{ConnId, Effect, Identity, Room};
-use roomlab_protocol::{encode_server, ClientMessage, ErrorCode, RoomId, YjsFrame};
+use roomlab_protocol::{encode_server, ClientMessage, ErrorCode, RoomId, ServerMessage, YjsFrame};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
@@ -56,10 +56,29 @@ impl Outbox {
 
 /// What a connection asks of its room.
 pub(crate) enum Input {
-    Connect { conn: ConnId, identity: Identity, outbox: Outbox },
-    Message { conn: ConnId, message: ClientMessage },
-    Yjs { conn: ConnId, frame: YjsFrame },
-    Disconnect { conn: ConnId },
+    Connect {
+        conn: ConnId,
+        identity: Identity,
+        outbox: Outbox,
+    },
+    Message {
+        conn: ConnId,
+        message: ClientMessage,
+    },
+    Yjs {
+        conn: ConnId,
+        frame: YjsFrame,
+    },
+    Disconnect {
+        conn: ConnId,
+    },
+    /// A mutation from HTTP (asset upload or delete), answered on `reply`.
+    Detached {
+        conn: ConnId,
+        identity: Identity,
+        mutation: roomlab_protocol::Mutation,
+        reply: tokio::sync::oneshot::Sender<ServerMessage>,
+    },
 }
 
 /// A shared view of one open room, for asset downloads and for the simulation's snapshots.
@@ -70,7 +89,9 @@ struct Open {
     room: SharedRoom,
 }
 
-/// Every open room by id.
+/// Every open room by id. A panic while the lock is held (an engine assertion while a room opens)
+/// cannot leave the map half-written, since it is changed only after a room has opened; so a
+/// poisoned lock is taken as it is, and one broken room does not take every other room down.
 #[derive(Default)]
 pub(crate) struct Registry {
     rooms: Mutex<BTreeMap<RoomId, Open>>,
@@ -84,8 +105,9 @@ impl Registry {
         id: &RoomId,
         config: &ServerConfig,
         clock: &Clock,
+        stopping: watch::Receiver<bool>,
     ) -> Result<(mpsc::Sender<Input>, SharedRoom), roomlab_engine::EngineError> {
-        let mut rooms = self.rooms.lock().expect("registry lock");
+        let mut rooms = self.rooms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(open) = rooms.get(id).filter(|open| !open.inputs.is_closed()) {
             return Ok((open.inputs.clone(), open.room.clone()));
         }
@@ -102,6 +124,7 @@ impl Registry {
             clock: clock.clone(),
             registry: self.clone(),
             idle_close_ms: config.idle_close_ms,
+            stopping,
         };
         crate::spawn(config.local_tasks, actor.run(receiver));
         rooms.insert(id.clone(), Open { inputs: inputs.clone(), room: room.clone() });
@@ -110,13 +133,13 @@ impl Registry {
 
     /// The open rooms.
     pub fn snapshot(&self) -> Vec<(RoomId, SharedRoom)> {
-        let rooms = self.rooms.lock().expect("registry lock");
+        let rooms = self.rooms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         rooms.iter().map(|(id, open)| (id.clone(), open.room.clone())).collect()
     }
 
     /// Forgets a room whose actor stopped, unless it was already reopened.
     fn forget(&self, id: &RoomId, room: &SharedRoom) {
-        let mut rooms = self.rooms.lock().expect("registry lock");
+        let mut rooms = self.rooms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if rooms.get(id).is_some_and(|open| Arc::ptr_eq(&open.room, room)) {
             rooms.remove(id);
         }
@@ -150,6 +173,8 @@ struct Actor {
     clock: Clock,
     registry: Arc<Registry>,
     idle_close_ms: u64,
+    /// The server's shutdown signal: a room without connections closes at once when it is set.
+    stopping: watch::Receiver<bool>,
 }
 
 impl Actor {
@@ -157,10 +182,15 @@ impl Actor {
         let idle = std::time::Duration::from_millis(self.idle_close_ms);
         loop {
             let input = if self.outboxes.is_empty() {
-                match tokio::time::timeout(idle, inputs.recv()).await {
-                    Ok(input) => input,
-                    Err(_elapsed) if inputs.is_empty() => None,
-                    Err(_elapsed) => continue,
+                let mut stopping = self.stopping.clone();
+                tokio::select! {
+                    biased;
+                    received = tokio::time::timeout(idle, inputs.recv()) => match received {
+                        Ok(input) => input,
+                        Err(_elapsed) if inputs.is_empty() => None,
+                        Err(_elapsed) => continue,
+                    },
+                    _ = stopping.wait_for(|stop| *stop) => None,
                 }
             } else {
                 inputs.recv().await
@@ -189,6 +219,11 @@ impl Actor {
                     self.outboxes.remove(&conn);
                     room.disconnect(conn);
                     Vec::new()
+                }
+                Input::Detached { conn, identity, mutation, reply } => {
+                    let (answer, effects) = room.mutate_detached(conn, identity, mutation, now_ms);
+                    let _ = reply.send(answer);
+                    effects
                 }
             }
         };

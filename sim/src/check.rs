@@ -67,7 +67,12 @@ pub(crate) fn private_leak(user: &UserId, text: &str, trace: &SharedTrace, actor
 pub(crate) fn checkpoint(world: &World<'_>, now_ms: u64) -> Vec<String> {
     let mut failures = world.trace.lock().expect("trace lock").leaks().to_vec();
     let Some(room) = world.room() else { return failures };
-    let room = room.lock().expect("room lock");
+    // A room that panicked while holding its lock (an engine assertion) is a finding, and its
+    // half-updated state cannot be checked further.
+    let Ok(room) = room.lock() else {
+        failures.push(format!("the room panicked before {now_ms} ms (its lock is poisoned)"));
+        return failures;
+    };
     if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| room.check_invariants())) {
         let why = panic.downcast_ref::<String>().cloned().unwrap_or_else(|| "unknown".into());
         failures.push(format!("room invariant broken at {now_ms} ms: {why}"));
@@ -96,9 +101,10 @@ pub(crate) fn final_checks(world: &World<'_>, now_ms: u64) -> Vec<String> {
         failures.push("the server is not running at the end".into());
         return failures;
     };
-    let room = room.lock().expect("room lock");
+    let Ok(room) = room.lock() else { return failures };
     failures.extend(convergence(world, &room));
     failures.extend(client_histories(world));
+    failures.extend(own_lifecycles(world));
     failures.extend(replay(world, &room));
     failures
 }
@@ -133,6 +139,7 @@ fn convergence(world: &World<'_>, room: &Room) -> Vec<String> {
                 if matches!(view, View::Refused(_)) {
                     continue;
                 }
+                failures.extend(list_order(v.index, view));
                 let answer = room.answer(&v.identity, &sub, target);
                 if !same_answer(view, &answer) {
                     let target = serde_json::to_string(target).unwrap_or_default();
@@ -145,6 +152,32 @@ fn convergence(world: &World<'_>, room: &Room) -> Vec<String> {
                 }
             }
         });
+    }
+    failures
+}
+
+/// Every list a client shows is in the one list order, (key, item id) (list.order).
+fn list_order(index: usize, view: &View) -> Vec<String> {
+    let docs: Vec<&roomlab_protocol::DocSnapshot> = match view {
+        View::Doc(doc) => vec![doc],
+        View::Query { docs, .. } => docs.iter().collect(),
+        _ => Vec::new(),
+    };
+    let mut failures = Vec::new();
+    for doc in docs {
+        for (list, items) in &doc.lists {
+            let sorted = items
+                .windows(2)
+                .all(|w| (w[0].key.as_str(), w[0].id.as_str()) <= (w[1].key.as_str(), w[1].id.as_str()));
+            if !sorted {
+                let order: Vec<String> =
+                    items.iter().map(|i| format!("{}@{}", i.id, i.key.as_str())).collect();
+                failures.push(format!(
+                    "list order: c{index} shows {}/{list} as {order:?}, not by (key, item id)",
+                    doc.id
+                ));
+            }
+        }
     }
     failures
 }
@@ -173,6 +206,67 @@ fn client_histories(world: &World<'_>) -> Vec<String> {
                     }
                 }
                 last = Some((*mid, ack.seq));
+            }
+        });
+    }
+    failures
+}
+
+/// What a client knows of a document only it writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Life {
+    Live,
+    Deleted,
+}
+
+/// Documents `q<client>-<n>` are written by that client alone, one mutation after another in id
+/// order, so its own answers tell their lifecycle: creating one it removed (and did not restore
+/// or purge since) must answer `deleted`, never `exists` (docs.create.deleted-id), and creating a
+/// live one `exists`. An indefinite answer leaves the state unknown until the next ack.
+fn own_lifecycles(world: &World<'_>) -> Vec<String> {
+    use roomlab_protocol::ErrorCode;
+    let mut failures = Vec::new();
+    for v in world.clients.lock().expect("clients lock").iter() {
+        let prefix = format!("q{}-", v.index);
+        v.client.with_core(|core| {
+            let mut lives: BTreeMap<roomlab_protocol::DocId, Life> = BTreeMap::new();
+            for (mid, outcome) in core.outcomes() {
+                let Some(mutation) = core.answered_mutation(*mid) else { continue };
+                let (doc, after_ack) = match mutation {
+                    Mutation::Create { doc, .. } | Mutation::Restore { doc } => (doc, Some(Life::Live)),
+                    Mutation::Remove { doc, .. } => (doc, Some(Life::Deleted)),
+                    Mutation::Purge { doc } => (doc, None),
+                    _ => continue,
+                };
+                if !doc.as_str().starts_with(&prefix) {
+                    continue;
+                }
+                let code = match outcome {
+                    Outcome::Ack(_) => {
+                        match after_ack {
+                            Some(life) => lives.insert(doc.clone(), life),
+                            None => lives.remove(doc),
+                        };
+                        continue;
+                    }
+                    Outcome::Refused(body) => body.code,
+                };
+                if !code.is_definite() {
+                    lives.remove(doc);
+                    continue;
+                }
+                let wrong = match (mutation, lives.get(doc), code) {
+                    (Mutation::Create { .. }, Some(Life::Deleted), ErrorCode::Exists) => Some("deleted"),
+                    (Mutation::Create { .. }, Some(Life::Live), ErrorCode::Deleted) => Some("exists"),
+                    _ => None,
+                };
+                if let Some(expected) = wrong {
+                    failures.push(format!(
+                        "lifecycle: c{} created {doc} (mutation {mid}) and got {code}, but the document was {}: expected {expected}",
+                        v.index,
+                        if expected == "deleted" { "soft-deleted" } else { "live" },
+                    ));
+                }
             }
         });
     }

@@ -182,7 +182,12 @@ impl FaultDriver {
                     } else {
                         sim.repair("server", Self::host_name(host));
                     }
-                    format!("repair server / clients-{host}")
+                    // A real TCP stack either retransmits what a partition dropped or gives up
+                    // and resets; it never lets a stream go on with a gap. turmoil drops the
+                    // segments and keeps the stream, so the connections that crossed the
+                    // partition are reset when it heals, as a stack that gave up would.
+                    world.reset_host(host);
+                    format!("repair server / clients-{host}, resetting its connections")
                 }
                 Active::Clog { host, .. } => {
                     sim.release("server", Self::host_name(host));

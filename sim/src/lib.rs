@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! use roomlab_sim::{run, RunConfig, Scenario};
-//! let report = run(&RunConfig { scenario: Scenario::load("swarm").unwrap(), seed: 7, keep_trace: false });
+//! let report = run(&RunConfig { scenario: Scenario::load("swarm").unwrap(), seed: 7, keep_trace: false, mutant: None });
 //! assert!(report.passed(), "{:?}", report.failures);
 //! ```
 
@@ -22,14 +22,19 @@ pub use scenario::{Faults, QuotaLimits, Scenario, ScenarioError, Workload, NAMES
 pub use trace::{first_divergence, perfetto_json, Event};
 pub use world::{run, Report, RunConfig};
 
-/// The line that reproduces a run.
-pub fn repro_line(scenario: &str, seed: u64) -> String {
-    format!("cargo run --release -- sim --scenario {scenario} --seed {seed:#018x}")
+/// The line that reproduces a run (of a build with `mutant` planted, if one is named).
+pub fn repro_line(scenario: &str, seed: u64, mutant: Option<roomlab_protocol::Mutant>) -> String {
+    match mutant {
+        Some(mutant) => format!(
+            "cargo run --release --features mutants -- sim --scenario {scenario} --seed {seed:#018x} --mutant {mutant}"
+        ),
+        None => format!("cargo run --release -- sim --scenario {scenario} --seed {seed:#018x}"),
+    }
 }
 
 /// Runs a seed twice and compares the traces; `Err` names the first diverging event.
 pub fn check_determinism(scenario: &Scenario, seed: u64) -> Result<Report, String> {
-    let config = RunConfig { scenario: scenario.clone(), seed, keep_trace: true };
+    let config = RunConfig { scenario: scenario.clone(), seed, keep_trace: true, mutant: None };
     let (first, second) = (run(&config), run(&config));
     if first.trace_hash == second.trace_hash && first.trace_events == second.trace_events {
         return Ok(first);

@@ -274,19 +274,22 @@ impl Actor {
         }
     }
 
+    /// Removes, restores and purges shared documents; now and then tries to remove a schema
+    /// document, which must always answer `protected`.
     fn delete_op(&mut self) -> Mutation {
         let id = self.shared_doc();
-        match self.below(5) {
-            0 | 1 => Mutation::Remove { doc: id, if_seq: None },
-            2 | 3 => Mutation::Restore { doc: id },
-            _ => Mutation::Purge { doc: id },
+        match self.below(21) {
+            0..8 => Mutation::Remove { doc: id, if_seq: None },
+            8..16 => Mutation::Restore { doc: id },
+            16..20 => Mutation::Purge { doc: id },
+            _ => Mutation::Remove { doc: doc("sys:schema:private"), if_seq: None },
         }
     }
 
     fn quota_op(&mut self) -> Mutation {
         let own = self.made.saturating_sub(self.below(3));
         let id = doc(format!("q{}-{}", self.index, own.max(1)));
-        match self.below(4) {
+        match self.below(5) {
             0 | 1 => {
                 self.made += 1;
                 let size = 500 + self.below(2500) as usize;
@@ -298,7 +301,9 @@ impl Actor {
                 }
             }
             2 => Mutation::Remove { doc: id, if_seq: None },
-            _ => Mutation::Purge { doc: id },
+            3 => Mutation::Purge { doc: id },
+            // Creating one of its own ids again: `exists` while live, `deleted` once removed.
+            _ => Mutation::Create { doc: id, doc_type: doc_type("blobs"), data: json!({"again": true}) },
         }
     }
 

@@ -41,6 +41,9 @@ pub struct RunConfig {
     pub seed: u64,
     /// Keep every trace event (for `--trace` and the determinism check).
     pub keep_trace: bool,
+    /// A planted bug for the server and clients (builds with the `mutants` feature); the oracles the
+    /// checks compare against never get it.
+    pub mutant: Option<roomlab_protocol::Mutant>,
 }
 
 /// What one run did and found.
@@ -131,10 +134,13 @@ pub(crate) fn engine_config(scenario: &Scenario) -> roomlab_engine::Config {
     config
 }
 
-fn server_config(scenario: &Scenario, seed: u64, data: &std::path::Path) -> ServerConfig {
+fn server_config(config: &RunConfig, data: &std::path::Path) -> ServerConfig {
+    let (scenario, seed) = (&config.scenario, config.seed);
+    let mutant = config.mutant;
     let mut config = ServerConfig::new(SECRET);
     config.data = Some(data.to_path_buf());
     config.engine = engine_config(scenario);
+    config.engine.mutant = mutant;
     config.epoch_ms = EPOCH_S * 1000;
     config.seed = seed;
     config.idle_close_ms = 3_600_000;
@@ -162,7 +168,7 @@ fn tap(trace: &SharedTrace, index: usize, user: UserId) -> roomlab_client::Tap {
 }
 
 fn client_config(
-    scenario: &Scenario,
+    mutant: Option<roomlab_protocol::Mutant>,
     seed: u64,
     index: usize,
     identity: &Identity,
@@ -182,7 +188,7 @@ fn client_config(
     config.seed = seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     config.tap = Some(tap(trace, index, identity.user.clone()));
     config.local_tasks = true;
-    let _ = scenario;
+    config.mutant = mutant;
     config
 }
 
@@ -224,7 +230,7 @@ fn build(
         .tcp_capacity(16_384)
         .build();
     let slot: ServerSlot = Rc::default();
-    let server_config = server_config(scenario, config.seed, data);
+    let server_config = server_config(config, data);
     let host_slot = slot.clone();
     sim.host("server", move || {
         let (config, slot) = (server_config.clone(), host_slot.clone());
@@ -243,10 +249,11 @@ fn build(
             (0..scenario.clients).filter(|i| i % scenario.client_hosts == host).collect();
         let (scenario, seed, trace, clients, phase) =
             (scenario.clone(), config.seed, trace.clone(), clients.clone(), phase.clone());
+        let mutant = config.mutant;
         sim.client(format!("clients-{host}"), async move {
             for index in members {
                 let identity = identity_of(&scenario, index);
-                let config = client_config(&scenario, seed, index, &identity, &trace);
+                let config = client_config(mutant, seed, index, &identity, &trace);
                 let client = Arc::new(Client::start(config, SimConnector));
                 clients.lock().expect("clients lock").push(Virtual {
                     index,
@@ -441,8 +448,8 @@ impl World<'_> {
                 }
             });
         }
-        if let Some(room) = self.room() {
-            let export = room.lock().expect("room lock").export();
+        if let Some(Ok(room)) = self.room().as_ref().map(|room| room.lock()) {
+            let export = room.export();
             report.final_seq = export.seq;
             report.live_docs = export.docs.iter().filter(|(_, deleted)| deleted.is_none()).count() as u64;
         }
@@ -456,6 +463,14 @@ impl World<'_> {
         let clients = self.clients.lock().expect("clients lock");
         if let Some(v) = clients.iter().find(|v| v.index == index) {
             act(&v.client);
+        }
+    }
+
+    /// Kills the connection of every virtual client on client host `host`.
+    pub fn reset_host(&self, host: usize) {
+        let hosts = self.scenario.client_hosts;
+        for v in self.clients.lock().expect("clients lock").iter().filter(|v| v.index % hosts == host) {
+            v.client.kill_connection();
         }
     }
 

@@ -1,7 +1,10 @@
 //! Every embedded scenario over many seeds, a determinism check, the end-state summaries of a fixed
 //! seed (insta), and the regression seeds of scenarios/regressions.toml.
 //!
-//! `ROOMLAB_SIM_SEEDS` sets the seeds per scenario (default 50); each failure prints its repro line.
+//! `ROOMLAB_SIM_SEEDS` sets the seeds per scenario (default 50) and `ROOMLAB_SIM_SAFETY_S` the
+//! simulated seconds of faults per seed (default 15, half a scenario's own length, to keep
+//! `cargo test` near seven minutes on two cores; `roomlab sim` runs scenarios at full length). Each
+//! failure prints its repro line.
 
 use roomlab_sim::{check_determinism, repro_line, run, Report, RunConfig, Scenario, NAMES};
 use std::fmt::Write;
@@ -15,14 +18,20 @@ fn failure_text(report: &Report) -> String {
     for failure in &report.failures {
         let _ = writeln!(text, "  - {failure}");
     }
-    let _ = write!(text, "repro: {}", repro_line(&report.scenario, report.seed));
+    let _ =
+        write!(text, "repro: {} --safety-s {}", repro_line(&report.scenario, report.seed, None), safety_s());
     text
 }
 
+fn safety_s() -> u64 {
+    std::env::var("ROOMLAB_SIM_SAFETY_S").ok().and_then(|s| s.parse().ok()).unwrap_or(15)
+}
+
 fn check(name: &str) {
-    let scenario = Scenario::load(name).unwrap();
+    let mut scenario = Scenario::load(name).unwrap();
+    scenario.safety_s = scenario.safety_s.min(safety_s());
     let failed: Vec<String> = (0..seeds())
-        .map(|seed| run(&RunConfig { scenario: scenario.clone(), seed, keep_trace: false }))
+        .map(|seed| run(&RunConfig { scenario: scenario.clone(), seed, keep_trace: false, mutant: None }))
         .filter(|report| !report.passed())
         .map(|report| failure_text(&report))
         .collect();
@@ -78,7 +87,7 @@ fn end_state_summaries() {
     let mut summary = String::new();
     for name in NAMES {
         let scenario = Scenario::load(name).unwrap();
-        let report = run(&RunConfig { scenario, seed: 7, keep_trace: false });
+        let report = run(&RunConfig { scenario, seed: 7, keep_trace: false, mutant: None });
         assert!(report.passed(), "{}", failure_text(&report));
         let _ = writeln!(
             summary,
@@ -113,7 +122,8 @@ struct Regression {
 
 #[test]
 fn regression_seeds_stay_fixed() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/regressions.toml")).unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios/regressions.toml"))
+        .unwrap();
     let regressions: Regressions = toml::from_str(&text).unwrap();
     assert!(!regressions.regression.is_empty());
     for regression in regressions.regression {
@@ -124,7 +134,7 @@ fn regression_seeds_stay_fixed() {
         if let Some(safety_s) = regression.safety_s {
             scenario.safety_s = safety_s;
         }
-        let report = run(&RunConfig { scenario, seed: regression.seed, keep_trace: false });
+        let report = run(&RunConfig { scenario, seed: regression.seed, keep_trace: false, mutant: None });
         assert!(report.passed(), "regression ({}) is back:\n{}", regression.found, failure_text(&report));
     }
 }

@@ -1,0 +1,471 @@
+//! Runs one case against a target: the steps in order, each with a deadline, every frame recorded.
+
+use crate::case::{Case, Connect, HttpStep, Level, Step, YjsKind};
+use crate::pattern::Bindings;
+use crate::report::{CaseReport, FrameRecord, Verdict};
+use crate::target::{Restart, Target};
+use crate::wire::{self, Connection, Incoming, TokenRequest, Upgrade};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The deadline of one step before the target's timeout multiplier.
+pub const STEP_DEADLINE_MS: u64 = 2_000;
+
+/// How long a restart may take before the case errs, before the multiplier.
+pub const RESTART_DEADLINE_MS: u64 = 20_000;
+
+/// Why a step stopped the case.
+struct Stop {
+    verdict: Verdict,
+    message: String,
+}
+
+fn failed(message: impl Into<String>) -> Stop {
+    Stop { verdict: Verdict::Failed, message: message.into() }
+}
+
+fn error(message: impl Into<String>) -> Stop {
+    Stop { verdict: Verdict::Error, message: message.into() }
+}
+
+struct Run<'a> {
+    target: &'a Target,
+    room: String,
+    bindings: Bindings,
+    connections: BTreeMap<String, Connection>,
+    frames: Vec<FrameRecord>,
+    started: Instant,
+    step_deadline: Duration,
+}
+
+/// Runs `case` in `room` (a room no other case uses).
+pub async fn run_case(target: &Target, case: &Case, room: String) -> CaseReport {
+    let started = Instant::now();
+    let missing: Vec<&String> = case.needs.iter().filter(|n| !target.capabilities.contains(*n)).collect();
+    let mut report = CaseReport::new(case, room.clone());
+    if !missing.is_empty() {
+        report.result = Verdict::Unimplemented;
+        report.detail = format!("the target does not declare {missing:?}");
+        return report;
+    }
+    let step_deadline = Duration::from_millis((STEP_DEADLINE_MS as f64 * target.timeout_multiplier) as u64);
+    let mut run = Run {
+        target,
+        room,
+        bindings: Bindings::default(),
+        connections: BTreeMap::new(),
+        frames: Vec::new(),
+        started,
+        step_deadline,
+    };
+    if target.capabilities.contains("quota-small") {
+        for (name, bytes) in [("quota_free", 1000), ("quota_pro", 2000), ("quota_addon", 1000)] {
+            run.bindings.bind(name, Value::from(bytes));
+        }
+    }
+    for (index, step) in case.steps.iter().enumerate() {
+        if let Err(stop) = run.step(step).await {
+            report.result = match (stop.verdict, case.level) {
+                (Verdict::Failed | Verdict::Timeout, Level::Should) => Verdict::NonStrict,
+                (verdict, _) => verdict,
+            };
+            report.detail = format!("step {}: {}", index + 1, stop.message);
+            break;
+        }
+    }
+    for connection in run.connections.values_mut() {
+        connection.close().await;
+    }
+    report.frames = run.frames;
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    report
+}
+
+fn describe(incoming: &Incoming) -> String {
+    match incoming {
+        Incoming::Text(text) => text.clone(),
+        Incoming::Binary(bytes) => match wire::parse_yjs(bytes) {
+            Some((doc, field, kind, payload)) => {
+                format!("yjs {doc}/{field} {kind:?} ({} bytes)", payload.len())
+            }
+            None => format!("binary ({} bytes)", bytes.len()),
+        },
+        Incoming::Closed(code, reason) => format!("closed {code:?} {reason}"),
+    }
+}
+
+impl Run<'_> {
+    fn record(&mut self, conn: &str, outgoing: bool, text: String) {
+        let at_ms = self.started.elapsed().as_millis() as u64;
+        self.frames.push(FrameRecord { conn: conn.to_string(), outgoing, text, at_ms });
+    }
+
+    fn connection(&mut self, name: &str) -> Result<&mut Connection, Stop> {
+        self.connections
+            .get_mut(name)
+            .ok_or_else(|| error(format!("no connection {name} (connect it first)")))
+    }
+
+    async fn step(&mut self, step: &Step) -> Result<(), Stop> {
+        match step {
+            Step::Connect(connect) => self.connect(connect).await,
+            Step::Send { conn, frame } => {
+                let frame = self.bindings.substitute(frame).map_err(error)?;
+                self.send_text(conn, frame.to_string()).await
+            }
+            Step::SendRaw { conn, text } => self.send_text(conn, text.clone()).await,
+            Step::SendOversize { conn } => self.send_oversize(conn).await,
+            Step::Expect { conn, pattern, next } => self.expect(conn, pattern, *next).await,
+            Step::ExpectNone { conn, pattern } => self.expect_none(conn, pattern),
+            Step::Closed { conn, codes } => self.closed(conn, codes).await,
+            Step::Close { conn } => {
+                self.connection(conn)?.close().await;
+                self.connections.remove(conn);
+                Ok(())
+            }
+            Step::YjsSend { conn, doc, field, kind, payload } => {
+                let frame = wire::yjs_frame(doc, field, *kind, payload);
+                self.record(conn, true, format!("yjs {doc}/{field} {kind:?} ({} bytes)", payload.len()));
+                self.connection(conn)?.send(Message::Binary(frame.into())).await.map_err(failed)
+            }
+            Step::YjsExpect { conn, doc, field, kind, contains, lacks, none } => {
+                self.expect_yjs(conn, (doc, field, *kind), (contains.as_deref(), lacks.as_deref()), *none)
+                    .await
+            }
+            Step::Refused { user, role, fault } => self.refused(user, role, *fault).await,
+            Step::Http(http) => self.http(http).await,
+            Step::Restart => self.restart().await,
+        }
+    }
+
+    async fn connect(&mut self, connect: &Connect) -> Result<(), Stop> {
+        let room = match &connect.room {
+            Some(suffix) => format!("{}-{suffix}", self.room),
+            None => self.room.clone(),
+        };
+        let request = TokenRequest {
+            room: &room,
+            user: &connect.user,
+            role: &connect.role,
+            plan: &connect.plan,
+            addons: connect.addons,
+        };
+        let token = wire::token(self.target, &request, 3600).await.map_err(error)?;
+        let url = self.target.ws_url.replace("{room}", &room).replace("{token}", &token);
+        let connection = match Connection::open(&url).await.map_err(error)? {
+            Upgrade::Open(connection) => connection,
+            Upgrade::Status(status) => return Err(failed(format!("upgrade answered HTTP {status}"))),
+        };
+        self.connections.insert(connect.name.clone(), connection);
+        if !connect.hello {
+            return Ok(());
+        }
+        let hello = serde_json::json!({"type": "hello", "protocol": 1, "client": connect.client});
+        self.send_text(&connect.name, hello.to_string()).await?;
+        self.expect(&connect.name, &serde_json::json!({"type": "welcome"}), false).await?;
+        let welcome: Value = match self.frames.last() {
+            Some(record) => serde_json::from_str(&record.text).unwrap_or(Value::Null),
+            None => Value::Null,
+        };
+        self.bind_welcome(&connect.name, &welcome);
+        Ok(())
+    }
+
+    /// Binds the announced limits (once per case) and `<name>.seq`.
+    fn bind_welcome(&mut self, name: &str, welcome: &Value) {
+        if let Some(limits) = welcome.get("limits").and_then(Value::as_object) {
+            for (limit, value) in limits {
+                if self.bindings.value(limit).is_none() {
+                    self.bindings.bind(limit, value.clone());
+                }
+            }
+        }
+        if let Some(seq) = welcome.get("seq") {
+            self.bindings.bind(&format!("{name}.seq"), seq.clone());
+        }
+    }
+
+    async fn send_text(&mut self, conn: &str, text: String) -> Result<(), Stop> {
+        self.record(conn, true, text.clone());
+        self.connection(conn)?.send(Message::Text(text.into())).await.map_err(failed)
+    }
+
+    async fn send_oversize(&mut self, conn: &str) -> Result<(), Stop> {
+        let limit = self.bindings.value("frame_bytes_max").and_then(Value::as_u64);
+        let limit = limit.ok_or_else(|| error("the target announced no frame_bytes_max"))? as usize;
+        let head = r#"{"type":"ping","nonce":1,"pad":""#;
+        let padding = (limit + 1).saturating_sub(head.len() + 2);
+        let text = format!("{head}{}\"}}", "x".repeat(padding));
+        self.record(conn, true, format!("(a ping padded to {} bytes)", text.len()));
+        self.connection(conn)?.send(Message::Text(text.into())).await.map_err(failed)
+    }
+
+    /// Waits for a frame that `accept` takes; returns what it returned. On the deadline the case
+    /// FAILED if other frames arrived meanwhile (the target answered something else) and TIMED OUT
+    /// if nothing did.
+    async fn wait_for<T>(
+        &mut self,
+        conn: &str,
+        what: &str,
+        next: bool,
+        mut accept: impl FnMut(&mut Bindings, &Incoming) -> Option<T>,
+    ) -> Result<T, Stop> {
+        let deadline = Instant::now() + self.step_deadline;
+        let mut checked = 0;
+        loop {
+            let connection =
+                self.connections.get_mut(conn).ok_or_else(|| error(format!("no connection {conn}")))?;
+            while checked < connection.inbox.len() {
+                if let Some(value) = accept(&mut self.bindings, &connection.inbox[checked]) {
+                    let incoming = connection.inbox.remove(checked).expect("index checked");
+                    self.record(conn, false, describe(&incoming));
+                    return Ok(value);
+                }
+                if next {
+                    let got = describe(&connection.inbox[checked]);
+                    return Err(failed(format!("{conn} expected next {what}; got {got}")));
+                }
+                checked += 1;
+            }
+            if !connection.receive_until(deadline).await {
+                let unread: Vec<String> = connection.inbox.iter().map(describe).collect();
+                let message =
+                    format!("{conn} expected {what} within {:?}; unread: {unread:?}", self.step_deadline);
+                let verdict = if unread.is_empty() { Verdict::Timeout } else { Verdict::Failed };
+                return Err(Stop { verdict, message });
+            }
+        }
+    }
+
+    async fn expect(&mut self, conn: &str, pattern: &Value, next: bool) -> Result<(), Stop> {
+        self.wait_for(conn, &pattern.to_string(), next, |bindings, incoming| match incoming {
+            Incoming::Text(text) => {
+                let value: Value = serde_json::from_str(text).ok()?;
+                bindings.matches(pattern, &value).then_some(())
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    fn expect_none(&mut self, conn: &str, pattern: &Value) -> Result<(), Stop> {
+        let mut trial = self.bindings.clone();
+        let connection = self.connection(conn)?;
+        connection.drain();
+        for incoming in &connection.inbox {
+            if let Incoming::Text(text) = incoming {
+                let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+                if trial.matches(pattern, &value) {
+                    return Err(failed(format!("{conn} received {text}, which must not arrive")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn closed(&mut self, conn: &str, codes: &[u16]) -> Result<(), Stop> {
+        let what = format!("a close with {codes:?}");
+        let code = self
+            .wait_for(conn, &what, false, |_, incoming| match incoming {
+                Incoming::Closed(code, _) => Some(*code),
+                _ => None,
+            })
+            .await?;
+        self.connections.remove(conn);
+        match code {
+            Some(code) if codes.contains(&code) => Ok(()),
+            other => Err(failed(format!("{conn} closed with {other:?}, expected one of {codes:?}"))),
+        }
+    }
+
+    async fn expect_yjs(
+        &mut self,
+        conn: &str,
+        (doc, field, kind): (&str, &str, YjsKind),
+        (contains, lacks): (Option<&[u8]>, Option<&[u8]>),
+        none: bool,
+    ) -> Result<(), Stop> {
+        let has = |payload: &[u8], needle: &[u8]| payload.windows(needle.len()).any(|w| w == needle);
+        let matches = |incoming: &Incoming| match incoming {
+            Incoming::Binary(bytes) => wire::parse_yjs(bytes).is_some_and(|(d, f, k, payload)| {
+                d == doc
+                    && f == field
+                    && k == kind
+                    && contains.is_none_or(|needle| has(&payload, needle))
+                    && lacks.is_none_or(|needle| !has(&payload, needle))
+            }),
+            _ => false,
+        };
+        if none {
+            let connection = self.connection(conn)?;
+            connection.drain();
+            if connection.inbox.iter().any(matches) {
+                return Err(failed(format!(
+                    "{conn} received a Yjs {kind:?} for {doc}/{field}, which must not arrive"
+                )));
+            }
+            return Ok(());
+        }
+        let what = format!("a Yjs {kind:?} for {doc}/{field}");
+        self.wait_for(conn, &what, false, |_, incoming| matches(incoming).then_some(())).await
+    }
+
+    async fn refused(&mut self, user: &str, role: &str, fault: crate::case::TokenFault) -> Result<(), Stop> {
+        let request = TokenRequest { room: &self.room, user, role, plan: "pro", addons: 0 };
+        let token = wire::faulty_token(self.target, &request, fault).await.map_err(error)?;
+        let url = match token {
+            Some(token) => self.target.ws_url.replace("{room}", &self.room).replace("{token}", &token),
+            None => strip_token(&self.target.ws_url.replace("{room}", &self.room)),
+        };
+        self.record("refused", true, format!("upgrade with a {fault:?} token"));
+        let mut connection = match Connection::open(&url).await.map_err(error)? {
+            Upgrade::Status(401) => {
+                self.record("refused", false, "HTTP 401".into());
+                return Ok(());
+            }
+            Upgrade::Status(status) => {
+                return Err(failed(format!("upgrade answered HTTP {status}, not 401")))
+            }
+            Upgrade::Open(connection) => connection,
+        };
+        let deadline = Instant::now() + self.step_deadline;
+        while connection.receive_until(deadline).await {
+            if let Some(Incoming::Closed(code, reason)) = connection.inbox.back() {
+                let (code, reason) = (*code, reason.clone());
+                self.record("refused", false, format!("closed {code:?} {reason}"));
+                return match code {
+                    Some(4001) => Ok(()),
+                    other => Err(failed(format!("closed with {other:?}, not 4001"))),
+                };
+            }
+        }
+        Err(failed("the socket stayed open: neither HTTP 401 nor close 4001"))
+    }
+
+    /// The path with `{room}` and every `{name}` of a bound variable filled in.
+    fn fill_path(&self, path: &str) -> Result<String, Stop> {
+        let mut out = String::new();
+        let mut rest = path;
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..].find('}').ok_or_else(|| error(format!("unclosed {{ in {path}")))? + open;
+            let name = &rest[open + 1..close];
+            out.push_str(&rest[..open]);
+            match (name, self.bindings.value(name)) {
+                ("room", _) => out.push_str(&self.room),
+                (_, Some(Value::String(text))) => out.push_str(text),
+                (_, Some(value)) => out.push_str(&value.to_string()),
+                (_, None) => return Err(error(format!("{{{name}}} in {path} is not bound"))),
+            }
+            rest = &rest[close + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    async fn http(&mut self, step: &HttpStep) -> Result<(), Stop> {
+        let path = self.fill_path(&step.path)?;
+        let mut headers = Vec::new();
+        if let Some((user, role)) = &step.identity {
+            let request = TokenRequest { room: &self.room, user, role, plan: "pro", addons: 0 };
+            let token = wire::token(self.target, &request, 3600).await.map_err(error)?;
+            headers.push(("authorization", format!("Bearer {token}")));
+        }
+        if let Some(content_type) = &step.content_type {
+            headers.push(("content-type", content_type.clone()));
+        }
+        // A body may be a variable (`body=$fill:asset_bytes_max+1`).
+        let body = match &step.body {
+            Some(body) => match self.bindings.substitute(&Value::String(body.clone())).map_err(error)? {
+                Value::String(text) => text.into_bytes(),
+                other => other.to_string().into_bytes(),
+            },
+            None => Vec::new(),
+        };
+        let shown = if body.len() > 64 { format!(" ({} bytes)", body.len()) } else { String::new() };
+        self.record("http", true, format!("{} {path}{shown}", step.method));
+        let call = wire::http(&self.target.http_base, &step.method, &path, &headers, body);
+        let answer = match tokio::time::timeout(self.step_deadline, call).await {
+            Ok(answer) => answer.map_err(failed)?,
+            Err(_) => {
+                return Err(Stop { verdict: Verdict::Timeout, message: format!("HTTP {path} timed out") })
+            }
+        };
+        let text = String::from_utf8_lossy(&answer.body).to_string();
+        self.record("http", false, format!("{} {text}", answer.status));
+        if answer.status != step.status {
+            return Err(failed(format!(
+                "HTTP {} {path} answered {}, expected {}",
+                step.method, answer.status, step.status
+            )));
+        }
+        let Some(pattern) = &step.answer else { return Ok(()) };
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
+        if self.bindings.matches(pattern, &value) {
+            Ok(())
+        } else {
+            Err(failed(format!("HTTP {path} answered {text}, expected {pattern}")))
+        }
+    }
+
+    async fn restart(&mut self) -> Result<(), Stop> {
+        self.record("target", true, "restart".into());
+        for connection in self.connections.values_mut() {
+            connection.close().await;
+        }
+        self.connections.clear();
+        let deadline =
+            Duration::from_millis((RESTART_DEADLINE_MS as f64 * self.target.timeout_multiplier) as u64);
+        let restarted = match self.target.restart.clone() {
+            Some(Restart::Hook(hook)) => tokio::time::timeout(deadline, hook()).await,
+            Some(Restart::Command(command)) => tokio::time::timeout(deadline, run_restart(command)).await,
+            None => return Err(error("the target has no restart")),
+        };
+        match restarted {
+            Ok(Ok(())) => self.wait_healthy(deadline).await,
+            Ok(Err(message)) => Err(error(format!("restart: {message}"))),
+            Err(_) => Err(error(format!("restart took longer than {deadline:?}"))),
+        }
+    }
+
+    async fn wait_healthy(&mut self, deadline: Duration) -> Result<(), Stop> {
+        let until = Instant::now() + deadline;
+        loop {
+            let answer = wire::http(&self.target.http_base, "GET", "/v1/health", &[], Vec::new()).await;
+            if answer.is_ok_and(|a| a.status == 200) {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                return Err(error("the target did not answer /v1/health after the restart"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn run_restart(command: String) -> Result<(), String> {
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .status()
+        .await
+        .map_err(|e| format!("{command:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{command:?} exited with {status}"))
+    }
+}
+
+/// The URL without its `token` query parameter.
+fn strip_token(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else { return url.to_string() };
+    let kept: Vec<&str> = query.split('&').filter(|p| !p.starts_with("token=")).collect();
+    if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
+}

@@ -1,0 +1,227 @@
+//! The target adapter: how the suite reaches an implementation, as small as Maelstrom's contract.
+//!
+//! ```toml
+//! name = "my-server"
+//! ws_url = "ws://127.0.0.1:8787/ws/{room}?token={token}"
+//! http_base = "http://127.0.0.1:8787"
+//! capabilities = ["core", "lists", "staging", "schemas", "teams", "buckets", "assets"]
+//! timeout_multiplier = 1.0
+//!
+//! [token]
+//! secret = "shared HS256 secret"       # or:
+//! # command = "mint --room {room} --user {user} --role {role} --plan {plan} --addons {addons} --exp {exp}"
+//!
+//! [restart]                            # optional: enables the durability cases
+//! command = "systemctl restart my-server"
+//! ```
+
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Every capability a target may declare, with what declaring it promises.
+pub const CAPABILITIES: &[(&str, &str)] = &[
+    ("core", "connection, documents, queries, document subscriptions, trash, guards, idempotency"),
+    ("lists", "ordered lists inside documents (list_insert / list_move / list_update / list_remove)"),
+    ("staging", "staged sessions (stage_put / stage_commit / stage_discard, sys:session)"),
+    ("schemas", "sys:schema:<type> documents, role and owner access, auto fields"),
+    ("teams", "users, teams, members and invites (sys:users, sys:teams, user_set_role)"),
+    ("buckets", "JSON buckets with contracts, versions, subscriptions and deletion"),
+    ("assets", "asset buckets over the WebSocket, and HTTP upload, download, list and delete"),
+    ("quota-small", "quotas configured small: free 1000 bytes, pro 2000 bytes, 1000 more per add-on"),
+    ("yjs", "Yjs binary frames on the main socket"),
+    ("restart", "a restart command (declared by the [restart] section)"),
+];
+
+/// How the suite gets a token for (room, user, role).
+#[derive(Debug, Clone)]
+pub enum TokenSource {
+    /// The shared HS256 secret; the suite mints tokens itself.
+    Secret(Vec<u8>),
+    /// A shell command that prints a token; `{room}`, `{user}`, `{role}`, `{plan}`, `{addons}` and
+    /// `{exp}` (Unix seconds) are filled in.
+    Command(String),
+}
+
+/// A restart hook for targets that live in the suite's own process.
+pub type RestartHook =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// How the suite restarts the target.
+#[derive(Clone)]
+pub enum Restart {
+    /// A shell command; the suite then waits for `/v1/health`.
+    Command(String),
+    /// An in-process hook (the embedded target).
+    Hook(RestartHook),
+}
+
+impl std::fmt::Debug for Restart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Restart::Command(command) => write!(f, "Restart::Command({command:?})"),
+            Restart::Hook(_) => f.write_str("Restart::Hook"),
+        }
+    }
+}
+
+/// An implementation under test.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// A name for reports.
+    pub name: String,
+    /// The WebSocket URL template, with `{room}` and `{token}`.
+    pub ws_url: String,
+    /// The HTTP base URL (`http://host:port`).
+    pub http_base: String,
+    /// Where tokens come from.
+    pub tokens: TokenSource,
+    /// How to restart it, if it can be.
+    pub restart: Option<Restart>,
+    /// What it implements.
+    pub capabilities: BTreeSet<String>,
+    /// Multiplies every deadline (2 s by default per step).
+    pub timeout_multiplier: f64,
+}
+
+/// Why a target file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid target.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetFile {
+    name: String,
+    ws_url: String,
+    http_base: String,
+    capabilities: Vec<String>,
+    #[serde(default = "one")]
+    timeout_multiplier: f64,
+    token: TokenFile,
+    restart: Option<RestartFile>,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    secret: Option<String>,
+    command: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestartFile {
+    command: String,
+}
+
+impl Target {
+    /// Reads a target file.
+    pub fn load(path: &Path) -> Result<Target, TargetError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| TargetError::Read { path: name.clone(), source })?;
+        Target::parse(&text).map_err(|message| TargetError::Invalid { path: name, message })
+    }
+
+    /// Parses the text of a target file.
+    pub fn parse(text: &str) -> Result<Target, String> {
+        let file: TargetFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let tokens = match (file.token.secret, file.token.command) {
+            (Some(secret), None) => TokenSource::Secret(secret.into_bytes()),
+            (None, Some(command)) => TokenSource::Command(command),
+            _ => return Err("[token] needs exactly one of `secret` and `command`".into()),
+        };
+        if !file.ws_url.contains("{room}") || !file.ws_url.contains("{token}") {
+            return Err("ws_url must contain {room} and {token}".into());
+        }
+        if !(file.timeout_multiplier > 0.0 && file.timeout_multiplier <= 100.0) {
+            return Err("timeout_multiplier must be in (0, 100]".into());
+        }
+        let mut capabilities = BTreeSet::new();
+        for capability in file.capabilities {
+            if !CAPABILITIES.iter().any(|(known, _)| *known == capability) || capability == "restart" {
+                return Err(format!(
+                    "unknown capability {capability:?} (see `roomlab conform --capabilities`)"
+                ));
+            }
+            capabilities.insert(capability);
+        }
+        let restart = file.restart.map(|r| Restart::Command(r.command));
+        let mut target = Target {
+            name: file.name,
+            ws_url: file.ws_url,
+            http_base: file.http_base.trim_end_matches('/').to_string(),
+            tokens,
+            restart: None,
+            capabilities,
+            timeout_multiplier: file.timeout_multiplier,
+        };
+        target.set_restart(restart);
+        Ok(target)
+    }
+
+    /// Sets (or clears) how to restart the target, and the `restart` capability with it.
+    pub fn set_restart(&mut self, restart: Option<Restart>) {
+        match restart {
+            Some(_) => self.capabilities.insert("restart".into()),
+            None => self.capabilities.remove("restart"),
+        };
+        self.restart = restart;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, expected: &str) {
+        let got = match Target::parse(text) {
+            Ok(target) => format!("{} {:?} {:?}", target.name, target.capabilities, target.restart),
+            Err(error) => error,
+        };
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn target_files() {
+        let base = "name = \"t\"\nws_url = \"ws://h/ws/{room}?token={token}\"\nhttp_base = \"http://h/\"\n";
+        check(
+            &format!(
+                "{base}capabilities = [\"core\"]\n[token]\nsecret = \"s\"\n[restart]\ncommand = \"x\"\n"
+            ),
+            r#"t {"core", "restart"} Some(Restart::Command("x"))"#,
+        );
+        check(
+            &format!("{base}capabilities = [\"core\", \"telepathy\"]\n[token]\nsecret = \"s\"\n"),
+            r#"unknown capability "telepathy" (see `roomlab conform --capabilities`)"#,
+        );
+        check(
+            &format!("{base}capabilities = []\n[token]\n"),
+            "[token] needs exactly one of `secret` and `command`",
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! The `embedded` conformance target: roomlab's own server on a loopback port, with a data directory
+//! that survives its restarts and the small quotas the `quota-small` capability promises.
+
+use anyhow::{Context, Result};
+use roomlab_conformance::{Restart, Target, TokenSource, CAPABILITIES};
+use roomlab_server::{Server, ServerConfig};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The secret the embedded target signs tokens with.
+const SECRET: &str = "roomlab-embedded-conformance";
+
+/// How long a restart waits for the old server's connections and rooms to close.
+const STOP_DEADLINE_MS: u64 = 5_000;
+
+/// A running embedded server.
+pub struct Embedded {
+    /// The target to hand to the suite.
+    pub target: Target,
+    state: Arc<Mutex<Option<Running>>>,
+    _data: tempfile::TempDir,
+}
+
+struct Running {
+    server: Server,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The server's settings: quotas of the `quota-small` capability, `mutant` planted if named.
+fn config(data: &std::path::Path, mutant: Option<roomlab_protocol::Mutant>) -> ServerConfig {
+    let mut config = ServerConfig::new(SECRET);
+    config.data = Some(data.to_path_buf());
+    config.engine.quotas = roomlab_engine::Quotas { free_bytes: 1_000, pro_bytes: 2_000, addon_bytes: 1_000 };
+    config.engine.mutant = mutant;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    config.epoch_ms = now.as_millis() as u64;
+    config
+}
+
+async fn start(addr: SocketAddr, config: ServerConfig) -> Result<Running> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let server = Server::new(config)?;
+    let task = tokio::spawn(server.clone().serve(listener, STOP_DEADLINE_MS));
+    Ok(Running { server, task })
+}
+
+async fn stop(running: Running) {
+    running.server.shutdown();
+    let _ = running.task.await;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(STOP_DEADLINE_MS);
+    while !running.server.open_rooms().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+impl Embedded {
+    /// Starts the server on a free loopback port.
+    pub async fn start(mutant: Option<roomlab_protocol::Mutant>) -> Result<Embedded> {
+        let data = tempfile::tempdir().context("making a data directory")?;
+        let config = config(data.path(), mutant);
+        let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = probe.local_addr()?;
+        drop(probe);
+        let state = Arc::new(Mutex::new(Some(start(addr, config.clone()).await?)));
+        let hook_state = state.clone();
+        let hook: roomlab_conformance::RestartHook = Arc::new(move || {
+            let (state, config) = (hook_state.clone(), config.clone());
+            Box::pin(async move {
+                let old = state.lock().expect("embedded state").take();
+                if let Some(old) = old {
+                    stop(old).await;
+                }
+                let new = start(addr, config).await.map_err(|e| e.to_string())?;
+                *state.lock().expect("embedded state") = Some(new);
+                Ok(())
+            })
+        });
+        let mut target = Target {
+            name: match mutant {
+                Some(mutant) => format!("embedded (mutant {})", mutant.name()),
+                None => "embedded".into(),
+            },
+            ws_url: format!("ws://{addr}/ws/{{room}}?token={{token}}"),
+            http_base: format!("http://{addr}"),
+            tokens: TokenSource::Secret(SECRET.as_bytes().to_vec()),
+            restart: None,
+            capabilities: CAPABILITIES.iter().map(|(name, _)| name.to_string()).collect(),
+            timeout_multiplier: 1.0,
+        };
+        target.set_restart(Some(Restart::Hook(hook)));
+        Ok(Embedded { target, state, _data: data })
+    }
+
+    /// Stops the server.
+    pub async fn stop(self) {
+        let running = self.state.lock().expect("embedded state").take();
+        if let Some(running) = running {
+            stop(running).await;
+        }
+    }
+}
