@@ -33,6 +33,12 @@ pub struct MutantsArgs {
     /// Leave out the conformance column.
     #[arg(long)]
     no_conform: bool,
+    /// Runs the shrink of each simulation kill may take (0: do not shrink).
+    #[arg(long, default_value_t = 120)]
+    shrink_runs: usize,
+    /// Where the shrunk scenarios go.
+    #[arg(long, value_name = "DIR", default_value = "target/mutants")]
+    shrink_dir: PathBuf,
 }
 
 /// The scenario whose workload reaches the code a mutant breaks.
@@ -79,6 +85,25 @@ pub struct SimKill {
     /// The line that reproduces the kill.
     pub repro: Option<String>,
     /// Wall time of the sweep.
+    pub wall_ms: u64,
+    /// The kill shrunk: the smallest failing run found.
+    pub shrunk: Option<ShrunkKill>,
+}
+
+/// A simulation kill, shrunk.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShrunkKill {
+    /// Client operations of the smallest failing run.
+    pub operations: u64,
+    /// Its clients.
+    pub clients: usize,
+    /// Its seconds of faults.
+    pub safety_s: u64,
+    /// The line that reproduces it (with the scenario file written by the shrink).
+    pub repro: String,
+    /// Runs the shrink took.
+    pub runs: usize,
+    /// Wall time of the shrink.
     pub wall_ms: u64,
 }
 
@@ -155,6 +180,7 @@ pub fn simulate_against(mutant: Mutant, seeds: u64, jobs: usize) -> Result<SimKi
                 failure: report.failures.first().cloned(),
                 repro: Some(repro_line(&scenario.name, report.seed, Some(mutant))),
                 wall_ms: started.elapsed().as_millis() as u64,
+                shrunk: None,
             });
         }
     }
@@ -166,7 +192,35 @@ pub fn simulate_against(mutant: Mutant, seeds: u64, jobs: usize) -> Result<SimKi
         failure: None,
         repro: None,
         wall_ms: started.elapsed().as_millis() as u64,
+        shrunk: None,
     })
+}
+
+/// Shrinks a simulation kill and writes the smallest failing scenario into `dir`.
+pub fn shrink_kill(
+    mutant: Mutant,
+    kill: &SimKill,
+    runs_max: usize,
+    dir: &std::path::Path,
+) -> Result<Option<ShrunkKill>> {
+    let Some(seed) = kill.seed else { return Ok(None) };
+    let scenario = Scenario::load(&kill.scenario)?;
+    let started = Instant::now();
+    let Some(shrunk) = roomlab_sim::shrink(&scenario, seed, Some(mutant), runs_max, &mut |_, _| {}) else {
+        return Ok(None);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{mutant}.toml"));
+    std::fs::write(&path, toml::to_string(&shrunk.scenario)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(Some(ShrunkKill {
+        operations: shrunk.report.operations,
+        clients: shrunk.scenario.clients,
+        safety_s: shrunk.scenario.safety_s,
+        repro: repro_line(&path.display().to_string(), shrunk.seed, Some(mutant)),
+        runs: shrunk.runs,
+        wall_ms: started.elapsed().as_millis() as u64,
+    }))
 }
 
 fn selected(only: &[String]) -> Result<Vec<Mutant>> {
@@ -212,6 +266,18 @@ fn print_row(row: &KillRow) {
             println!("{:<32} first failure: {short}", "");
             println!("{:<32} repro: {repro}", "");
         }
+        if let Some(shrunk) = &s.shrunk {
+            println!(
+                "{:<32} shrunk: {} client operations ({} clients, {} s of faults; {} runs, {:.1} s)",
+                "",
+                shrunk.operations,
+                shrunk.clients,
+                shrunk.safety_s,
+                shrunk.runs,
+                shrunk.wall_ms as f64 / 1000.0
+            );
+            println!("{:<32} repro: {}", "", shrunk.repro);
+        }
     }
 }
 
@@ -239,10 +305,13 @@ pub fn run_mutants(args: MutantsArgs) -> Result<bool> {
             (true, false) => Some(conform_against(mutant)?),
             _ => None,
         };
-        let simulation = match args.no_sim {
+        let mut simulation = match args.no_sim {
             false => Some(simulate_against(mutant, args.seeds, args.jobs)?),
             true => None,
         };
+        if let Some(kill) = simulation.as_mut().filter(|k| k.killed && args.shrink_runs > 0) {
+            kill.shrunk = shrink_kill(mutant, kill, args.shrink_runs, &args.shrink_dir)?;
+        }
         let row = KillRow { mutant: mutant.name().into(), source: mutant.source(), conformance, simulation };
         print_row(&row);
         rows.push(row);

@@ -48,6 +48,16 @@ pub struct SimArgs {
     /// Plant this bug in the server or the clients (builds with --features mutants).
     #[arg(long, value_name = "NAME")]
     mutant: Option<String>,
+    /// Shrink the failing run of --seed: fewer clients, a shorter safety phase, fewer operations,
+    /// workload and fault kinds turned off; writes the smallest failing scenario to --shrink-out.
+    #[arg(long, requires = "seed")]
+    shrink: bool,
+    /// Runs the shrink may take.
+    #[arg(long, default_value_t = 200)]
+    shrink_runs: usize,
+    /// Where the shrunk scenario goes (default: shrunk-<scenario>-<seed>.toml).
+    #[arg(long, value_name = "FILE")]
+    shrink_out: Option<PathBuf>,
 }
 
 pub fn default_jobs() -> usize {
@@ -113,6 +123,10 @@ pub fn run_sim(args: SimArgs) -> Result<bool> {
     if let Some(safety_s) = args.safety_s {
         scenario.safety_s = safety_s;
     }
+    if args.shrink {
+        let seed = args.seed.expect("clap requires --seed with --shrink");
+        return run_shrink(&scenario, seed, &args);
+    }
     let seeds = seeds_of(&args)?;
     if seeds.is_empty() {
         bail!("no seeds to run (is the shard larger than the sweep?)");
@@ -137,6 +151,41 @@ pub fn run_sim(args: SimArgs) -> Result<bool> {
     }
     let mutant = crate::conform_command::mutant(args.mutant.as_deref())?;
     Ok(summarize(&reports, wall_ms, mutant))
+}
+
+/// Shrinks a failing seed and writes the smallest failing scenario; false when it failed (the
+/// expected case), true when the seed passed and there was nothing to shrink.
+fn run_shrink(scenario: &Scenario, seed: u64, args: &SimArgs) -> Result<bool> {
+    let mutant = crate::conform_command::mutant(args.mutant.as_deref())?;
+    eprintln!("shrinking {} seed {seed:#018x} (at most {} runs)", scenario.name, args.shrink_runs);
+    let mut progress = |what: &str, report: &Report| {
+        eprintln!(
+            "  kept: {what:<28} -> seed {:#018x} fails with {} client operations",
+            report.seed, report.operations
+        );
+    };
+    let Some(shrunk) = roomlab_sim::shrink(scenario, seed, mutant, args.shrink_runs, &mut progress) else {
+        println!("{} seed {seed:#018x} passes: nothing to shrink", scenario.name);
+        return Ok(true);
+    };
+    let path = args
+        .shrink_out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("shrunk-{}-{seed:#x}.toml", scenario.name)));
+    let text = toml::to_string(&shrunk.scenario).context("writing the scenario as TOML")?;
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    let s = &shrunk.scenario;
+    println!(
+        "shrunk in {} runs to {} clients, {} s of faults, {} client operations",
+        shrunk.runs, s.clients, s.safety_s, shrunk.report.operations
+    );
+    for failure in &shrunk.report.failures {
+        println!("  - {}", failure.lines().next().unwrap_or_default());
+    }
+    println!("scenario written to {}", path.display());
+    let repro = repro_line(&path.display().to_string(), shrunk.seed, mutant);
+    println!("  repro: {repro} (commit {})", commit());
+    Ok(false)
 }
 
 fn sweep(scenario: &Scenario, seeds: &[u64], args: &SimArgs) -> Result<Vec<Report>> {

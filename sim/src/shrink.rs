@@ -1,0 +1,148 @@
+//! Shrinking: from a failing (scenario, seed), a smaller scenario that still fails, so that a
+//! failure can be read in a few dozen client operations instead of thousands.
+//!
+//! A run depends on its whole scenario, so a smaller scenario is a different run: each candidate
+//! is tried on the seed that failed and on a few seeds after it, and the first that fails is kept
+//! (the way swarm testers shrink). Candidates, tried in this order until none is accepted: a
+//! shorter safety phase, fewer operations per second, fewer clients, a workload kind or a fault
+//! kind turned off.
+
+use crate::{run, Report, RunConfig, Scenario};
+
+/// Seeds tried per candidate: the current one and this many after it.
+pub const SHRINK_SEEDS_PER_CANDIDATE: u64 = 2;
+
+/// The smallest failing run found.
+#[derive(Debug, Clone)]
+pub struct Shrunk {
+    /// The smaller scenario.
+    pub scenario: Scenario,
+    /// The seed that fails with it.
+    pub seed: u64,
+    /// Its report.
+    pub report: Report,
+    /// Runs the shrink took.
+    pub runs: usize,
+}
+
+/// A kind of work or fault: its name, its weight or rate, and how to turn it off.
+type Knob<T> = (&'static str, T, fn(&mut Scenario));
+
+/// What one shrink step may change.
+fn candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
+    let mut out = Vec::new();
+    let mut push = |what: String, change: &dyn Fn(&mut Scenario)| {
+        let mut smaller = scenario.clone();
+        change(&mut smaller);
+        if smaller != *scenario {
+            out.push((what, smaller));
+        }
+    };
+    push(format!("safety {} s -> {} s", scenario.safety_s, scenario.safety_s / 2), &|s| {
+        s.safety_s = (s.safety_s / 2).max(1);
+    });
+    push("half the operations per second".into(), &|s| {
+        s.ops_per_client_per_s = (s.ops_per_client_per_s / 2.0).max(0.05);
+    });
+    push(format!("clients {} -> {}", scenario.clients, scenario.clients / 2), &|s| {
+        s.clients = (s.clients / 2).max(1);
+        s.client_hosts = s.client_hosts.min(s.clients);
+        s.users = s.users.min(s.clients);
+    });
+    push("no swarm redraw".into(), &|s| s.swarm = false);
+    let w = scenario.workload;
+    let kinds: [Knob<u32>; 9] = [
+        ("records", w.records, |s| s.workload.records = 0),
+        ("queries", w.queries, |s| s.workload.queries = 0),
+        ("guards", w.guards, |s| s.workload.guards = 0),
+        ("lists", w.lists, |s| s.workload.lists = 0),
+        ("deletes", w.deletes, |s| s.workload.deletes = 0),
+        ("quota", w.quota, |s| s.workload.quota = 0),
+        ("buckets", w.buckets, |s| s.workload.buckets = 0),
+        ("private", w.private, |s| s.workload.private = 0),
+        ("staging", w.staging, |s| s.workload.staging = 0),
+    ];
+    let weights: u32 = kinds.iter().map(|(_, weight, _)| weight).sum();
+    for (name, weight, off) in kinds {
+        // The last kind of work stays: a workload of nothing fails nothing.
+        if weight > 0 && weights > weight {
+            push(format!("no {name} work"), &|s| off(s));
+        }
+    }
+    let f = scenario.faults;
+    let faults: [Knob<f64>; 8] = [
+        ("partitions", f.partitions, |s| s.faults.partitions = 0.0),
+        ("one-way partitions", f.oneway_partitions, |s| s.faults.oneway_partitions = 0.0),
+        ("clogs", f.clogs, |s| s.faults.clogs = 0.0),
+        ("latency changes", f.latency, |s| s.faults.latency = 0.0),
+        ("kills", f.kills, |s| s.faults.kills = 0.0),
+        ("crashes", f.crashes, |s| s.faults.crashes = 0.0),
+        ("stalls", f.stalls, |s| s.faults.stalls = 0.0),
+        ("storms", f.storms, |s| s.faults.storms = 0.0),
+    ];
+    for (name, rate, off) in faults {
+        if rate > 0.0 {
+            push(format!("no {name}"), &|s| off(s));
+        }
+    }
+    out
+}
+
+/// Shrinks a failing run of `scenario` at `seed` (with `mutant` planted, if any) within `runs_max`
+/// runs; `progress` hears each accepted step. The result's scenario is named `<name>-shrunk`.
+pub fn shrink(
+    scenario: &Scenario,
+    seed: u64,
+    mutant: Option<roomlab_protocol::Mutant>,
+    runs_max: usize,
+    progress: &mut dyn FnMut(&str, &Report),
+) -> Option<Shrunk> {
+    let attempt = |scenario: &Scenario, seed: u64| {
+        run(&RunConfig { scenario: scenario.clone(), seed, keep_trace: false, mutant })
+    };
+    let first = attempt(scenario, seed);
+    if first.passed() {
+        return None;
+    }
+    let mut best = Shrunk { scenario: scenario.clone(), seed, report: first, runs: 1 };
+    best.scenario.name = format!("{}-shrunk", scenario.name);
+    'steps: while best.runs < runs_max {
+        for (what, candidate) in candidates(&best.scenario) {
+            for seed in best.seed..=best.seed + SHRINK_SEEDS_PER_CANDIDATE {
+                if best.runs >= runs_max {
+                    break 'steps;
+                }
+                best.runs += 1;
+                let report = attempt(&candidate, seed);
+                if !report.passed() {
+                    progress(&what, &report);
+                    best = Shrunk { scenario: candidate, seed, report, runs: best.runs };
+                    continue 'steps;
+                }
+            }
+        }
+        break;
+    }
+    Some(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_only_shrink() {
+        let scenario = Scenario::load("swarm").unwrap();
+        for (what, smaller) in candidates(&scenario) {
+            assert!(smaller.clients <= scenario.clients, "{what}");
+            assert!(smaller.safety_s <= scenario.safety_s, "{what}");
+            assert!(smaller.ops_per_client_per_s <= scenario.ops_per_client_per_s, "{what}");
+            assert!(smaller.client_hosts <= smaller.clients.max(1), "{what}");
+        }
+        let mut tiny = scenario.clone();
+        tiny.clients = 1;
+        tiny.client_hosts = 1;
+        tiny.users = 1;
+        assert!(candidates(&tiny).iter().all(|(what, _)| !what.starts_with("clients")));
+    }
+}
