@@ -4,7 +4,6 @@
 use anyhow::{Context, Result};
 use roomlab_conformance::{Restart, Target, TokenSource, CAPABILITIES};
 use roomlab_server::{Server, ServerConfig};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,8 +37,7 @@ fn config(data: &std::path::Path, mutant: Option<roomlab_protocol::Mutant>) -> S
     config
 }
 
-async fn start(addr: SocketAddr, config: ServerConfig) -> Result<Running> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+async fn start(listener: tokio::net::TcpListener, config: ServerConfig) -> Result<Running> {
     let server = Server::new(config)?;
     let task = tokio::spawn(server.clone().serve(listener, STOP_DEADLINE_MS));
     Ok(Running { server, task })
@@ -59,10 +57,9 @@ impl Embedded {
     pub async fn start(mutant: Option<roomlab_protocol::Mutant>) -> Result<Embedded> {
         let data = tempfile::tempdir().context("making a data directory")?;
         let config = config(data.path(), mutant);
-        let probe = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = probe.local_addr()?;
-        drop(probe);
-        let state = Arc::new(Mutex::new(Some(start(addr, config.clone()).await?)));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(Some(start(listener, config.clone()).await?)));
         let hook_state = state.clone();
         let hook: roomlab_conformance::RestartHook = Arc::new(move || {
             let (state, config) = (hook_state.clone(), config.clone());
@@ -71,7 +68,10 @@ impl Embedded {
                 if let Some(old) = old {
                     stop(old).await;
                 }
-                let new = start(addr, config).await.map_err(|e| e.to_string())?;
+                // The same port again, so the target's URLs stay valid across the restart.
+                let listener =
+                    tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("binding {addr}: {e}"))?;
+                let new = start(listener, config).await.map_err(|e| e.to_string())?;
                 *state.lock().expect("embedded state") = Some(new);
                 Ok(())
             })

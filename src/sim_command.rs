@@ -2,6 +2,7 @@
 //! time), shows progress, prints a summary table and a repro line per failure.
 
 use anyhow::{bail, Context, Result};
+use roomlab_protocol::Mutant;
 use roomlab_sim::{check_determinism, perfetto_json, repro_line, run, Report, RunConfig, Scenario};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -103,6 +104,7 @@ fn seeds_of(args: &SimArgs) -> Result<Vec<u64>> {
 
 /// Runs `roomlab sim`; returns whether every run passed.
 pub fn run_sim(args: SimArgs) -> Result<bool> {
+    let mutant = crate::conform_command::mutant(args.mutant.as_deref())?;
     if !args.merge.is_empty() {
         let mut reports = Vec::new();
         for path in &args.merge {
@@ -113,7 +115,7 @@ pub fn run_sim(args: SimArgs) -> Result<bool> {
             reports.append(&mut shard);
         }
         reports.sort_by_key(|r| (r.scenario.clone(), r.seed));
-        return Ok(summarize(&reports, 0, crate::conform_command::mutant(args.mutant.as_deref())?));
+        return Ok(summarize(&reports, 0, mutant));
     }
     let mut scenario = Scenario::load(&args.scenario)?;
     if let Some(clients) = args.clients {
@@ -125,7 +127,7 @@ pub fn run_sim(args: SimArgs) -> Result<bool> {
     }
     if args.shrink {
         let seed = args.seed.expect("clap requires --seed with --shrink");
-        return run_shrink(&scenario, seed, &args);
+        return run_shrink(&scenario, seed, mutant, &args);
     }
     let seeds = seeds_of(&args)?;
     if seeds.is_empty() {
@@ -142,21 +144,19 @@ pub fn run_sim(args: SimArgs) -> Result<bool> {
         if args.check_determinism { ", each run twice" } else { "" }
     );
     let started = Instant::now();
-    let reports = sweep(&scenario, &seeds, &args)?;
+    let reports = sweep(&scenario, &seeds, mutant, &args)?;
     let wall_ms = started.elapsed().as_millis() as u64;
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&reports)?)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("reports written to {}", path.display());
     }
-    let mutant = crate::conform_command::mutant(args.mutant.as_deref())?;
     Ok(summarize(&reports, wall_ms, mutant))
 }
 
 /// Shrinks a failing seed and writes the smallest failing scenario; false when it failed (the
 /// expected case), true when the seed passed and there was nothing to shrink.
-fn run_shrink(scenario: &Scenario, seed: u64, args: &SimArgs) -> Result<bool> {
-    let mutant = crate::conform_command::mutant(args.mutant.as_deref())?;
+fn run_shrink(scenario: &Scenario, seed: u64, mutant: Option<Mutant>, args: &SimArgs) -> Result<bool> {
     eprintln!("shrinking {} seed {seed:#018x} (at most {} runs)", scenario.name, args.shrink_runs);
     let mut progress = |what: &str, report: &Report| {
         eprintln!(
@@ -188,8 +188,7 @@ fn run_shrink(scenario: &Scenario, seed: u64, args: &SimArgs) -> Result<bool> {
     Ok(false)
 }
 
-fn sweep(scenario: &Scenario, seeds: &[u64], args: &SimArgs) -> Result<Vec<Report>> {
-    let mutant = crate::conform_command::mutant(args.mutant.as_deref())?;
+fn sweep(scenario: &Scenario, seeds: &[u64], mutant: Option<Mutant>, args: &SimArgs) -> Result<Vec<Report>> {
     let bar = indicatif::ProgressBar::new(seeds.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} seeds, {msg}")
@@ -246,7 +245,7 @@ fn sweep(scenario: &Scenario, seeds: &[u64], args: &SimArgs) -> Result<Vec<Repor
     Ok(reports)
 }
 
-fn summarize(reports: &[Report], wall_ms: u64, mutant: Option<roomlab_protocol::Mutant>) -> bool {
+fn summarize(reports: &[Report], wall_ms: u64, mutant: Option<Mutant>) -> bool {
     let sim_ms: u64 = reports.iter().map(|r| r.sim_ms).sum();
     let run_ms: u64 = reports.iter().map(|r| r.wall_ms).sum();
     let operations: u64 = reports.iter().map(|r| r.operations).sum();

@@ -229,10 +229,7 @@ impl RunReport {
             let _ = write!(out, " {:>13}", verdict.name());
         }
         out.push('\n');
-        let mut groups: Vec<&str> = self.cases.iter().map(|c| c.group.as_str()).collect();
-        groups.dedup();
-        groups.sort();
-        groups.dedup();
+        let groups: std::collections::BTreeSet<&str> = self.cases.iter().map(|c| c.group.as_str()).collect();
         for group in groups.into_iter().map(Some).chain([None]) {
             let _ = write!(out, "{:<12}", group.unwrap_or("all"));
             for verdict in verdicts {

@@ -118,7 +118,7 @@ impl Run<'_> {
             }
             Step::SendRaw { conn, text } => self.send_text(conn, text.clone()).await,
             Step::SendOversize { conn } => self.send_oversize(conn).await,
-            Step::Expect { conn, pattern, next } => self.expect(conn, pattern, *next).await,
+            Step::Expect { conn, pattern, next } => self.expect(conn, pattern, *next).await.map(drop),
             Step::ExpectNone { conn, pattern } => self.expect_none(conn, pattern),
             Step::Closed { conn, codes } => self.closed(conn, codes).await,
             Step::Close { conn } => {
@@ -165,11 +165,7 @@ impl Run<'_> {
         }
         let hello = serde_json::json!({"type": "hello", "protocol": 1, "client": connect.client});
         self.send_text(&connect.name, hello.to_string()).await?;
-        self.expect(&connect.name, &serde_json::json!({"type": "welcome"}), false).await?;
-        let welcome: Value = match self.frames.last() {
-            Some(record) => serde_json::from_str(&record.text).unwrap_or(Value::Null),
-            None => Value::Null,
-        };
+        let welcome = self.expect(&connect.name, &serde_json::json!({"type": "welcome"}), false).await?;
         self.bind_welcome(&connect.name, &welcome);
         Ok(())
     }
@@ -240,11 +236,12 @@ impl Run<'_> {
         }
     }
 
-    async fn expect(&mut self, conn: &str, pattern: &Value, next: bool) -> Result<(), Stop> {
+    /// Waits for a frame matching `pattern` and returns it.
+    async fn expect(&mut self, conn: &str, pattern: &Value, next: bool) -> Result<Value, Stop> {
         self.wait_for(conn, &pattern.to_string(), next, |bindings, incoming| match incoming {
             Incoming::Text(text) => {
                 let value: Value = serde_json::from_str(text).ok()?;
-                bindings.matches(pattern, &value).then_some(())
+                bindings.matches(pattern, &value).then_some(value)
             }
             _ => None,
         })
@@ -446,17 +443,7 @@ impl Run<'_> {
 }
 
 async fn run_restart(command: String) -> Result<(), String> {
-    let status = tokio::process::Command::new("sh")
-        .arg("-c")
-        .arg(&command)
-        .status()
-        .await
-        .map_err(|e| format!("{command:?}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{command:?} exited with {status}"))
-    }
+    wire::shell(&command).await.map(drop)
 }
 
 /// The URL without its `token` query parameter.

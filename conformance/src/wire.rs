@@ -258,19 +258,24 @@ pub async fn token(target: &Target, request: &TokenRequest<'_>, ttl_s: i64) -> R
                 .replace("{plan}", request.plan)
                 .replace("{addons}", &request.addons.to_string())
                 .replace("{exp}", &exp.to_string());
-            let output = tokio::process::Command::new("sh")
-                .arg("-c")
-                .arg(&command)
-                .output()
-                .await
-                .map_err(|e| format!("token command {command:?}: {e}"))?;
-            if !output.status.success() {
-                let stderr = String::from_utf8_lossy(&output.stderr);
-                return Err(format!("token command {command:?} failed: {}", stderr.trim()));
-            }
-            Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+            shell(&command).await.map_err(|e| format!("token {e}"))
         }
     }
+}
+
+/// Runs a shell command of the target file and returns its standard output, trimmed.
+pub async fn shell(command: &str) -> Result<String, String> {
+    let output = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .output()
+        .await
+        .map_err(|e| format!("command {command:?}: {e}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!("command {command:?} failed ({}): {}", output.status, stderr.trim()));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
 /// A token with `fault` for `request`; None for a missing token.

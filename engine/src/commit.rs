@@ -164,12 +164,14 @@ impl Room {
         effects
     }
 
-    /// Commits the transaction the `ack-before-commit` mutant left open.
-    pub(crate) fn commit_deferred(&mut self) -> rusqlite::Result<()> {
-        if std::mem::take(&mut self.deferred_commit) {
-            self.db.execute_batch("COMMIT")?;
+    /// Commits the transaction the `ack-before-commit` mutant left open, before the room takes its
+    /// next input; if that fails, the effects that close `conn`.
+    pub(crate) fn commit_deferred(&mut self, conn: ConnId) -> Option<Vec<Effect>> {
+        if !std::mem::take(&mut self.deferred_commit) {
+            return None;
         }
-        Ok(())
+        let e = self.db.execute_batch("COMMIT").err()?;
+        Some(vec![Effect::Close { conn, code: 1011, reason: format!("storage failed: {e}") }])
     }
 
     fn remember(

@@ -116,16 +116,14 @@ impl Room {
             }
         };
         let planned = self.plan(&writer, mutation, self.seq + 1, now_ms);
-        effects.extend(self.commit(conn, 0, None, planned, now_ms));
+        // `commit` answers the mutating connection first; the rest are pushes to others, since a
+        // connection made for one request subscribes to nothing.
+        let mut committed = self.commit(conn, 0, None, planned, now_ms).into_iter();
         self.disconnect(conn);
-        let answer = effects.iter().position(|e| matches!(e, Effect::Send { conn: c, .. } if *c == conn));
-        let answer = match answer.map(|at| effects.remove(at)) {
-            Some(Effect::Send { message, .. }) => message,
-            _ => ServerMessage::Error(ErrorBody::new(ErrorCode::Internal, "the room did not answer")),
+        let Some(Effect::Send { message: answer, .. }) = committed.next() else {
+            unreachable!("commit answers the mutating connection first");
         };
-        effects.retain(
-            |e| !matches!(e, Effect::Send { conn: c, .. } | Effect::Yjs { conn: c, .. } if *c == conn),
-        );
+        effects.extend(committed);
         (answer, effects)
     }
 

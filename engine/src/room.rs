@@ -317,8 +317,8 @@ impl Room {
     /// A connection was authenticated by the host at `now_ms`. The user is recorded; a new user (or a
     /// new role for them) is a change of `sys:users` and takes a sequence.
     pub fn connect(&mut self, conn: ConnId, identity: Identity, now_ms: u64) -> Vec<Effect> {
-        if let Err(e) = self.commit_deferred() {
-            return vec![Effect::Close { conn, code: 1011, reason: format!("storage failed: {e}") }];
+        if let Some(closed) = self.commit_deferred(conn) {
+            return closed;
         }
         let known = self.users.get(&identity.user);
         let effective_before = known.map(|record| record.role.unwrap_or(record.token_role));
@@ -367,8 +367,8 @@ impl Room {
 
     /// Handles one message from a connection at time `now_ms`, returning the effects to carry out.
     pub fn handle(&mut self, conn: ConnId, message: ClientMessage, now_ms: u64) -> Vec<Effect> {
-        if let Err(e) = self.commit_deferred() {
-            return vec![Effect::Close { conn, code: 1011, reason: format!("storage failed: {e}") }];
+        if let Some(closed) = self.commit_deferred(conn) {
+            return closed;
         }
         let Some(connection) = self.connections.get(&conn) else {
             return Vec::new();

@@ -93,19 +93,24 @@ impl Document {
             .lists
             .iter()
             .map(|(name, items)| {
-                let mut items: Vec<(u64, ListItem)> = items
-                    .iter()
-                    .map(|(id, item)| {
-                        let listed =
-                            ListItem { id: id.clone(), key: item.key.clone(), value: item.value.clone() };
-                        (item.inserted, listed)
+                // ListItem::sort's (key, item id) order (list.order), taken on references so each
+                // item is copied once; `inserted` is 0 unless a mutant plants arrival order.
+                let mut sorted: Vec<(&ItemId, &Item)> = items.iter().collect();
+                sorted.sort_by(|(a_id, a), (b_id, b)| {
+                    (a.key.as_str(), a.inserted, a_id.as_str()).cmp(&(
+                        b.key.as_str(),
+                        b.inserted,
+                        b_id.as_str(),
+                    ))
+                });
+                let items = sorted
+                    .into_iter()
+                    .map(|(id, item)| ListItem {
+                        id: id.clone(),
+                        key: item.key.clone(),
+                        value: item.value.clone(),
                     })
                     .collect();
-                // (key, id) order (list.order); `inserted` is 0 unless a mutant plants arrival order.
-                items.sort_by(|(a_in, a), (b_in, b)| {
-                    (a.key.as_str(), a_in, a.id.as_str()).cmp(&(b.key.as_str(), b_in, b.id.as_str()))
-                });
-                let items: Vec<ListItem> = items.into_iter().map(|(_, item)| item).collect();
                 (name.clone(), items)
             })
             .collect();

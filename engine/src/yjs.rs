@@ -96,8 +96,8 @@ impl Room {
     /// Handles one Yjs frame from a connection. `rng` gives the client ids of the yrs documents the
     /// room loads, so a run is reproducible from its seed.
     pub fn handle_yjs(&mut self, conn: ConnId, frame: YjsFrame, rng: &mut dyn RngCore) -> Vec<Effect> {
-        if let Err(e) = self.commit_deferred() {
-            return vec![Effect::Close { conn, code: 1011, reason: format!("storage failed: {e}") }];
+        if let Some(closed) = self.commit_deferred(conn) {
+            return closed;
         }
         let Some(peer) = self.connections.get(&conn) else {
             return Vec::new();

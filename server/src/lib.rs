@@ -5,7 +5,7 @@
 //! first use from `<data>/<room>.sqlite` and closed when idle. Connections authenticate with an HS256
 //! token ([`mint`]), then speak docs/PROTOCOL.md: JSON text frames and Yjs binary frames on
 //! `/ws/{room}`, bare y-protocols on `/yjs/{room}/{doc}/{field}` for stock y-websocket clients, asset
-//! downloads and lists on `/v1/rooms/{room}/buckets/{bucket}/assets/...`, and `/v1/health`.
+//! uploads, downloads, lists and deletes on `/v1/rooms/{room}/buckets/{bucket}/assets/...`, and `/v1/health`.
 //!
 //! The server reads time only through tokio's clock (which turmoil drives) plus a configured epoch,
 //! and randomness only from its configured seed, so a simulated server is deterministic.
