@@ -26,11 +26,19 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// The server's settings: quotas of the `quota-small` capability, `mutant` planted if named.
-fn config(data: &std::path::Path, mutant: Option<roomlab_protocol::Mutant>) -> ServerConfig {
+/// The quotas the `quota-small` capability promises.
+pub const QUOTAS_SMALL: roomlab_engine::Quotas =
+    roomlab_engine::Quotas { free_bytes: 1_000, pro_bytes: 2_000, addon_bytes: 1_000 };
+
+/// The server's settings: `quotas`, and `mutant` planted if named.
+fn config(
+    data: &std::path::Path,
+    quotas: roomlab_engine::Quotas,
+    mutant: Option<roomlab_protocol::Mutant>,
+) -> ServerConfig {
     let mut config = ServerConfig::new(SECRET);
     config.data = Some(data.to_path_buf());
-    config.engine.quotas = roomlab_engine::Quotas { free_bytes: 1_000, pro_bytes: 2_000, addon_bytes: 1_000 };
+    config.engine.quotas = quotas;
     config.engine.mutant = mutant;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     config.epoch_ms = now.as_millis() as u64;
@@ -53,10 +61,18 @@ async fn stop(running: Running) {
 }
 
 impl Embedded {
-    /// Starts the server on a free loopback port.
+    /// Starts the server on a free loopback port with the conformance suite's small quotas.
     pub async fn start(mutant: Option<roomlab_protocol::Mutant>) -> Result<Embedded> {
+        Embedded::start_with(QUOTAS_SMALL, mutant).await
+    }
+
+    /// Starts the server on a free loopback port with `quotas`.
+    pub async fn start_with(
+        quotas: roomlab_engine::Quotas,
+        mutant: Option<roomlab_protocol::Mutant>,
+    ) -> Result<Embedded> {
         let data = tempfile::tempdir().context("making a data directory")?;
-        let config = config(data.path(), mutant);
+        let config = config(data.path(), quotas, mutant);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(Some(start(listener, config.clone()).await?)));

@@ -8,6 +8,7 @@ use std::io::BufRead;
 
 mod conform_command;
 mod embedded;
+mod load_command;
 mod mutants_command;
 mod sim_command;
 
@@ -32,6 +33,9 @@ enum Command {
     /// Plant each known bug in turn, run the conformance suite and a simulation sweep against it,
     /// and print the kill matrix; exit 1 if a mutant survives (needs --features mutants).
     Mutants(mutants_command::MutantsArgs),
+    /// Load a server over the wire: confirmed mutations per second from many connections (none
+    /// lost, none applied twice), and the fan-out latency of one write to many subscribers.
+    Load(load_command::LoadArgs),
     /// Fractional index keys: make keys between two others, or check keys.
     #[command(subcommand)]
     Fracdex(FracdexCommand),
@@ -289,6 +293,12 @@ fn main() -> Result<()> {
         Command::Conform(args) => std::process::exit(conform_command::run_conform(args)?),
         Command::Mutants(args) => {
             if !mutants_command::run_mutants(args)? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Load(args) => {
+            if !load_command::run_load(args)? {
                 std::process::exit(1);
             }
             Ok(())

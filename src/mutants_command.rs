@@ -46,13 +46,13 @@ pub fn scenario_for(mutant: Mutant) -> &'static str {
     match mutant {
         Mutant::SkipResubscribe | Mutant::ReplayAppliedTwice => "reconnect-storm",
         Mutant::NoDocDeletedPush | Mutant::RestoreBumpsSeq | Mutant::SysDocRemovable => "delete-restore-race",
-        Mutant::PurgeKeepsUsage | Mutant::QuotaCheckedBeforeWrite | Mutant::AckBeforeCommit => {
-            "quota-pressure"
-        }
+        Mutant::PurgeKeepsUsage | Mutant::QuotaCheckedBeforeWrite => "quota-pressure",
+        Mutant::AckBeforeCommit => "crash-recovery",
         Mutant::CreateDeletedAnswersExists => "quota-pressure",
         Mutant::ListTiesByArrival => "fracdex-contention",
         Mutant::BucketGuardIgnored => "bucket-contracts",
         Mutant::OwnerReadByAdmin | Mutant::ViewerCanWrite => "swarm",
+        Mutant::ViewerYjsApplied => "yjs-typing",
     }
 }
 

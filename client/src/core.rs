@@ -1,12 +1,17 @@
 //! The client's state machine, without I/O: subscriptions and their cached views, pending
 //! mutations and their outcomes, and what to send on (re)connect. The driver feeds it frames.
 
+use crate::yjs::{FieldKey, Received, YjsFields};
 use roomlab_protocol::{
     merge_patch, AssetInfo, BucketName, ClientId, ClientMessage, DocId, DocSnapshot, ErrorBody, ErrorCode,
     Mutation, Query, ServerMessage, SubId, Target, PROTOCOL_VERSION,
 };
+use roomlab_protocol::{FieldName, YjsFrame};
 use serde_json::Value;
 use std::collections::{BTreeMap, VecDeque};
+
+/// Rich-text fields a client may hold open at once.
+pub(crate) const YJS_FIELDS_MAX: usize = 256;
 
 /// What a subscription shows, as the server last told it.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +84,10 @@ pub enum Event {
     Revalidated { bucket: BucketName, version: u64 },
     /// The connection is up and every subscription has its fresh answer.
     Resynced,
+    /// A rich-text field changed from the server's side (an update, or the sync's step 2).
+    YjsChanged { doc: DocId, field: FieldName },
+    /// The server refused a Yjs frame (an update from a reader, a deleted document).
+    YjsRefused { doc: DocId, field: FieldName, code: ErrorCode },
 }
 
 pub(crate) struct Subscription {
@@ -121,7 +130,7 @@ pub struct Core {
     answered: BTreeMap<u64, Mutation>,
     outcomes_max: usize,
     /// Frames waiting for the driver to send, while the link is live.
-    pub(crate) outbox: VecDeque<ClientMessage>,
+    pub(crate) outbox: VecDeque<Outgoing>,
     events: VecDeque<Event>,
     events_max: usize,
     /// The highest sequence seen for each document, to catch pushes that go back in time.
@@ -131,6 +140,16 @@ pub struct Core {
     pub(crate) answers: BTreeMap<u64, ServerMessage>,
     buckets: BTreeMap<BucketName, (u64, Value)>,
     subscriptions_made: u64,
+    pub(crate) yjs: YjsFields,
+}
+
+/// A frame waiting to be sent.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Outgoing {
+    /// A JSON message.
+    Text(ClientMessage),
+    /// A Yjs envelope.
+    Yjs(YjsFrame),
 }
 
 /// The stable key of a subscription target: identical targets share one server subscription.
@@ -139,9 +158,10 @@ pub fn target_key(target: &Target) -> String {
 }
 
 impl Core {
-    pub(crate) fn new(client: ClientId, outcomes_max: usize, events_max: usize) -> Core {
+    pub(crate) fn new(client: ClientId, outcomes_max: usize, events_max: usize, seed: u64) -> Core {
         Core {
             mutant: None,
+            yjs: YjsFields::new(&client, seed, YJS_FIELDS_MAX),
             client,
             link: Link::Down,
             next_mid: 1,
@@ -185,7 +205,7 @@ impl Core {
         let mid = self.next_mid;
         self.next_mid += 1;
         if self.is_live() {
-            self.outbox.push_back(ClientMessage::Mutate { mid, mutation: mutation.clone() });
+            self.send(ClientMessage::Mutate { mid, mutation: mutation.clone() });
         }
         self.pending.insert(mid, Pending { mutation });
         self.event(Event::Optimistic { mid });
@@ -207,7 +227,7 @@ impl Core {
         self.next_sub += 1;
         self.subscriptions_made += 1;
         if self.is_live() {
-            self.outbox.push_back(ClientMessage::Subscribe { sub: id.clone(), target: target.clone() });
+            self.send(ClientMessage::Subscribe { sub: id.clone(), target: target.clone() });
         }
         self.sub_keys.insert(id.clone(), key.clone());
         self.subscriptions.insert(key, Subscription { id: id.clone(), target, refs: 1, view: View::Waiting });
@@ -225,7 +245,7 @@ impl Core {
         let subscription = self.subscriptions.remove(&key).expect("present");
         self.sub_keys.remove(&subscription.id);
         if self.is_live() {
-            self.outbox.push_back(ClientMessage::Unsubscribe { sub: subscription.id });
+            self.send(ClientMessage::Unsubscribe { sub: subscription.id });
         }
         self.announce_resync();
     }
@@ -236,7 +256,7 @@ impl Core {
         }
         let req = self.next_req;
         self.next_req += 1;
-        self.outbox.push_back(make(req));
+        self.send(make(req));
         Some(req)
     }
 
@@ -253,6 +273,63 @@ impl Core {
         self.link = Link::Down;
         self.outbox.clear();
         self.answers.clear();
+        self.yjs.disconnected();
+    }
+
+    fn send(&mut self, message: ClientMessage) {
+        self.outbox.push_back(Outgoing::Text(message));
+    }
+
+    fn send_yjs(&mut self, frame: YjsFrame) {
+        if self.is_live() {
+            self.outbox.push_back(Outgoing::Yjs(frame));
+        }
+    }
+
+    /// Opens a rich-text field (reference-counted); fails when `fields_max` are open.
+    pub(crate) fn yjs_open(&mut self, key: &FieldKey) -> Result<(), usize> {
+        if let Some(step1) = self.yjs.open(key)? {
+            self.send_yjs(step1);
+        }
+        Ok(())
+    }
+
+    /// Drops a reference to a field; the last one closes it on the server too.
+    pub(crate) fn yjs_close(&mut self, key: &FieldKey) {
+        if self.yjs.close(key) && self.is_live() {
+            self.send(ClientMessage::YjsClose { doc: key.0.clone(), field: key.1.clone() });
+            self.announce_resync();
+        }
+    }
+
+    /// Edits a field's text locally and sends the update when live; edits made while down reach
+    /// the server through the sync on the next connection.
+    pub(crate) fn yjs_edit(
+        &mut self,
+        key: &FieldKey,
+        edit: impl FnOnce(&yrs::TextRef, &mut yrs::TransactionMut),
+    ) {
+        if let Some(update) = self.yjs.edit(key, edit) {
+            self.send_yjs(update);
+        }
+    }
+
+    /// Applies a Yjs frame from the server.
+    pub(crate) fn receive_yjs(&mut self, frame: &YjsFrame) {
+        match self.yjs.receive(frame) {
+            Ok(Received::Nothing) => {}
+            Ok(Received::Answer(step2)) => self.send_yjs(step2),
+            Ok(Received::Changed) => {
+                self.event(Event::YjsChanged { doc: frame.doc.clone(), field: frame.field.clone() });
+                self.announce_resync();
+            }
+            Err(e) => self.violations.push(format!("yjs {}/{}: {e}", frame.doc, frame.field)),
+        }
+    }
+
+    /// The open Yjs fields: their text, whole state and whether they are synced.
+    pub fn yjs(&self) -> &YjsFields {
+        &self.yjs
     }
 
     /// Welcomed: resubscribe everything, then replay every unanswered mutation in id order
@@ -269,20 +346,23 @@ impl Core {
                 sub: subscription.id.clone(),
                 target: subscription.target.clone(),
             };
-            self.outbox.push_back(message);
+            self.outbox.push_back(Outgoing::Text(message));
         }
         for (mid, pending) in &self.pending {
-            self.outbox.push_back(ClientMessage::Mutate { mid: *mid, mutation: pending.mutation.clone() });
+            let message = ClientMessage::Mutate { mid: *mid, mutation: pending.mutation.clone() };
+            self.outbox.push_back(Outgoing::Text(message));
         }
+        self.outbox.extend(self.yjs.resync().into_iter().map(Outgoing::Yjs));
         self.link = Link::Live { announced: false };
         self.announce_resync();
     }
 
-    /// Whether the link is live and every subscription has been answered since it came up.
+    /// Whether the link is live, every subscription has been answered and every rich-text field
+    /// synced (or refused) since it came up.
     /// A subscription added, dropped or answered meanwhile counts as it is now, so a drop of one
     /// still waiting for its answer cannot leave the client waiting forever.
     pub(crate) fn resynced(&self) -> bool {
-        self.is_live() && self.subscriptions.values().all(|s| s.view != View::Waiting)
+        self.is_live() && self.subscriptions.values().all(|s| s.view != View::Waiting) && self.yjs.settled()
     }
 
     fn announce_resync(&mut self) {
@@ -375,6 +455,13 @@ impl Core {
             self.answers.insert(req, ServerMessage::Error(body));
         } else if let Some(sub) = body.sub.clone() {
             self.set_view(&sub, |view| *view = View::Refused(body));
+        } else if let (Some(doc), Some(field)) = (body.doc.clone(), body.field.as_deref()) {
+            // docs/PROTOCOL.md §19: a refused Yjs frame is answered with its doc and field.
+            if let Ok(field) = FieldName::new(field) {
+                self.yjs.refused_frame(&(doc.clone(), field.clone()), body.code);
+                self.event(Event::YjsRefused { doc, field, code: body.code });
+                self.announce_resync();
+            }
         }
     }
 
@@ -519,7 +606,7 @@ mod tests {
     use serde_json::json;
 
     fn core() -> Core {
-        Core::new(ClientId::new("c1").unwrap(), 100, 100)
+        Core::new(ClientId::new("c1").unwrap(), 100, 100, 0)
     }
 
     fn welcome(seq: u64) -> ServerMessage {
@@ -534,7 +621,13 @@ mod tests {
     }
 
     fn sent(core: &mut Core) -> Vec<String> {
-        core.outbox.drain(..).map(|m| encode(&m)).collect()
+        core.outbox
+            .drain(..)
+            .filter_map(|m| match m {
+                Outgoing::Text(m) => Some(encode(&m)),
+                Outgoing::Yjs(_) => None,
+            })
+            .collect()
     }
 
     fn receive(core: &mut Core, frame: &str) {

@@ -1,10 +1,11 @@
 //! The connection loop: connect, greet, resync, exchange frames, and reconnect with backoff.
 
+use crate::core::Outgoing;
 use crate::{Shared, TapEvent};
 use futures_util::{SinkExt, StreamExt};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use roomlab_protocol::{decode_server, encode};
+use roomlab_protocol::{decode_server, encode, YjsFrame};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -90,11 +91,26 @@ pub(crate) async fn drive<C: Connector>(shared: Arc<Shared>, connector: C) {
         shared.changed.notify_waiters();
         let delay = backoff_ms(attempt, config.backoff_initial_ms, config.backoff_max_ms, rng.next_u64());
         attempt = attempt.saturating_add(1);
+        if !back_off(&shared, Duration::from_millis(delay)).await {
+            return;
+        }
+    }
+}
+
+/// Waits out a reconnect delay; returns false when the application closed the client meanwhile.
+/// Only a close cuts the wait short: the order that ended the session (a kill) may have left a
+/// wake-up behind, and a reconnect without backoff is what a storm of clients must not do.
+async fn back_off(shared: &Shared, delay: Duration) -> bool {
+    let deadline = Instant::now() + delay;
+    loop {
         let wake = shared.control_changed.notified();
+        if shared.control().stopped {
+            return false;
+        }
         tokio::select! {
             biased;
             _ = wake => {}
-            _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
+            _ = tokio::time::sleep_until(deadline) => return true,
         }
     }
 }
@@ -203,6 +219,16 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut ws: Web
                 }
                 shared.changed.notify_waiters();
             }
+            Some(Ok(Message::Binary(bytes))) => {
+                match YjsFrame::decode(&bytes, shared.config.frame_bytes_max) {
+                    Ok(frame) => {
+                        shared.tap(TapEvent::ReceivedYjs(&frame));
+                        shared.core().receive_yjs(&frame);
+                    }
+                    Err(e) => tracing::warn!("server sent a binary frame this client cannot read: {e}"),
+                }
+                shared.changed.notify_waiters();
+            }
             Some(Ok(Message::Close(frame))) => {
                 let code = frame.as_ref().map(|f| u16::from(f.code)).unwrap_or(1005);
                 let reason = format!(
@@ -254,8 +280,14 @@ async fn flush<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocketStream<S>,
 ) -> Result<(), ()> {
     loop {
-        let Some(message) = shared.core().outbox.pop_front() else { return Ok(()) };
-        send(shared, ws, encode(&message)).await?;
+        let Some(outgoing) = shared.core().outbox.pop_front() else { return Ok(()) };
+        match outgoing {
+            Outgoing::Text(message) => send(shared, ws, encode(&message)).await?,
+            Outgoing::Yjs(frame) => {
+                shared.tap(TapEvent::SentYjs(&frame));
+                ws.send(Message::binary(frame.encode())).await.map_err(|_| ())?;
+            }
+        }
     }
 }
 

@@ -21,17 +21,21 @@
 
 mod core;
 mod driver;
+mod yjs;
 
 pub use crate::core::{target_key, Ack, Core, Event, Outcome, View};
+pub use crate::yjs::{text_of_state, YjsError, YjsFields};
 pub use driver::{backoff_ms, Connector, TokioConnector};
 
 use roomlab_protocol::{
-    BucketName, ClientId, ClientMessage, ErrorBody, ErrorCode, Mutation, ServerMessage, Target,
+    BucketName, ClientId, ClientMessage, DocId, ErrorBody, ErrorCode, FieldName, Mutation, ServerMessage,
+    Target,
 };
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use yrs::Text;
 
 /// What the client reports to an observer (the simulation's trace, a debugging log).
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +51,10 @@ pub enum TapEvent<'a> {
     Sent(&'a str),
     /// A text frame came in.
     Received(&'a str),
+    /// A Yjs frame went out.
+    SentYjs(&'a roomlab_protocol::YjsFrame),
+    /// A Yjs frame came in.
+    ReceivedYjs(&'a roomlab_protocol::YjsFrame),
     /// The connection ended, and why.
     Disconnected {
         /// Why, for humans.
@@ -68,7 +76,10 @@ pub struct ClientConfig {
     pub path: String,
     /// This client's id, which scopes its mutation ids (keep it across reconnects).
     pub client_id: ClientId,
-    /// Seeds the reconnect jitter.
+    /// Seeds the reconnect jitter and, with the client id, the client ids of the client's Yjs
+    /// documents. An application that edits rich text before its first sync should give each
+    /// process start its own seed, since Yjs requires a client id never to be reused with a
+    /// different history.
     pub seed: u64,
     /// A confirmed mutation fails with `timeout` after this long (and stays pending).
     pub confirm_timeout_ms: u64,
@@ -148,6 +159,9 @@ pub enum ClientError {
     /// The client is not connected (requests are not queued) or was closed.
     #[error("not connected")]
     Disconnected,
+    /// The client holds its limit of open rich-text fields.
+    #[error("{0} rich-text fields are open already")]
+    TooManyFields(usize),
     /// The server refused the connection for good (close 4001 or 4002).
     #[error("connection refused by the server with close code {0}")]
     ConnectionRefused(u16),
@@ -228,7 +242,8 @@ impl Subscription {
 impl Client {
     /// Starts the client's connection loop on the current tokio runtime.
     pub fn start<C: Connector>(config: ClientConfig, connector: C) -> Client {
-        let mut core = core::Core::new(config.client_id.clone(), config.outcomes_max, config.events_max);
+        let mut core =
+            core::Core::new(config.client_id.clone(), config.outcomes_max, config.events_max, config.seed);
         core.mutant = config.mutant;
         let shared = Arc::new(Shared {
             config,
@@ -306,6 +321,16 @@ impl Client {
         Subscription { shared: self.shared.clone(), target }
     }
 
+    /// Opens the rich text of a document's field (docs/PROTOCOL.md §19): a local Yjs document
+    /// synced with the room's, kept open (and re-synced after every reconnect) while the handle
+    /// lives. Handles to the same field share one document. Fails when `fields_max` are open.
+    pub fn yjs_text(&self, doc: DocId, field: FieldName) -> Result<YjsText, ClientError> {
+        let key = (doc, field);
+        self.shared.core().yjs_open(&key).map_err(ClientError::TooManyFields)?;
+        self.shared.wake.notify_one();
+        Ok(YjsText { shared: self.shared.clone(), key })
+    }
+
     /// Reads a JSON bucket through the validation cache: the server is asked with the cached
     /// version and sends the value only when it is newer.
     pub async fn bucket_get(&self, bucket: BucketName) -> Result<(u64, serde_json::Value), ClientError> {
@@ -364,6 +389,85 @@ impl Client {
     /// Closes the connection for good.
     pub fn close(&self) {
         self.shared.order(|control| control.stopped = true);
+    }
+}
+
+/// A document field's rich text, open while this handle lives. Indexes count UTF-16 code units, as
+/// Yjs in JavaScript does, so an index means the same on every client.
+pub struct YjsText {
+    shared: Arc<Shared>,
+    key: (DocId, FieldName),
+}
+
+impl YjsText {
+    /// The text as this client sees it now (local edits included).
+    pub fn text(&self) -> String {
+        self.shared.core().yjs().text(&self.key).expect("an open handle keeps its field open")
+    }
+
+    /// The whole state as one Yjs v1 update.
+    pub fn state(&self) -> Vec<u8> {
+        self.shared.core().yjs().state(&self.key).expect("an open handle keeps its field open")
+    }
+
+    /// Whether the server's state has arrived since the connection came up.
+    pub fn is_synced(&self) -> bool {
+        self.shared.core().yjs().is_synced(&self.key)
+    }
+
+    /// Inserts `chunk` at `index` (clamped to the text's length).
+    pub fn insert(&self, index: u32, chunk: &str) {
+        self.edit(|text, transaction| {
+            let index = index.min(text.len(transaction));
+            text.insert(transaction, index, chunk);
+        });
+    }
+
+    /// Removes up to `length` units from `index` (clamped to the text).
+    pub fn remove(&self, index: u32, length: u32) {
+        self.edit(|text, transaction| {
+            let size = text.len(transaction);
+            let index = index.min(size);
+            let length = length.min(size - index);
+            if length > 0 {
+                text.remove_range(transaction, index, length);
+            }
+        });
+    }
+
+    fn edit(&self, edit: impl FnOnce(&yrs::TextRef, &mut yrs::TransactionMut)) {
+        self.shared.core().yjs_edit(&self.key, edit);
+        self.shared.wake.notify_one();
+    }
+
+    /// Waits until the field is synced and `ready` holds for its text, at most `timeout`.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        mut ready: impl FnMut(&str) -> bool,
+    ) -> Result<String, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let changed = self.shared.changed.notified();
+            if self.is_synced() {
+                let text = self.text();
+                if ready(&text) {
+                    return Ok(text);
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = changed => {}
+                _ = tokio::time::sleep_until(deadline) => return Err(ClientError::Timeout),
+            }
+        }
+    }
+}
+
+impl Drop for YjsText {
+    fn drop(&mut self) {
+        self.shared.core().yjs_close(&self.key);
+        self.shared.wake.notify_one();
     }
 }
 

@@ -114,3 +114,62 @@ async fn viewers_cannot_write_and_bad_tokens_are_refused() {
         assert_eq!(outcome, Err(ClientError::ConnectionRefused(4001)), "{token}");
     }
 }
+
+#[tokio::test]
+async fn rich_text_converges_survives_reconnects_and_refuses_a_viewer() {
+    let world = world().await;
+    let alice = client(&world, "alice", Role::Member, "c-alice");
+    let bob = client(&world, "bob", Role::Member, "c-bob");
+    let vera = client(&world, "vera", Role::Viewer, "c-vera");
+    alice.mutate_confirmed(create("note", json!({"title": "shared"}))).await.unwrap();
+    let field = || roomlab_protocol::FieldName::new("body").unwrap();
+    let a = alice.yjs_text(doc("note"), field()).unwrap();
+    let b = bob.yjs_text(doc("note"), field()).unwrap();
+    let v = vera.yjs_text(doc("note"), field()).unwrap();
+    a.wait_for(Duration::from_secs(5), |_| true).await.unwrap();
+    b.wait_for(Duration::from_secs(5), |_| true).await.unwrap();
+    v.wait_for(Duration::from_secs(5), |_| true).await.unwrap();
+
+    a.insert(0, "hello");
+    b.insert(0, "world ");
+    let both = |t: &str| t.contains("hello") && t.contains("world ");
+    let text = a.wait_for(Duration::from_secs(5), both).await.unwrap_or_else(|e| {
+        panic!("{e}: a={:?} b={:?} events={:?}", a.text(), b.text(), alice.drain_events())
+    });
+    assert_eq!(b.wait_for(Duration::from_secs(5), both).await.unwrap(), text);
+    assert_eq!(v.wait_for(Duration::from_secs(5), both).await.unwrap(), text);
+
+    // A viewer's edit stays local: the server refuses it before merging it.
+    v.insert(0, "VIEWER");
+    eventually("vera hears the refusal", || {
+        vera.drain_events()
+            .iter()
+            .any(|e| matches!(e, roomlab_client::Event::YjsRefused { code: ErrorCode::Forbidden, .. }))
+    })
+    .await;
+
+    // Edits made while the connection is down reach the others through the next sync.
+    bob.kill_connection();
+    eventually("bob's link is down", || !bob.with_core(|core| core.is_resynced())).await;
+    b.insert(0, "offline ");
+    assert!(!b.is_synced());
+    let text = a.wait_for(Duration::from_secs(10), |t| t.starts_with("offline ")).await.unwrap();
+    assert_eq!(b.wait_for(Duration::from_secs(10), |t| t == text).await.unwrap(), text);
+    assert!(!text.contains("VIEWER"), "{text}");
+
+    // A client that opens the field later receives the merged state.
+    let later = client(&world, "carol", Role::Member, "c-carol");
+    let c = later.yjs_text(doc("note"), field()).unwrap();
+    assert_eq!(c.wait_for(Duration::from_secs(5), |t| t == text).await.unwrap(), text);
+    let decoded = roomlab_client::text_of_state(&field(), &c.state()).unwrap();
+    assert_eq!(decoded, text);
+
+    // A field the server refuses to sync (no such document) settles as refused, so a resync
+    // does not wait for it forever.
+    let missing = later.yjs_text(doc("nowhere"), field()).unwrap();
+    later.wait_resynced(Duration::from_secs(5)).await.unwrap();
+    let refused = later.with_core(|core| core.yjs().refused(&(doc("nowhere"), field())));
+    assert_eq!(refused, Some(ErrorCode::NotFound));
+    assert!(!missing.is_synced());
+    drop(world.server);
+}

@@ -7,6 +7,7 @@
 //! cases run concurrently. The suite talks to the target only through the wire.
 
 mod case;
+mod load;
 mod pattern;
 mod report;
 mod runner;
@@ -14,6 +15,7 @@ mod target;
 mod wire;
 
 pub use case::{parse_cases, Case, CaseError, Level, Step};
+pub use load::{load, LoadPlan, LoadReport};
 pub use pattern::Bindings;
 pub use report::{Baseline, CaseReport, FrameRecord, RunReport, Verdict};
 pub use runner::{RESTART_DEADLINE_MS, STEP_DEADLINE_MS};

@@ -51,7 +51,9 @@ pub enum Upgrade {
 impl Connection {
     /// Opens `url`.
     pub async fn open(url: &str) -> Result<Upgrade, String> {
-        let socket = match tokio_tungstenite::connect_async(url).await {
+        // Nagle's algorithm would hold a small frame behind an unacknowledged one (and the peer's
+        // delayed ACK), which turns pipelined requests into 40 ms stalls.
+        let socket = match tokio_tungstenite::connect_async_with_config(url, None, true).await {
             Ok((socket, _)) => socket,
             Err(tungstenite::Error::Http(response)) => {
                 return Ok(Upgrade::Status(response.status().as_u16()))

@@ -4,9 +4,7 @@
 use crate::room::{refuse, ConnId, Effect, Identity, Refusal, Room};
 use crate::storage;
 use rand_core::RngCore;
-use roomlab_protocol::{
-    write_var_uint, Cursor, DocId, ErrorBody, ErrorCode, FieldName, Role, ServerMessage, YjsFrame,
-};
+use roomlab_protocol::{DocId, ErrorBody, ErrorCode, FieldName, Role, ServerMessage, YSync, YjsFrame};
 use std::collections::{BTreeMap, BTreeSet};
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
@@ -14,13 +12,6 @@ use yrs::{ReadTxn, StateVector, Transact, Update};
 
 /// Updates kept in a field's log before it is compacted into one.
 const YJS_UPDATES_MAX: u64 = 64;
-
-/// y-protocols message types.
-const MESSAGE_SYNC: u64 = 0;
-const MESSAGE_AWARENESS: u64 = 1;
-const SYNC_STEP_1: u64 = 0;
-const SYNC_STEP_2: u64 = 1;
-const SYNC_UPDATE: u64 = 2;
 
 type Key = (DocId, FieldName);
 
@@ -56,42 +47,6 @@ impl Yjs {
     }
 }
 
-/// A parsed y-protocols message.
-enum YMessage<'a> {
-    Step1(&'a [u8]),
-    Step2(&'a [u8]),
-    Update(&'a [u8]),
-    Awareness,
-}
-
-fn parse(payload: &[u8]) -> Result<YMessage<'_>, Refusal> {
-    let bad = |_| refuse(ErrorCode::BadFrame, "malformed y-protocols message");
-    let mut cursor = Cursor::new(payload);
-    match cursor.var_uint().map_err(bad)? {
-        MESSAGE_SYNC => {
-            let step = cursor.var_uint().map_err(bad)?;
-            let bytes = cursor.var_bytes().map_err(bad)?;
-            match step {
-                SYNC_STEP_1 => Ok(YMessage::Step1(bytes)),
-                SYNC_STEP_2 => Ok(YMessage::Step2(bytes)),
-                SYNC_UPDATE => Ok(YMessage::Update(bytes)),
-                _ => Err(refuse(ErrorCode::BadFrame, "unknown sync step")),
-            }
-        }
-        MESSAGE_AWARENESS => Ok(YMessage::Awareness),
-        _ => Err(refuse(ErrorCode::BadFrame, "unknown y-protocols message type")),
-    }
-}
-
-fn sync_message(step: u64, bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len() + 8);
-    write_var_uint(&mut out, MESSAGE_SYNC);
-    write_var_uint(&mut out, step);
-    write_var_uint(&mut out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-    out
-}
-
 impl Room {
     /// Handles one Yjs frame from a connection. `rng` gives the client ids of the yrs documents the
     /// room loads, so a run is reproducible from its seed.
@@ -110,7 +65,8 @@ impl Room {
         match self.yjs_frame(conn, &frame, &reader, rng) {
             Ok(effects) => effects,
             Err(body) => {
-                let body = ErrorBody { field: Some(frame.field.to_string()), ..*body };
+                let body =
+                    ErrorBody { field: Some(frame.field.to_string()), doc: Some(frame.doc.clone()), ..*body };
                 let message = format!("{}/{}: {}", frame.doc, frame.field, body.message);
                 vec![Effect::Send { conn, message: ServerMessage::Error(ErrorBody { message, ..body }) }]
             }
@@ -124,7 +80,8 @@ impl Room {
         reader: &Identity,
         rng: &mut dyn RngCore,
     ) -> Result<Vec<Effect>, Refusal> {
-        let message = parse(&frame.payload)?;
+        let message = YSync::parse(&frame.payload)
+            .map_err(|e| refuse(ErrorCode::BadFrame, format!("malformed y-protocols message: {e}")))?;
         self.check_yjs_field(&frame.doc, &frame.field, reader)?;
         let key = (frame.doc.clone(), frame.field.clone());
         self.load_yjs(&key, rng)?;
@@ -133,17 +90,17 @@ impl Room {
             frame: YjsFrame { doc: frame.doc.clone(), field: frame.field.clone(), payload },
         };
         match message {
-            YMessage::Step1(state_vector) => {
+            YSync::Step1(state_vector) => {
                 let state_vector = StateVector::decode_v1(state_vector)
                     .map_err(|e| refuse(ErrorCode::BadFrame, format!("bad state vector: {e}")))?;
                 self.yjs.open.entry(key.clone()).or_default().insert(conn);
                 let transaction = self.yjs.docs[&key].transact();
                 let missing = transaction.encode_diff_v1(&state_vector);
                 let own = transaction.state_vector().encode_v1();
-                Ok(vec![reply(sync_message(SYNC_STEP_2, &missing)), reply(sync_message(SYNC_STEP_1, &own))])
+                Ok(vec![reply(YSync::Step2(&missing).encode()), reply(YSync::Step1(&own).encode())])
             }
-            YMessage::Step2(update) | YMessage::Update(update) => self.yjs_update(conn, &key, update, reader),
-            YMessage::Awareness => Ok(self.relay(conn, &key, &frame.payload)),
+            YSync::Step2(update) | YSync::Update(update) => self.yjs_update(conn, &key, update, reader),
+            YSync::Awareness(_) => Ok(self.relay(conn, &key, &frame.payload)),
         }
     }
 
@@ -209,7 +166,7 @@ impl Room {
         let document = &self.docs[&key.0];
         let allowed = reader.role >= Role::Member
             && self.schema(&document.doc_type).can_write(reader.role, Some(reader.user == document.owner));
-        if !allowed {
+        if !allowed && !roomlab_protocol::Mutant::ViewerYjsApplied.planted(self.config.mutant) {
             return Err(refuse(ErrorCode::Forbidden, format!("you may not write {}", key.0)));
         }
         let doc = &self.yjs.docs[key];
@@ -231,7 +188,7 @@ impl Room {
             self.yjs.docs.remove(key);
             return Err(refuse(ErrorCode::Internal, format!("storage failed: {e}")));
         }
-        Ok(self.relay(conn, key, &sync_message(SYNC_UPDATE, bytes)))
+        Ok(self.relay(conn, key, &YSync::Update(bytes).encode()))
     }
 
     /// Sends a payload to every other connection with the field open.

@@ -146,3 +146,91 @@ impl<'b> Cursor<'b> {
         String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::MalformedBinary("string is not UTF-8"))
     }
 }
+
+/// One y-protocols message, the payload of a [`YjsFrame`] and of every frame on the y-websocket
+/// endpoint: sync step 1 (a state vector), sync step 2 (an update answering it), an update, or an
+/// awareness update. The byte slices are Yjs v1 encodings, which only a Yjs library reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum YSync<'b> {
+    /// Sync step 1: the sender's state vector; the answer is a step 2 with what it lacks.
+    Step1(&'b [u8]),
+    /// Sync step 2: an update answering a step 1.
+    Step2(&'b [u8]),
+    /// An incremental update.
+    Update(&'b [u8]),
+    /// An awareness update (cursors, presence), relayed but never stored.
+    Awareness(&'b [u8]),
+}
+
+/// y-protocols message types and sync steps.
+const Y_MESSAGE_SYNC: u64 = 0;
+const Y_MESSAGE_AWARENESS: u64 = 1;
+const Y_SYNC_STEP_1: u64 = 0;
+const Y_SYNC_STEP_2: u64 = 1;
+const Y_SYNC_UPDATE: u64 = 2;
+
+impl<'b> YSync<'b> {
+    /// Parses a y-protocols message.
+    pub fn parse(payload: &'b [u8]) -> Result<YSync<'b>, DecodeError> {
+        let mut cursor = Cursor::new(payload);
+        match cursor.var_uint()? {
+            Y_MESSAGE_SYNC => {
+                let step = cursor.var_uint()?;
+                let bytes = cursor.var_bytes()?;
+                match step {
+                    Y_SYNC_STEP_1 => Ok(YSync::Step1(bytes)),
+                    Y_SYNC_STEP_2 => Ok(YSync::Step2(bytes)),
+                    Y_SYNC_UPDATE => Ok(YSync::Update(bytes)),
+                    _ => Err(DecodeError::MalformedBinary("unknown sync step")),
+                }
+            }
+            Y_MESSAGE_AWARENESS => Ok(YSync::Awareness(cursor.rest())),
+            _ => Err(DecodeError::MalformedBinary("unknown y-protocols message type")),
+        }
+    }
+
+    /// Encodes the message as y-websocket sends it.
+    pub fn encode(&self) -> Vec<u8> {
+        let (step, bytes) = match *self {
+            YSync::Step1(bytes) => (Y_SYNC_STEP_1, bytes),
+            YSync::Step2(bytes) => (Y_SYNC_STEP_2, bytes),
+            YSync::Update(bytes) => (Y_SYNC_UPDATE, bytes),
+            YSync::Awareness(bytes) => {
+                let mut out = Vec::with_capacity(bytes.len() + 1);
+                write_var_uint(&mut out, Y_MESSAGE_AWARENESS);
+                out.extend_from_slice(bytes);
+                return out;
+            }
+        };
+        let mut out = Vec::with_capacity(bytes.len() + 8);
+        write_var_uint(&mut out, Y_MESSAGE_SYNC);
+        write_var_uint(&mut out, step);
+        write_var_uint(&mut out, bytes.len() as u64);
+        out.extend_from_slice(bytes);
+        out
+    }
+}
+
+#[cfg(test)]
+mod y_sync_tests {
+    use super::*;
+
+    #[test]
+    fn y_protocols_messages_round_trip_and_bad_ones_are_errors() {
+        let check = |payload: &[u8], expected: Result<YSync<'_>, DecodeError>| {
+            let parsed = YSync::parse(payload);
+            assert_eq!(parsed, expected);
+            if let Ok(message) = parsed {
+                assert_eq!(message.encode(), payload);
+            }
+        };
+        check(&[0, 0, 2, 7, 8], Ok(YSync::Step1(&[7, 8])));
+        check(&[0, 1, 0], Ok(YSync::Step2(&[])));
+        check(&[0, 2, 1, 9], Ok(YSync::Update(&[9])));
+        check(&[1, 5, 6], Ok(YSync::Awareness(&[5, 6])));
+        check(&[0, 3, 0], Err(DecodeError::MalformedBinary("unknown sync step")));
+        check(&[2], Err(DecodeError::MalformedBinary("unknown y-protocols message type")));
+        check(&[0, 0, 5, 1], Err(DecodeError::MalformedBinary("length runs past the frame")));
+        check(&[], Err(DecodeError::MalformedBinary("frame too short")));
+    }
+}

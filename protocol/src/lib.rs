@@ -20,7 +20,7 @@ mod mutant;
 pub mod query;
 
 pub use codec::{
-    decode, decode_server, encode, encode_server, write_var_uint, Cursor, YjsFrame, YJS_FRAME_TAG,
+    decode, decode_server, encode, encode_server, write_var_uint, Cursor, YSync, YjsFrame, YJS_FRAME_TAG,
 };
 pub use error::{DecodeError, ErrorCode};
 pub use ids::{

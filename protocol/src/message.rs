@@ -618,9 +618,12 @@ pub struct ErrorBody {
     /// `quota_exceeded`: the owner's limit in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
-    /// `invalid`: the field at fault.
+    /// `invalid`: the field at fault; a refused Yjs frame: its rich-text field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// A refused Yjs frame: its document (with `field`, which Yjs document was refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doc: Option<DocId>,
     /// `incompatible`: the bucket's contract.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contract: Option<Contract>,
@@ -640,6 +643,7 @@ impl ErrorBody {
             used: None,
             limit: None,
             field: None,
+            doc: None,
             contract: None,
         }
     }

@@ -39,11 +39,13 @@ pub enum Mutant {
     ViewerCanWrite,
     /// `bucket_set` ignores `if_version`.
     BucketGuardIgnored,
+    /// A viewer's Yjs update is merged and relayed (R: roles; docs/PROTOCOL.md yjs.access).
+    ViewerYjsApplied,
 }
 
 impl Mutant {
     /// Every mutant, in catalogue order.
-    pub const ALL: [Mutant; 13] = [
+    pub const ALL: [Mutant; 14] = [
         Mutant::SkipResubscribe,
         Mutant::NoDocDeletedPush,
         Mutant::RestoreBumpsSeq,
@@ -57,6 +59,7 @@ impl Mutant {
         Mutant::SysDocRemovable,
         Mutant::ViewerCanWrite,
         Mutant::BucketGuardIgnored,
+        Mutant::ViewerYjsApplied,
     ];
 
     /// Whether this build can plant mutants (the `mutants` feature).
@@ -78,6 +81,7 @@ impl Mutant {
             Mutant::SysDocRemovable => "sys-doc-removable",
             Mutant::ViewerCanWrite => "viewer-can-write",
             Mutant::BucketGuardIgnored => "bucket-guard-ignored",
+            Mutant::ViewerYjsApplied => "viewer-yjs-applied",
         }
     }
 
@@ -90,7 +94,7 @@ impl Mutant {
     pub fn source(self) -> char {
         match self {
             Mutant::SkipResubscribe | Mutant::ReplayAppliedTwice | Mutant::OwnerReadByAdmin => 'R',
-            Mutant::ViewerCanWrite | Mutant::AckBeforeCommit => 'R',
+            Mutant::ViewerCanWrite | Mutant::AckBeforeCommit | Mutant::ViewerYjsApplied => 'R',
             Mutant::NoDocDeletedPush | Mutant::RestoreBumpsSeq | Mutant::CreateDeletedAnswersExists => 'D',
             Mutant::ListTiesByArrival | Mutant::SysDocRemovable => 'D',
             Mutant::PurgeKeepsUsage | Mutant::QuotaCheckedBeforeWrite | Mutant::BucketGuardIgnored => 'S',

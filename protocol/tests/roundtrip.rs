@@ -180,11 +180,24 @@ fn error_body() -> impl Strategy<Value = ErrorBody> {
         proptest::sample::select(ErrorCode::ALL.to_vec()),
         "[ -~]{0,20}",
         (u(), u(), option::of(sub_id()), u(), u()),
-        (u(), u(), option::of(ident()), option::of(contract())),
+        (u(), u(), option::of(ident()), option::of(doc_id()), option::of(contract())),
     )
-        .prop_map(|(code, message, (mid, req, sub, seq, version), (used, limit, field, contract))| {
-            ErrorBody { code, message, mid, req, sub, seq, version, used, limit, field, contract }
-        })
+        .prop_map(
+            |(code, message, (mid, req, sub, seq, version), (used, limit, field, doc, contract))| ErrorBody {
+                code,
+                message,
+                mid,
+                req,
+                sub,
+                seq,
+                version,
+                used,
+                limit,
+                field,
+                doc,
+                contract,
+            },
+        )
 }
 
 fn asset() -> impl Strategy<Value = AssetInfo> {

@@ -2,11 +2,13 @@
 //! outcomes, and a replay of every acknowledged mutation into a fresh engine.
 
 use crate::trace::SharedTrace;
+use crate::workload::{body, note, NOTES, VIEWER_MARK};
 use crate::world::{engine_config, World, ROOM};
 use roomlab_client::{Outcome, View};
 use roomlab_engine::{ConnId, Effect, Identity, Room};
 use roomlab_protocol::{
-    ClientId, ClientMessage, Mutation, Role, RoomId, ServerMessage, SubId, UserId, PROTOCOL_VERSION,
+    ClientId, ClientMessage, DocId, FieldName, Mutation, Role, RoomId, ServerMessage, SubId, UserId,
+    PROTOCOL_VERSION,
 };
 use std::collections::BTreeMap;
 
@@ -77,6 +79,7 @@ pub(crate) fn checkpoint(world: &World<'_>, now_ms: u64) -> Vec<String> {
         let why = panic.downcast_ref::<String>().cloned().unwrap_or_else(|| "unknown".into());
         failures.push(format!("room invariant broken at {now_ms} ms: {why}"));
     }
+    failures.extend(viewer_text_in_server(&room, now_ms));
     let quotas = engine_config(world.scenario).quotas;
     let clients = world.clients.lock().expect("clients lock");
     let mut identities: BTreeMap<UserId, Identity> = BTreeMap::new();
@@ -103,6 +106,7 @@ pub(crate) fn final_checks(world: &World<'_>, now_ms: u64) -> Vec<String> {
     };
     let Ok(room) = room.lock() else { return failures };
     failures.extend(convergence(world, &room));
+    failures.extend(yjs_convergence(world, &room));
     failures.extend(client_histories(world));
     failures.extend(own_lifecycles(world));
     failures.extend(replay(world, &room));
@@ -125,6 +129,53 @@ fn same_answer(view: &View, answer: &ServerMessage) -> bool {
         (View::Refused(body), ServerMessage::Error(expected)) => body.code == expected.code,
         _ => false,
     }
+}
+
+/// The server's text of a field it has loaded.
+fn server_text(room: &Room, doc: &DocId, field: &FieldName) -> Option<String> {
+    let state = room.yjs_state(doc, field)?;
+    Some(roomlab_client::text_of_state(field, &state).expect("the room's own Yjs state decodes"))
+}
+
+/// No viewer's Yjs edit is ever applied (yjs.access): only viewers type [`VIEWER_MARK`].
+fn viewer_text_in_server(room: &Room, now_ms: u64) -> Vec<String> {
+    let mut failures = Vec::new();
+    for k in 0..NOTES {
+        let Some(text) = server_text(room, &note(k), &body()) else { continue };
+        if text.contains(VIEWER_MARK) {
+            failures.push(format!(
+                "access: a viewer's Yjs edit reached the server's {}/body at {now_ms} ms: {text:?}",
+                note(k)
+            ));
+        }
+    }
+    failures
+}
+
+/// Every open rich-text field converged with the server's (yjs.sync, yjs.broadcast, yjs.persist):
+/// a writer's text equals the server's; a viewer's equals it once its own refused marks are
+/// taken out, since a refused edit stays in the viewer's local document.
+fn yjs_convergence(world: &World<'_>, room: &Room) -> Vec<String> {
+    let mut failures = Vec::new();
+    for v in world.clients.lock().expect("clients lock").iter() {
+        v.client.with_core(|core| {
+            for (doc, field) in core.yjs().keys() {
+                if core.yjs().refused(&(doc.clone(), field.clone())).is_some() {
+                    continue;
+                }
+                let ours = core.yjs().text(&(doc.clone(), field.clone())).unwrap_or_default();
+                let ours = if v.identity.role == Role::Viewer { ours.replace(VIEWER_MARK, "") } else { ours };
+                match server_text(room, doc, field) {
+                    Some(theirs) if theirs == ours => {}
+                    theirs => failures.push(format!(
+                        "yjs convergence: c{} ({}) has {doc}/{field} as {ours:?}, the server as {theirs:?}",
+                        v.index, v.identity.user
+                    )),
+                }
+            }
+        });
+    }
+    failures
 }
 
 /// Each client's view of each subscription equals the server's answer to the same subscription.

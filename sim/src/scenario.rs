@@ -117,6 +117,78 @@ pub struct Workload {
     pub private: u32,
     /// Staged sessions committed atomically.
     pub staging: u32,
+    /// Typing into shared rich-text fields (Yjs); viewers type too, and must be refused.
+    pub yjs: u32,
+    /// Asset uploads, deletes and subscriptions, and now and then a whole asset bucket deleted.
+    pub assets: u32,
+}
+
+impl Workload {
+    /// The weights in the order [`Workload::KINDS`] names them.
+    pub fn weights(&self) -> [u32; 11] {
+        [
+            self.records,
+            self.queries,
+            self.guards,
+            self.lists,
+            self.deletes,
+            self.quota,
+            self.buckets,
+            self.private,
+            self.staging,
+            self.yjs,
+            self.assets,
+        ]
+    }
+
+    fn weights_mut(&mut self) -> [&mut u32; 11] {
+        [
+            &mut self.records,
+            &mut self.queries,
+            &mut self.guards,
+            &mut self.lists,
+            &mut self.deletes,
+            &mut self.quota,
+            &mut self.buckets,
+            &mut self.private,
+            &mut self.staging,
+            &mut self.yjs,
+            &mut self.assets,
+        ]
+    }
+
+    /// Turns off the kind at `index` of [`Workload::KINDS`].
+    pub fn turn_off(&mut self, index: usize) {
+        *self.weights_mut()[index] = 0;
+    }
+
+    /// One seed's mix in swarm mode: about a third of the kinds off, the rest weighted 0x to 2x
+    /// (in tenths, so small weights survive), and never nothing at all.
+    pub fn swarm_draw(&self, rng: &mut dyn rand_chacha::rand_core::RngCore) -> Workload {
+        let mut drawn = *self;
+        for weight in drawn.weights_mut() {
+            let draw = rng.next_u64() % 300;
+            *weight = if draw < 100 { 0 } else { (*weight * 10 * (draw - 100) as u32).div_ceil(100) };
+        }
+        if drawn.weights().iter().all(|w| *w == 0) {
+            drawn = self.scaled(10);
+        }
+        drawn
+    }
+
+    fn scaled(&self, factor: u32) -> Workload {
+        let mut scaled = *self;
+        for weight in scaled.weights_mut() {
+            *weight *= factor;
+        }
+        scaled
+    }
+
+    /// The kinds of operation, as the TOML names them.
+    pub const KINDS: [&'static str; 11] = [
+        "records", "queries", "guards", "lists", "deletes", "quota", "buckets", "private", "staging", "yjs",
+        "assets",
+    ];
 }
 
 impl Default for Workload {
@@ -131,6 +203,8 @@ impl Default for Workload {
             buckets: 1,
             private: 1,
             staging: 1,
+            yjs: 1,
+            assets: 1,
         }
     }
 }
@@ -206,6 +280,8 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("delete-restore-race", include_str!("../../scenarios/delete-restore-race.toml")),
     ("quota-pressure", include_str!("../../scenarios/quota-pressure.toml")),
     ("bucket-contracts", include_str!("../../scenarios/bucket-contracts.toml")),
+    ("yjs-typing", include_str!("../../scenarios/yjs-typing.toml")),
+    ("crash-recovery", include_str!("../../scenarios/crash-recovery.toml")),
 ];
 
 /// The names of the embedded scenarios.
@@ -216,6 +292,8 @@ pub const NAMES: &[&str] = &[
     "delete-restore-race",
     "quota-pressure",
     "bucket-contracts",
+    "yjs-typing",
+    "crash-recovery",
 ];
 
 impl Scenario {
@@ -247,16 +325,7 @@ impl Scenario {
         if !(scenario.ops_per_client_per_s > 0.0 && scenario.ops_per_client_per_s <= 100.0) {
             return invalid("ops_per_client_per_s must be in (0, 100]");
         }
-        let w = scenario.workload;
-        let total = w.records
-            + w.queries
-            + w.guards
-            + w.lists
-            + w.deletes
-            + w.quota
-            + w.buckets
-            + w.private
-            + w.staging;
+        let total: u64 = scenario.workload.weights().iter().map(|w| u64::from(*w)).sum();
         if total == 0 {
             return invalid("the workload has no weight");
         }
@@ -286,7 +355,7 @@ mod tests {
         };
         check("name = \"a\"\nclients = 0", "at least 1");
         check("name = \"a\"\ncolour = 1", "unknown field");
-        check("name = \"a\"\n[workload]\nrecords = 0\nqueries = 0\nguards = 0\nlists = 0\ndeletes = 0\nquota = 0\nbuckets = 0\nprivate = 0\nstaging = 0", "no weight");
+        check("name = \"a\"\n[workload]\nrecords = 0\nqueries = 0\nguards = 0\nlists = 0\ndeletes = 0\nquota = 0\nbuckets = 0\nprivate = 0\nstaging = 0\nyjs = 0\nassets = 0", "no weight");
         assert!(Scenario::load("nope").unwrap_err().to_string().contains("embedded: swarm"));
     }
 }

@@ -7,6 +7,7 @@
 //! shorter safety phase, fewer operations per second, fewer clients, a workload kind or a fault
 //! kind turned off.
 
+use crate::scenario::Workload;
 use crate::{run, Report, RunConfig, Scenario};
 
 /// Seeds tried per candidate: the current one and this many after it.
@@ -25,7 +26,7 @@ pub struct Shrunk {
     pub runs: usize,
 }
 
-/// A kind of work or fault: its name, its weight or rate, and how to turn it off.
+/// A kind of fault: its name, its rate, and how to turn it off.
 type Knob<T> = (&'static str, T, fn(&mut Scenario));
 
 /// What one shrink step may change.
@@ -50,23 +51,12 @@ fn candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
         s.users = s.users.min(s.clients);
     });
     push("no swarm redraw".into(), &|s| s.swarm = false);
-    let w = scenario.workload;
-    let kinds: [Knob<u32>; 9] = [
-        ("records", w.records, |s| s.workload.records = 0),
-        ("queries", w.queries, |s| s.workload.queries = 0),
-        ("guards", w.guards, |s| s.workload.guards = 0),
-        ("lists", w.lists, |s| s.workload.lists = 0),
-        ("deletes", w.deletes, |s| s.workload.deletes = 0),
-        ("quota", w.quota, |s| s.workload.quota = 0),
-        ("buckets", w.buckets, |s| s.workload.buckets = 0),
-        ("private", w.private, |s| s.workload.private = 0),
-        ("staging", w.staging, |s| s.workload.staging = 0),
-    ];
-    let weights: u32 = kinds.iter().map(|(_, weight, _)| weight).sum();
-    for (name, weight, off) in kinds {
+    let weights = scenario.workload.weights();
+    let total: u32 = weights.iter().sum();
+    for (index, (name, weight)) in Workload::KINDS.iter().zip(weights).enumerate() {
         // The last kind of work stays: a workload of nothing fails nothing.
-        if weight > 0 && weights > weight {
-            push(format!("no {name} work"), &|s| off(s));
+        if weight > 0 && total > weight {
+            push(format!("no {name} work"), &|s| s.workload.turn_off(index));
         }
     }
     let f = scenario.faults;

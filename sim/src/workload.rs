@@ -3,7 +3,7 @@
 use crate::scenario::Workload;
 use rand_chacha::rand_core::RngCore;
 use rand_chacha::ChaCha8Rng;
-use roomlab_client::{Client, ClientError, Subscription, View};
+use roomlab_client::{Client, ClientError, Subscription, View, YjsText};
 use roomlab_protocol::{
     fracdex, Backend, BucketName, Contract, Direction, DocId, DocType, Field, FieldName, ItemId, ListItem,
     ListKey, Mutation, Op, Order, Query, Role, Target, Where,
@@ -21,6 +21,14 @@ pub(crate) const BUCKETS: u64 = 4;
 const BOARD_ITEMS_MAX: usize = 16;
 /// Subscriptions a virtual client holds at most.
 const SUBSCRIPTIONS_MAX: usize = 6;
+/// Shared notes whose `body` field the clients type into.
+pub(crate) const NOTES: u64 = 3;
+/// Rich-text fields a virtual client holds open at most.
+const TEXTS_MAX: usize = 2;
+/// Asset buckets the asset workload shares.
+pub(crate) const GALLERIES: u64 = 2;
+/// The one character only viewers type: the server's text must never contain it.
+pub(crate) const VIEWER_MARK: char = '!';
 
 /// Which phase the world is in, as the clients read it.
 pub(crate) const PHASE_SETUP: u8 = 0;
@@ -38,6 +46,8 @@ pub(crate) struct Actor {
     pub phase: Arc<AtomicU8>,
     pub subscriptions: Vec<(Target, Subscription)>,
     pub made: u64,
+    pub viewer: bool,
+    pub texts: Vec<(DocId, YjsText)>,
 }
 
 fn doc(id: impl Into<String>) -> DocId {
@@ -54,6 +64,23 @@ pub(crate) fn board() -> DocId {
 
 pub(crate) fn cards() -> FieldName {
     FieldName::new("cards").expect("valid field")
+}
+
+/// The rich-text field of the shared notes.
+pub(crate) fn body() -> FieldName {
+    FieldName::new("body").expect("valid field")
+}
+
+pub(crate) fn note(k: u64) -> DocId {
+    doc(format!("n{k}"))
+}
+
+fn gallery(k: u64) -> BucketName {
+    BucketName::new(format!("g{k}")).expect("valid")
+}
+
+fn gallery_contract() -> Contract {
+    Contract { backend: Backend::R2Assets, schema_id: "images".into(), schema_version: 1 }
 }
 
 pub(crate) fn active_tasks(limit: Option<u32>) -> Query {
@@ -92,6 +119,14 @@ impl Actor {
                 data: json!({"title": "board"}),
             };
             let _ = self.client.mutate_confirmed(create).await;
+            for k in 0..NOTES {
+                let create = Mutation::Create { doc: note(k), doc_type: doc_type("notes"), data: json!({}) };
+                let _ = self.client.mutate_confirmed(create).await;
+            }
+            for k in 0..GALLERIES {
+                let bind = Mutation::BucketBind { bucket: gallery(k), contract: gallery_contract() };
+                let _ = self.client.mutate_confirmed(bind).await;
+            }
         }
     }
 
@@ -125,9 +160,7 @@ impl Actor {
     }
 
     async fn step(&mut self) {
-        let w = self.mix;
-        let weights =
-            [w.records, w.queries, w.guards, w.lists, w.deletes, w.quota, w.buckets, w.private, w.staging];
+        let weights = self.mix.weights();
         let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
         let mut pick = self.below(total);
         let mut kind = 0;
@@ -150,7 +183,12 @@ impl Actor {
             5 => Some(self.quota_op()),
             6 => self.bucket_op().await,
             7 => Some(self.private_op()),
-            _ => self.staging_op().await,
+            8 => self.staging_op().await,
+            9 => {
+                self.yjs_op();
+                None
+            }
+            _ => self.asset_op(),
         };
         if let Some(mutation) = mutation {
             self.send(mutation).await;
@@ -359,6 +397,76 @@ impl Actor {
                 .await;
         }
         Some(if self.chance(80) { Mutation::StageCommit } else { Mutation::StageDiscard })
+    }
+}
+
+impl Actor {
+    /// Types into a shared note: opens its field (closing another now and then), then inserts a
+    /// few characters or removes a few at a random place. Writers type their own letter; viewers
+    /// only insert [`VIEWER_MARK`], which the server must refuse.
+    fn yjs_op(&mut self) {
+        if self.texts.len() >= TEXTS_MAX || (!self.texts.is_empty() && self.chance(10)) {
+            let victim = self.below(self.texts.len() as u64) as usize;
+            self.texts.remove(victim);
+            return;
+        }
+        let id = note(self.below(NOTES));
+        let position = match self.texts.iter().position(|(open, _)| *open == id) {
+            Some(position) => position,
+            None => match self.client.yjs_text(id.clone(), body()) {
+                Ok(text) => {
+                    self.texts.push((id, text));
+                    self.texts.len() - 1
+                }
+                Err(_) => return,
+            },
+        };
+        let length = self.texts[position].1.text().encode_utf16().count() as u64;
+        let at = self.below(length + 1) as u32;
+        if self.viewer {
+            let count = 1 + self.below(3) as usize;
+            self.texts[position].1.insert(at, &VIEWER_MARK.to_string().repeat(count));
+        } else if self.chance(70) || length == 0 {
+            let letter = char::from(b'a' + (self.index % 26) as u8);
+            let count = 1 + self.below(4) as usize;
+            self.texts[position].1.insert(at, &letter.to_string().repeat(count));
+        } else {
+            let count = 1 + self.below(3) as u32;
+            self.texts[position].1.remove(at, count);
+        }
+    }
+
+    /// Uploads small files to a shared gallery, deletes one it sees, watches a gallery, or now and
+    /// then deletes a whole gallery (refunding every uploader) and binds it again.
+    fn asset_op(&mut self) -> Option<Mutation> {
+        let bucket = gallery(self.below(GALLERIES));
+        match self.below(20) {
+            0..10 => {
+                use base64::Engine as _;
+                self.made += 1;
+                let size = 1 + self.below(1500) as usize;
+                let bytes: Vec<u8> =
+                    (0..size).map(|i| (i as u8).wrapping_mul(self.index as u8 | 1)).collect();
+                Some(Mutation::AssetUpload {
+                    bucket,
+                    name: format!("f{}-{}.bin", self.index, self.made),
+                    content_type: "application/octet-stream".into(),
+                    data_b64: base64::engine::general_purpose::STANDARD.encode(bytes),
+                })
+            }
+            10..14 => {
+                self.subscribe(Target::Assets(bucket));
+                None
+            }
+            14..18 => {
+                let view = self.client.with_core(|core| core.view(&Target::Assets(bucket.clone())).cloned());
+                let Some(View::Assets(assets)) = view else { return None };
+                let asset = assets.get(self.below(assets.len() as u64) as usize)?;
+                Some(Mutation::AssetDelete { bucket, object_key: asset.object_key.clone() })
+            }
+            18 => Some(Mutation::BucketDelete { bucket }),
+            _ => Some(Mutation::BucketBind { bucket, contract: gallery_contract() }),
+        }
     }
 }
 

@@ -59,7 +59,7 @@ pub struct Report {
     pub sim_ms: u64,
     /// Wall-clock milliseconds (measured by the caller; zero inside the run).
     pub wall_ms: u64,
-    /// Mutations and subscriptions the clients made.
+    /// Mutations, subscriptions and rich-text edits the clients made.
     pub operations: u64,
     /// Mutations acknowledged.
     pub acks: u64,
@@ -97,7 +97,8 @@ pub(crate) struct Virtual {
 pub(crate) type Clients = Arc<Mutex<Vec<Virtual>>>;
 
 thread_local! {
-    static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// Panics inside the run on this thread; `None` outside a run, where panics print as usual.
+    static PANICS: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
 }
 
 fn install_panic_hook() {
@@ -106,7 +107,11 @@ fn install_panic_hook() {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             let text = format!("{info}");
-            let recorded = PANICS.try_with(|p| p.borrow_mut().push(text)).is_ok();
+            let recorded = PANICS
+                .try_with(|p| {
+                    p.try_borrow_mut().ok().and_then(|mut p| p.as_mut().map(|p| p.push(text))).is_some()
+                })
+                .unwrap_or(false);
             if !recorded || std::env::var_os("ROOMLAB_SIM_PANIC_TRACE").is_some() {
                 default(info);
             }
@@ -161,10 +166,28 @@ fn tap(trace: &SharedTrace, index: usize, user: UserId) -> roomlab_client::Tap {
                 check::private_leak(&user, text, &trace, &actor);
                 format!("< {text}")
             }
+            TapEvent::SentYjs(frame) => format!("> {}", yjs_line(frame)),
+            TapEvent::ReceivedYjs(frame) => format!("< {}", yjs_line(frame)),
             TapEvent::Disconnected { reason } => format!("disconnected: {reason}"),
         };
         trace.lock().expect("trace lock").record(time_ms, &actor, &text);
     })
+}
+
+/// A Yjs frame in the trace: its field, kind, size and a hash of its bytes (the bytes themselves
+/// are opaque and long; the hash keeps the trace's determinism check exact).
+fn yjs_line(frame: &roomlab_protocol::YjsFrame) -> String {
+    let kind = match roomlab_protocol::YSync::parse(&frame.payload) {
+        Ok(roomlab_protocol::YSync::Step1(_)) => "step1",
+        Ok(roomlab_protocol::YSync::Step2(_)) => "step2",
+        Ok(roomlab_protocol::YSync::Update(_)) => "update",
+        Ok(roomlab_protocol::YSync::Awareness(_)) => "awareness",
+        Err(_) => "malformed",
+    };
+    let hash = frame.payload.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("Y {}/{} {kind} {} bytes #{hash:016x}", frame.doc, frame.field, frame.payload.len())
 }
 
 fn client_config(
@@ -244,6 +267,12 @@ fn build(
     });
     let clients: Clients = Arc::default();
     let phase = Arc::new(AtomicU8::new(PHASE_SETUP));
+    // In swarm mode every seed draws its own workload mix (as the fault driver draws its rates).
+    let mix = if scenario.swarm {
+        scenario.workload.swarm_draw(&mut ChaCha8Rng::seed_from_u64(config.seed ^ 0x3017_3017_3017_3017))
+    } else {
+        scenario.workload
+    };
     for host in 0..scenario.client_hosts {
         let members: Vec<usize> =
             (0..scenario.clients).filter(|i| i % scenario.client_hosts == host).collect();
@@ -264,12 +293,14 @@ fn build(
                     index,
                     client,
                     rng: ChaCha8Rng::seed_from_u64(seed.wrapping_add(1 + index as u64)),
-                    mix: scenario.workload,
+                    mix,
                     rate_per_s: scenario.ops_per_client_per_s,
                     users: scenario.users,
                     phase: phase.clone(),
                     subscriptions: Vec::new(),
                     made: 0,
+                    viewer: identity.role == roomlab_protocol::Role::Viewer,
+                    texts: Vec::new(),
                 };
                 tokio::task::spawn_local(actor.run());
             }
@@ -283,7 +314,7 @@ fn build(
 /// Runs one seed of a scenario and checks every invariant.
 pub fn run(config: &RunConfig) -> Report {
     install_panic_hook();
-    PANICS.with(|p| p.borrow_mut().clear());
+    PANICS.with(|p| *p.borrow_mut() = Some(Vec::new()));
     let scenario = &config.scenario;
     let data = tempfile::tempdir().expect("a temporary directory for the room database");
     let trace: SharedTrace = Arc::new(Mutex::new(Trace::new(config.keep_trace)));
@@ -355,7 +386,8 @@ pub fn run(config: &RunConfig) -> Report {
                 failures.push(format!("the simulated network panicked at {now} ms"));
             }
         }
-        let panics: Vec<String> = PANICS.with(|p| p.borrow_mut().drain(..).collect());
+        let panics: Vec<String> =
+            PANICS.with(|p| p.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default());
         if !panics.is_empty() || !failures.is_empty() {
             failures.extend(panics.into_iter().map(|p| format!("panic inside the simulation: {p}")));
             break;
@@ -377,6 +409,7 @@ pub fn run(config: &RunConfig) -> Report {
     // The simulation owns the server; drop it (and the room database) before the directory goes.
     slot.borrow_mut().take();
     drop(sim);
+    PANICS.with(|p| *p.borrow_mut() = None);
     report
 }
 
@@ -437,7 +470,8 @@ impl World<'_> {
         };
         for v in self.clients.lock().expect("clients lock").iter() {
             v.client.with_core(|core| {
-                report.operations += core.outcomes().len() as u64 + core.subscriptions_made();
+                report.operations +=
+                    core.outcomes().len() as u64 + core.subscriptions_made() + core.yjs().edits_made();
                 for outcome in core.outcomes().values() {
                     match outcome {
                         roomlab_client::Outcome::Ack(_) => report.acks += 1,
