@@ -68,6 +68,15 @@ pub enum Effect {
     },
 }
 
+impl Effect {
+    /// The connection the effect is for.
+    pub fn conn(&self) -> ConnId {
+        match self {
+            Effect::Send { conn, .. } | Effect::Yjs { conn, .. } | Effect::Close { conn, .. } => *conn,
+        }
+    }
+}
+
 /// The room's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {

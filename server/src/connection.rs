@@ -1,5 +1,6 @@
 //! One WebSocket connection: frames in to the room, the room's frames out, heartbeats, limits.
 
+use crate::buggify::FaultPoint;
 use crate::rooms::{error_frame, CloseOrder, Input, Outbound, Outbox};
 use crate::Server;
 use futures_util::{SinkExt, StreamExt};
@@ -178,7 +179,8 @@ async fn read_loop<S>(
             }
             frame = stream.next() => frame,
             _ = pings.tick() => {
-                if heard.elapsed() > Duration::from_millis(config.silence_close_ms) {
+                let early = config.buggify.as_ref().is_some_and(|b| b.fire(FaultPoint::SilenceEarly));
+                if early || heard.elapsed() > Duration::from_millis(config.silence_close_ms) {
                     outbox.order_close(1001, "no answer to pings");
                     return;
                 }

@@ -10,11 +10,13 @@
 //! The server reads time only through tokio's clock (which turmoil drives) plus a configured epoch,
 //! and randomness only from its configured seed, so a simulated server is deterministic.
 
+mod buggify;
 mod connection;
 mod http;
 mod rooms;
 mod token;
 
+pub use buggify::{Buggify, FaultPoint};
 pub use rooms::SharedRoom;
 pub use token::{mint, verify, Claims, TokenError};
 
@@ -60,6 +62,8 @@ pub struct ServerConfig {
     /// needs this: tokio files runtime tasks in shards by a process-wide task id, so the order in
     /// which a crash drops connections would depend on other threads; a `LocalSet` keeps one list.
     pub local_tasks: bool,
+    /// Fault points a simulation turned on (none in a real server).
+    pub buggify: Option<Arc<Buggify>>,
 }
 
 impl ServerConfig {
@@ -77,6 +81,7 @@ impl ServerConfig {
             silence_close_ms: 30_000,
             connections_max: 100_000,
             local_tasks: false,
+            buggify: None,
         }
     }
 }

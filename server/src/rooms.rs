@@ -1,6 +1,7 @@
 //! The room registry and the room actor: one task per open room owns its engine `Room`, so every
 //! change of a room is made by one writer in arrival order (docs/PROTOCOL.md room.one-authority).
 
+use crate::buggify::{reorder_by_connection, Buggify, FaultPoint};
 use crate::{Clock, ServerConfig};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -125,6 +126,7 @@ impl Registry {
             registry: self.clone(),
             idle_close_ms: config.idle_close_ms,
             stopping,
+            buggify: config.buggify.clone(),
         };
         crate::spawn(config.local_tasks, actor.run(receiver));
         rooms.insert(id.clone(), Open { inputs: inputs.clone(), room: room.clone() });
@@ -175,6 +177,8 @@ struct Actor {
     idle_close_ms: u64,
     /// The server's shutdown signal: a room without connections closes at once when it is set.
     stopping: watch::Receiver<bool>,
+    /// Fault points a simulation turned on.
+    buggify: Option<Arc<Buggify>>,
 }
 
 impl Actor {
@@ -196,6 +200,10 @@ impl Actor {
                 inputs.recv().await
             };
             let Some(input) = input else { break };
+            if let Some(buggify) = self.buggify.as_ref().filter(|b| b.fire(FaultPoint::RoomStall)) {
+                let stall_ms = 1 + buggify.below(300);
+                tokio::time::sleep(std::time::Duration::from_millis(stall_ms)).await;
+            }
             self.handle(input);
         }
         // Closing the queue first makes late senders reopen the room instead of waiting on it.
@@ -227,6 +235,15 @@ impl Actor {
                 }
             }
         };
+        let reorder = self.buggify.as_ref().is_some_and(|b| b.fire(FaultPoint::BroadcastReorder));
+        if reorder {
+            let keyed: Vec<(ConnId, Effect)> =
+                effects.into_iter().map(|effect| (effect.conn(), effect)).collect();
+            for (_, effect) in reorder_by_connection(keyed) {
+                self.carry_out(effect);
+            }
+            return;
+        }
         for effect in effects {
             self.carry_out(effect);
         }

@@ -229,6 +229,10 @@ pub struct Faults {
     pub stalls: f64,
     /// Reconnect storms: every client's connection dropped at once.
     pub storms: f64,
+    /// BUGGIFY fault points inside the server (a room stalling before it commits, a broadcast
+    /// batch reordered, a silence timeout firing early): the percent of opportunities at which each
+    /// point a seed turns on fires; 0 turns them all off.
+    pub buggify: f64,
 }
 
 impl Default for Faults {
@@ -242,6 +246,7 @@ impl Default for Faults {
             crashes: 1.0,
             stalls: 2.0,
             storms: 0.5,
+            buggify: 0.0,
         }
     }
 }

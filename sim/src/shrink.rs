@@ -60,7 +60,7 @@ fn candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
         }
     }
     let f = scenario.faults;
-    let faults: [Knob<f64>; 8] = [
+    let faults: [Knob<f64>; 9] = [
         ("partitions", f.partitions, |s| s.faults.partitions = 0.0),
         ("one-way partitions", f.oneway_partitions, |s| s.faults.oneway_partitions = 0.0),
         ("clogs", f.clogs, |s| s.faults.clogs = 0.0),
@@ -69,6 +69,7 @@ fn candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
         ("crashes", f.crashes, |s| s.faults.crashes = 0.0),
         ("stalls", f.stalls, |s| s.faults.stalls = 0.0),
         ("storms", f.storms, |s| s.faults.storms = 0.0),
+        ("BUGGIFY points", f.buggify, |s| s.faults.buggify = 0.0),
     ];
     // A fault already off changes nothing, and `push` drops candidates equal to the scenario.
     for (name, _, off) in faults {

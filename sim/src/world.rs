@@ -139,7 +139,29 @@ pub(crate) fn engine_config(scenario: &Scenario) -> roomlab_engine::Config {
     config
 }
 
-fn server_config(config: &RunConfig, data: &std::path::Path) -> ServerConfig {
+/// The fault points this seed turns on (each with even odds, at least one) when the scenario
+/// enables BUGGIFY.
+fn buggify_for(config: &RunConfig) -> Option<Arc<roomlab_server::Buggify>> {
+    use rand_chacha::rand_core::RngCore;
+    let percent = config.scenario.faults.buggify;
+    if percent <= 0.0 {
+        return None;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xb0b0_b0b0_b0b0_b0b0);
+    let points = roomlab_server::FaultPoint::ALL;
+    let mut enabled: std::collections::BTreeSet<_> =
+        points.into_iter().filter(|_| rng.next_u64().is_multiple_of(2)).collect();
+    if enabled.is_empty() {
+        enabled.insert(points[(rng.next_u64() % points.len() as u64) as usize]);
+    }
+    Some(Arc::new(roomlab_server::Buggify::new(config.seed, enabled, percent)))
+}
+
+fn server_config(
+    config: &RunConfig,
+    data: &std::path::Path,
+    buggify: Option<Arc<roomlab_server::Buggify>>,
+) -> ServerConfig {
     let (scenario, seed) = (&config.scenario, config.seed);
     let mutant = config.mutant;
     let mut config = ServerConfig::new(SECRET);
@@ -150,6 +172,7 @@ fn server_config(config: &RunConfig, data: &std::path::Path) -> ServerConfig {
     config.seed = seed;
     config.idle_close_ms = 3_600_000;
     config.local_tasks = true;
+    config.buggify = buggify;
     config
 }
 
@@ -239,6 +262,7 @@ fn build(
     config: &RunConfig,
     data: &std::path::Path,
     trace: &SharedTrace,
+    buggify: Option<Arc<roomlab_server::Buggify>>,
 ) -> (turmoil::Sim<'static>, ServerSlot, Clients, Arc<AtomicU8>) {
     let scenario = &config.scenario;
     let total_s = scenario.setup_s * 10 + scenario.safety_s + scenario.liveness_s + 60;
@@ -253,7 +277,7 @@ fn build(
         .tcp_capacity(16_384)
         .build();
     let slot: ServerSlot = Rc::default();
-    let server_config = server_config(config, data);
+    let server_config = server_config(config, data, buggify);
     let host_slot = slot.clone();
     sim.host("server", move || {
         let (config, slot) = (server_config.clone(), host_slot.clone());
@@ -318,7 +342,8 @@ pub fn run(config: &RunConfig) -> Report {
     let scenario = &config.scenario;
     let data = tempfile::tempdir().expect("a temporary directory for the room database");
     let trace: SharedTrace = Arc::new(Mutex::new(Trace::new(config.keep_trace)));
-    let (mut sim, slot, clients, phase) = build(config, data.path(), &trace);
+    let buggify = buggify_for(config);
+    let (mut sim, slot, clients, phase) = build(config, data.path(), &trace, buggify.clone());
     let mut failures = Failures::default();
     let mut faults = FaultDriver::new(scenario, config.seed);
     let world = World { slot: &slot, clients: &clients, trace: &trace, scenario };
@@ -397,7 +422,9 @@ pub fn run(config: &RunConfig) -> Report {
     if failures.is_empty() {
         failures.extend(check::final_checks(&world, sim_ms));
     }
-    let mut report = world.report(config, sim_ms, faults.fired());
+    let mut fired = faults.fired();
+    fired.extend(buggify.map(|b| b.fired()).unwrap_or_default());
+    let mut report = world.report(config, sim_ms, fired);
     report.failures = failures.into_vec();
     for failure in &report.failures {
         trace.lock().expect("trace lock").record(sim_ms, "world", &format!("FAILED {failure}"));

@@ -27,25 +27,48 @@ fn safety_s() -> u64 {
     std::env::var("ROOMLAB_SIM_SAFETY_S").ok().and_then(|s| s.parse().ok()).unwrap_or(15)
 }
 
-fn check(name: &str) {
+/// Runs the seeds of a scenario; fails with every failing seed's repro line. Returns how often each
+/// fault kind (BUGGIFY points included) fired over all the seeds that enabled it.
+fn check(name: &str) -> std::collections::BTreeMap<String, u64> {
     let mut scenario = Scenario::load(name).unwrap();
     scenario.safety_s = scenario.safety_s.min(safety_s());
-    let failed: Vec<String> = (0..seeds())
-        .map(|seed| run(&RunConfig { scenario: scenario.clone(), seed, keep_trace: false, mutant: None }))
-        .filter(|report| !report.passed())
-        .map(|report| failure_text(&report))
-        .collect();
+    let mut fired = std::collections::BTreeMap::new();
+    let mut failed = Vec::new();
+    for seed in 0..seeds() {
+        let report = run(&RunConfig { scenario: scenario.clone(), seed, keep_trace: false, mutant: None });
+        for (kind, count) in &report.faults {
+            *fired.entry(kind.clone()).or_insert(0) += count;
+        }
+        if !report.passed() {
+            failed.push(failure_text(&report));
+        }
+    }
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+    fired
 }
 
+/// The swarm turns on every fault kind and every BUGGIFY point on some seeds; each must fire
+/// somewhere in the sweep, or the fault is a dead knob.
 #[test]
 fn swarm() {
-    check("swarm");
+    let fired = check("swarm");
+    let never: Vec<&String> = fired.iter().filter(|(_, count)| **count == 0).map(|(kind, _)| kind).collect();
+    assert!(never.is_empty() || seeds() < 20, "enabled on some seeds but never fired: {never:?}");
+    assert!(fired.keys().any(|kind| kind.starts_with("buggify:")), "{fired:?}");
 }
 
 #[test]
 fn reconnect_storm() {
     check("reconnect-storm");
+}
+
+/// Every embedded scenario has its test above.
+#[test]
+fn every_scenario_is_swept() {
+    let source = include_str!("scenarios.rs");
+    for name in NAMES {
+        assert!(source.contains(&format!("check(\"{name}\")")), "no test sweeps {name}");
+    }
 }
 
 #[test]
@@ -66,6 +89,16 @@ fn quota_pressure() {
 #[test]
 fn bucket_contracts() {
     check("bucket-contracts");
+}
+
+#[test]
+fn yjs_typing() {
+    check("yjs-typing");
+}
+
+#[test]
+fn crash_recovery() {
+    check("crash-recovery");
 }
 
 /// Ten seeds of the swarm, each run twice: the traces (every frame, fault and check with its
