@@ -47,6 +47,7 @@ pub fn scenario_for(mutant: Mutant) -> &'static str {
         Mutant::SkipResubscribe | Mutant::ReplayAppliedTwice => "reconnect-storm",
         Mutant::NoDocDeletedPush | Mutant::RestoreBumpsSeq | Mutant::SysDocRemovable => "delete-restore-race",
         Mutant::PurgeKeepsUsage | Mutant::QuotaCheckedBeforeWrite => "quota-pressure",
+        Mutant::QuotaEdgeRefused => "quota-pressure",
         Mutant::AckBeforeCommit => "crash-recovery",
         Mutant::CreateDeletedAnswersExists => "quota-pressure",
         Mutant::ListTiesByArrival => "fracdex-contention",

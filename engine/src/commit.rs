@@ -217,9 +217,14 @@ impl Room {
             let used = storage::usage(&transaction, user.as_str())?;
             assert_eq!(used, memory[user], "stored usage of {user} differs from the room's");
             let limit = limits[user];
-            let over = |delta: u64| match Mutant::QuotaCheckedBeforeWrite.planted(self.config.mutant) {
-                true => used >= limit,
-                false => used + delta > limit,
+            let over = |delta: u64| {
+                if Mutant::QuotaCheckedBeforeWrite.planted(self.config.mutant) {
+                    used >= limit
+                } else if Mutant::QuotaEdgeRefused.planted(self.config.mutant) {
+                    used + delta >= limit
+                } else {
+                    used + delta > limit
+                }
             };
             if *delta > 0 && over(*delta as u64) {
                 let message = format!("usage {used} + {delta} bytes exceeds the limit of {limit}");

@@ -41,11 +41,13 @@ pub enum Mutant {
     BucketGuardIgnored,
     /// A viewer's Yjs update is merged and relayed (R: roles; docs/PROTOCOL.md yjs.access).
     ViewerYjsApplied,
+    /// A write that lands exactly at the user's limit is refused (an off-by-one in quota.check).
+    QuotaEdgeRefused,
 }
 
 impl Mutant {
     /// Every mutant, in catalogue order.
-    pub const ALL: [Mutant; 14] = [
+    pub const ALL: [Mutant; 15] = [
         Mutant::SkipResubscribe,
         Mutant::NoDocDeletedPush,
         Mutant::RestoreBumpsSeq,
@@ -60,6 +62,7 @@ impl Mutant {
         Mutant::ViewerCanWrite,
         Mutant::BucketGuardIgnored,
         Mutant::ViewerYjsApplied,
+        Mutant::QuotaEdgeRefused,
     ];
 
     /// Whether this build can plant mutants (the `mutants` feature).
@@ -82,6 +85,7 @@ impl Mutant {
             Mutant::ViewerCanWrite => "viewer-can-write",
             Mutant::BucketGuardIgnored => "bucket-guard-ignored",
             Mutant::ViewerYjsApplied => "viewer-yjs-applied",
+            Mutant::QuotaEdgeRefused => "quota-edge-refused",
         }
     }
 
@@ -98,6 +102,7 @@ impl Mutant {
             Mutant::NoDocDeletedPush | Mutant::RestoreBumpsSeq | Mutant::CreateDeletedAnswersExists => 'D',
             Mutant::ListTiesByArrival | Mutant::SysDocRemovable => 'D',
             Mutant::PurgeKeepsUsage | Mutant::QuotaCheckedBeforeWrite | Mutant::BucketGuardIgnored => 'S',
+            Mutant::QuotaEdgeRefused => 'S',
         }
     }
 

@@ -109,6 +109,7 @@ pub(crate) fn final_checks(world: &World<'_>, now_ms: u64) -> Vec<String> {
     failures.extend(yjs_convergence(world, &room));
     failures.extend(client_histories(world));
     failures.extend(own_lifecycles(world));
+    failures.extend(quota_refusals(world));
     failures.extend(replay(world, &room));
     failures
 }
@@ -317,6 +318,37 @@ fn own_lifecycles(world: &World<'_>) -> Vec<String> {
                         v.index,
                         if expected == "deleted" { "soft-deleted" } else { "live" },
                     ));
+                }
+            }
+        });
+    }
+    failures
+}
+
+/// A write that fits is never refused for quota (quota.check): a create of a new document
+/// charges the canonical JSON bytes of its data, so a `quota_exceeded` answer whose own `used` plus
+/// that size is within its own `limit` refused a write landing at or under the limit.
+fn quota_refusals(world: &World<'_>) -> Vec<String> {
+    let mut failures = Vec::new();
+    for v in world.clients.lock().expect("clients lock").iter() {
+        v.client.with_core(|core| {
+            for (mid, outcome) in core.outcomes() {
+                let Outcome::Refused(body) = outcome else { continue };
+                if body.code != roomlab_protocol::ErrorCode::QuotaExceeded {
+                    continue;
+                }
+                let Some(Mutation::Create { data, doc_type, .. }) = core.answered_mutation(*mid) else { continue };
+                if doc_type.as_str() != "blobs" {
+                    continue;
+                }
+                let size = serde_json::to_string(data).expect("JSON serializes").len() as u64;
+                if let (Some(used), Some(limit)) = (body.used, body.limit) {
+                    if used + size <= limit {
+                        failures.push(format!(
+                            "quota: c{} mutation {mid} (a create of {size} bytes) was refused at usage {used} of limit {limit}, though it fits",
+                            v.index
+                        ));
+                    }
                 }
             }
         });

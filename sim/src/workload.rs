@@ -9,6 +9,8 @@ use roomlab_protocol::{
     ListKey, Mutation, Op, Order, Query, Role, Target, Where,
 };
 use serde_json::json;
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +50,17 @@ pub(crate) struct Actor {
     pub made: u64,
     pub viewer: bool,
     pub texts: Vec<(DocId, YjsText)>,
+    /// The BUGGIFY point "a write landing exactly at the quota limit", when the seed turned it on:
+    /// this client's room usage as the server holds it now, and the user's limit.
+    pub quota_edge: Option<QuotaEdge>,
+}
+
+/// What the quota-edge point needs: the user's usage on the server now, its limit, and where to
+/// count the writes it sized.
+pub(crate) struct QuotaEdge {
+    pub usage: Rc<dyn Fn() -> Option<u64>>,
+    pub limit: u64,
+    pub fired: Rc<Cell<u64>>,
 }
 
 fn doc(id: impl Into<String>) -> DocId {
@@ -324,7 +337,28 @@ impl Actor {
         }
     }
 
+    /// A create sized to land exactly at the user's limit (BUGGIFY: the write must be accepted,
+    /// unless another write of the user's got there first).
+    fn quota_edge_op(&mut self) -> Option<Mutation> {
+        let edge = self.quota_edge.as_ref()?;
+        let remaining = edge.limit.checked_sub((edge.usage)()?)?;
+        // `{"pad":""}` is 10 bytes of canonical JSON; the pad fills the rest.
+        let pad = usize::try_from(remaining.checked_sub(10)?).ok().filter(|pad| *pad <= 20_000)?;
+        edge.fired.set(edge.fired.get() + 1);
+        self.made += 1;
+        Some(Mutation::Create {
+            doc: doc(format!("q{}-{}", self.index, self.made)),
+            doc_type: doc_type("blobs"),
+            data: json!({"pad": "x".repeat(pad)}),
+        })
+    }
+
     fn quota_op(&mut self) -> Mutation {
+        if self.quota_edge.is_some() && self.chance(30) {
+            if let Some(mutation) = self.quota_edge_op() {
+                return mutation;
+            }
+        }
         let own = self.made.saturating_sub(self.below(3));
         let id = doc(format!("q{}-{}", self.index, own.max(1)));
         match self.below(5) {

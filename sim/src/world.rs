@@ -5,7 +5,7 @@ use crate::check::{self, Failures};
 use crate::faults::FaultDriver;
 use crate::scenario::Scenario;
 use crate::trace::{SharedTrace, Trace};
-use crate::workload::{role_of, Actor, PHASE_LIVENESS, PHASE_SAFETY, PHASE_SETUP};
+use crate::workload::{role_of, Actor, QuotaEdge, PHASE_LIVENESS, PHASE_SAFETY, PHASE_SETUP};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use roomlab_client::{Client, ClientConfig, TapEvent};
@@ -157,6 +157,26 @@ fn buggify_for(config: &RunConfig) -> Option<Arc<roomlab_server::Buggify>> {
     Some(Arc::new(roomlab_server::Buggify::new(config.seed, enabled, percent)))
 }
 
+/// Whether this seed turns on the workload's BUGGIFY point, a write landing exactly at the quota
+/// limit (even odds, when the scenario enables BUGGIFY).
+fn quota_edge_on(config: &RunConfig) -> bool {
+    use rand_chacha::rand_core::RngCore;
+    config.scenario.faults.buggify > 0.0
+        && ChaCha8Rng::seed_from_u64(config.seed ^ 0x0e06_0e06_0e06_0e06).next_u64().is_multiple_of(2)
+}
+
+/// The user's usage in the server's room now, if the server and the room are up.
+fn usage_reader(slot: &ServerSlot, user: UserId) -> Rc<dyn Fn() -> Option<u64>> {
+    let slot = slot.clone();
+    Rc::new(move || {
+        let server = slot.borrow().clone()?;
+        let room = RoomId::new(ROOM).expect("valid");
+        let (_, room) = server.open_rooms().into_iter().find(|(id, _)| *id == room)?;
+        let room = room.lock().ok()?;
+        Some(room.usage(&user))
+    })
+}
+
 fn server_config(
     config: &RunConfig,
     data: &std::path::Path,
@@ -263,6 +283,7 @@ fn build(
     data: &std::path::Path,
     trace: &SharedTrace,
     buggify: Option<Arc<roomlab_server::Buggify>>,
+    quota_edges: Option<Rc<std::cell::Cell<u64>>>,
 ) -> (turmoil::Sim<'static>, ServerSlot, Clients, Arc<AtomicU8>) {
     let scenario = &config.scenario;
     let total_s = scenario.setup_s * 10 + scenario.safety_s + scenario.liveness_s + 60;
@@ -303,9 +324,16 @@ fn build(
         let (scenario, seed, trace, clients, phase) =
             (scenario.clone(), config.seed, trace.clone(), clients.clone(), phase.clone());
         let mutant = config.mutant;
+        let (slot, quota_edges) = (slot.clone(), quota_edges.clone());
+        let quotas = engine_config(&scenario).quotas;
         sim.client(format!("clients-{host}"), async move {
             for index in members {
                 let identity = identity_of(&scenario, index);
+                let quota_edge = quota_edges.as_ref().map(|fired| QuotaEdge {
+                    usage: usage_reader(&slot, identity.user.clone()),
+                    limit: quotas.limit(identity.plan, identity.addons),
+                    fired: fired.clone(),
+                });
                 let config = client_config(mutant, seed, index, &identity, &trace);
                 let client = Arc::new(Client::start(config, SimConnector));
                 clients.lock().expect("clients lock").push(Virtual {
@@ -325,6 +353,7 @@ fn build(
                     made: 0,
                     viewer: identity.role == roomlab_protocol::Role::Viewer,
                     texts: Vec::new(),
+                    quota_edge,
                 };
                 tokio::task::spawn_local(actor.run());
             }
@@ -343,7 +372,9 @@ pub fn run(config: &RunConfig) -> Report {
     let data = tempfile::tempdir().expect("a temporary directory for the room database");
     let trace: SharedTrace = Arc::new(Mutex::new(Trace::new(config.keep_trace)));
     let buggify = buggify_for(config);
-    let (mut sim, slot, clients, phase) = build(config, data.path(), &trace, buggify.clone());
+    let quota_edges = quota_edge_on(config).then(|| Rc::new(std::cell::Cell::new(0)));
+    let (mut sim, slot, clients, phase) =
+        build(config, data.path(), &trace, buggify.clone(), quota_edges.clone());
     let mut failures = Failures::default();
     let mut faults = FaultDriver::new(scenario, config.seed);
     let world = World { slot: &slot, clients: &clients, trace: &trace, scenario };
@@ -424,6 +455,9 @@ pub fn run(config: &RunConfig) -> Report {
     }
     let mut fired = faults.fired();
     fired.extend(buggify.map(|b| b.fired()).unwrap_or_default());
+    if let Some(count) = quota_edges {
+        fired.insert("buggify:quota-exact".into(), count.get());
+    }
     let mut report = world.report(config, sim_ms, fired);
     report.failures = failures.into_vec();
     for failure in &report.failures {
