@@ -13,7 +13,8 @@ use std::time::Instant;
 #[derive(clap::Args)]
 pub struct SimArgs {
     /// An embedded scenario (swarm, reconnect-storm, fracdex-contention, delete-restore-race,
-    /// quota-pressure, bucket-contracts) or the path of a scenario file.
+    /// quota-pressure, bucket-contracts, yjs-typing, crash-recovery) or the path of a scenario
+    /// file.
     #[arg(long, default_value = "swarm")]
     scenario: String,
     /// How many seeds (0..N), or a range A..B.
@@ -296,4 +297,26 @@ fn commit() -> String {
         .filter(|out| out.status.success())
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[derive(clap::Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    /// The help of `--scenario` names every embedded scenario, so a new one is not hidden.
+    #[test]
+    fn the_help_names_every_embedded_scenario() {
+        let command = Wrapper::command();
+        let argument = command.get_arguments().find(|a| a.get_id() == "scenario").unwrap();
+        let help = argument.get_help().unwrap().to_string();
+        let missing: Vec<_> = roomlab_sim::NAMES.iter().filter(|name| !help.contains(*name)).collect();
+        assert!(missing.is_empty(), "--scenario help misses {missing:?}: {help}");
+    }
 }

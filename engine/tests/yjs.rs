@@ -192,3 +192,41 @@ fn frames_that_cannot_be_served_get_typed_errors() {
     assert_eq!(error_code(&world.yjs(&ada, "n", ada.step1())), Some(ErrorCode::Deleted));
     assert_eq!(error_code(&world.yjs(&ada, "n", sync(2, &[1, 2, 3]))), Some(ErrorCode::Deleted));
 }
+
+#[test]
+fn awareness_is_relayed_to_the_fields_other_connections_and_never_stored() {
+    let mut world = World::open(&tempfile::tempdir().unwrap().path().join("room.sqlite"));
+    world.join(1, "alice", Role::Member);
+    world.join(2, "bob", Role::Member);
+    world.join(3, "val", Role::Viewer);
+    world.text(1, r#"{"type":"mutate","mid":1,"op":"create","doc":"t1","doc_type":"notes","data":{}}"#);
+    let (alice, bob, val) = (Client::new(1, 11), Client::new(2, 22), Client::new(3, 33));
+    for client in [&alice, &bob, &val] {
+        world.sync(client, "t1");
+    }
+    deliver(world.yjs(&alice, "t1", sync(2, &alice.type_text("hi"))), &[&bob, &val]);
+    let (doc, field) = (DocId::new("t1").unwrap(), FieldName::new("body").unwrap());
+    let state = world.room.yjs_state(&doc, &field).unwrap();
+
+    // Awareness (message type 1) from anyone who may read, a viewer too, goes to every other
+    // connection with the field open, byte for byte, and leaves the document's state alone.
+    let awareness = vec![1, 5, 1, 33, 2, 0, 0];
+    let check = |effects: Vec<Effect>, expected: &[u64]| {
+        let mut to: Vec<u64> = effects
+            .iter()
+            .map(|effect| match effect {
+                Effect::Yjs { conn, frame } if frame.payload == awareness => conn.0,
+                other => panic!("awareness answered with {other:?}"),
+            })
+            .collect();
+        to.sort();
+        assert_eq!(to, expected);
+    };
+    check(world.yjs(&val, "t1", awareness.clone()), &[1, 2]);
+    check(world.yjs(&alice, "t1", awareness.clone()), &[2, 3]);
+    assert_eq!(world.room.yjs_state(&doc, &field).unwrap(), state, "awareness is never merged or stored");
+
+    // A connection that closed the field hears no more of it.
+    world.text(2, r#"{"type":"yjs_close","doc":"t1","field":"body"}"#);
+    check(world.yjs(&alice, "t1", awareness.clone()), &[3]);
+}

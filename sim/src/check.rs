@@ -402,10 +402,28 @@ fn would_advance(replica: &Room, acked: &Acked) -> bool {
     }
 }
 
+/// When no change took the sequence the room is about to take, a bind or a commit at it did: it
+/// goes first. It ran before anything else answered with that sequence, so it is the first of its
+/// client there, and it would advance the room as the room stands (a later commit of an emptied
+/// session may look as if it would, but its own client's staging comes before it).
+fn move_taker_first(group: &mut [Acked], replica: &Room) {
+    let seq = group[0].seq;
+    let len = group.iter().take_while(|a| a.seq == seq).count();
+    let taker = (0..len).find(|&i| {
+        let first_of_client = i == 0 || group[i - 1].client != group[i].client;
+        group[i].class == 1 && first_of_client && would_advance(replica, &group[i])
+    });
+    if let Some(taker) = taker {
+        group[..=taker].rotate_right(1);
+    }
+}
+
 /// Puts the acknowledged mutations in the order the room applied them: by sequence; within one
-/// sequence the change that took it first, then those answered with it.
-fn replay_order(mut acked: Vec<Acked>, replica: &Room) -> Result<Vec<Acked>, String> {
-    acked.sort_by_key(|a| (a.seq, a.class, a.client, a.mid));
+/// sequence the change that took it first, then those answered with it in each client's order
+/// (a user's session is shared by its clients, and one client's staging, discard and commit at
+/// one sequence only make sense in the order it sent them).
+fn replay_order(mut acked: Vec<Acked>) -> Result<Vec<Acked>, String> {
+    acked.sort_by_key(|a| (a.seq, a.class != 0, a.client, a.mid));
     let changes: Vec<(u64, usize, u64)> =
         acked.iter().filter(|a| a.class == 0).map(|a| (a.seq, a.client, a.mid)).collect();
     if let Some(pair) = changes.windows(2).find(|w| w[0].0 == w[1].0) {
@@ -414,7 +432,6 @@ fn replay_order(mut acked: Vec<Acked>, replica: &Room) -> Result<Vec<Acked>, Str
             pair[0].1, pair[0].2, pair[1].1, pair[1].2, pair[0].0
         ));
     }
-    let _ = replica;
     Ok(acked)
 }
 
@@ -451,7 +468,7 @@ fn replay(world: &World<'_>, room: &Room) -> Vec<String> {
     }
     let id = RoomId::new(ROOM).expect("valid");
     let mut replica = Room::open(id, None, engine_config(world.scenario)).expect("an in-memory room opens");
-    let mut acked = match replay_order(acked, &replica) {
+    let mut acked = match replay_order(acked) {
         Ok(acked) => acked,
         Err(failure) => {
             failures.push(failure);
@@ -465,14 +482,8 @@ fn replay(world: &World<'_>, room: &Room) -> Vec<String> {
     }
     let mut index = 0;
     while index < acked.len() {
-        // Among class-1 mutations at the sequence the room is about to take, the one that takes it
-        // goes first.
-        if acked[index].class == 1 && acked[index].seq == replica.seq() + 1 {
-            let group_end = index
-                + acked[index..].iter().take_while(|a| a.seq == acked[index].seq && a.class == 1).count();
-            if let Some(first) = (index..group_end).find(|&i| would_advance(&replica, &acked[i])) {
-                acked[index..=first].rotate_right(1);
-            }
+        if acked[index].class != 0 && acked[index].seq == replica.seq() + 1 {
+            move_taker_first(&mut acked[index..], &replica);
         }
         let a = &acked[index];
         index += 1;

@@ -3,7 +3,7 @@
 
 use crate::check::{self, Failures};
 use crate::faults::FaultDriver;
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, Workload};
 use crate::trace::{SharedTrace, Trace};
 use crate::workload::{role_of, Actor, QuotaEdge, PHASE_LIVENESS, PHASE_SAFETY, PHASE_SETUP};
 use rand_chacha::rand_core::SeedableRng;
@@ -158,11 +158,24 @@ fn buggify_for(config: &RunConfig) -> Option<Arc<roomlab_server::Buggify>> {
 }
 
 /// Whether this seed turns on the workload's BUGGIFY point, a write landing exactly at the quota
-/// limit (even odds, when the scenario enables BUGGIFY).
+/// limit (even odds, when the scenario enables BUGGIFY and the seed's mix writes to quotas).
 fn quota_edge_on(config: &RunConfig) -> bool {
     use rand_chacha::rand_core::RngCore;
     config.scenario.faults.buggify > 0.0
+        && workload_mix(config).quota > 0
         && ChaCha8Rng::seed_from_u64(config.seed ^ 0x0e06_0e06_0e06_0e06).next_u64().is_multiple_of(2)
+}
+
+/// The seed's workload mix: in swarm mode every seed draws its own (as the fault driver draws
+/// its rates).
+fn workload_mix(config: &RunConfig) -> Workload {
+    let scenario = &config.scenario;
+    match scenario.swarm {
+        true => {
+            scenario.workload.swarm_draw(&mut ChaCha8Rng::seed_from_u64(config.seed ^ 0x3017_3017_3017_3017))
+        }
+        false => scenario.workload,
+    }
 }
 
 /// The user's usage in the server's room now, if the server and the room are up.
@@ -312,12 +325,7 @@ fn build(
     });
     let clients: Clients = Arc::default();
     let phase = Arc::new(AtomicU8::new(PHASE_SETUP));
-    // In swarm mode every seed draws its own workload mix (as the fault driver draws its rates).
-    let mix = if scenario.swarm {
-        scenario.workload.swarm_draw(&mut ChaCha8Rng::seed_from_u64(config.seed ^ 0x3017_3017_3017_3017))
-    } else {
-        scenario.workload
-    };
+    let mix = workload_mix(config);
     for host in 0..scenario.client_hosts {
         let members: Vec<usize> =
             (0..scenario.clients).filter(|i| i % scenario.client_hosts == host).collect();
