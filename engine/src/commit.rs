@@ -243,6 +243,19 @@ impl Room {
             let text = serde_json::to_string(&answer).expect("answers serialize");
             storage::remember_answer(&transaction, key, mid, &text, window)?;
         }
+        if self.config.storage_faults.commit_fails() {
+            // BUGGIFY: the disk refuses the commit, and dropping the transaction rolls it back.
+            drop(transaction);
+            if Mutant::CommitErrorIgnored.planted(self.config.mutant) {
+                // The planted bug: the failed commit's error is dropped, so the writer is
+                // acknowledged and the room's memory moves on a write the disk never took.
+                return Ok(Ok((answer, deltas)));
+            }
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                Some("the commit failed (BUGGIFY storage fault)".into()),
+            ));
+        }
         if Mutant::AckBeforeCommit.planted(self.config.mutant) {
             // The planted bug: the transaction stays open and commits when the next message
             // arrives, so a crash in between loses a write that was already acknowledged.

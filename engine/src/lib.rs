@@ -16,7 +16,7 @@ mod storage;
 mod watch;
 mod yjs;
 
-pub use room::{Config, ConnId, Effect, Identity, Room};
+pub use room::{Config, ConnId, Effect, Identity, Room, StorageFaults};
 pub use state::Quotas;
 
 /// Why the engine could not open or use its database.

@@ -86,7 +86,47 @@ pub struct Config {
     pub quotas: Quotas,
     /// A planted bug, in builds with the `mutants` feature (see [`roomlab_protocol::Mutant`]).
     pub mutant: Option<roomlab_protocol::Mutant>,
+    /// A BUGGIFY fault point of the storage (off unless a host turns it on).
+    pub storage_faults: StorageFaults,
 }
+
+/// A BUGGIFY-style fault point inside the engine: asked before each mutation's commit, and when it
+/// answers true the commit fails as if the disk had refused it (the transaction rolls back and
+/// the writer is answered `internal`). A simulation wires it to its seeded fault points, so the
+/// rarely taken path of a failed commit runs often; by default it never fires.
+#[derive(Clone, Default)]
+pub struct StorageFaults(Option<std::sync::Arc<dyn Fn() -> bool + Send + Sync>>);
+
+impl StorageFaults {
+    /// A fault point that fails a commit whenever `commit_fails` answers true.
+    pub fn new(commit_fails: impl Fn() -> bool + Send + Sync + 'static) -> StorageFaults {
+        StorageFaults(Some(std::sync::Arc::new(commit_fails)))
+    }
+
+    /// Whether the commit about to happen fails.
+    pub(crate) fn commit_fails(&self) -> bool {
+        self.0.as_ref().is_some_and(|fails| fails())
+    }
+}
+
+impl std::fmt::Debug for StorageFaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "StorageFaults(on)" } else { "StorageFaults(off)" })
+    }
+}
+
+/// Two settings are equal when both are off or both share one fault point.
+impl PartialEq for StorageFaults {
+    fn eq(&self, other: &StorageFaults) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for StorageFaults {}
 
 /// What a document subscription last showed, so that a change of access pushes only real changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

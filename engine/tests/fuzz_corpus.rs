@@ -24,7 +24,7 @@ fn engine_ops_corpus_replays_clean() {
         let config = Config {
             limits,
             quotas: Quotas { free_bytes: 300, pro_bytes: 600, addon_bytes: 0 },
-            mutant: None,
+            ..Config::default()
         };
         lines += check_script(&scratch.path().join("room.sqlite"), config, &input);
         scripts += 1;

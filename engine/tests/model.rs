@@ -19,7 +19,7 @@ fn config() -> Config {
         doc_bytes_max: 200,
         ..Limits::default()
     };
-    Config { limits, quotas: Quotas { free_bytes: 120, pro_bytes: 200, addon_bytes: 0 }, mutant: None }
+    Config { limits, quotas: Quotas { free_bytes: 120, pro_bytes: 200, addon_bytes: 0 }, ..Config::default() }
 }
 
 #[derive(Debug, Clone)]

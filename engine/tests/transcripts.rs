@@ -1,22 +1,29 @@
 //! Transcripts: a script of client frames in, every effect out, snapshotted with insta.
 //!
 //! Script lines are `<conn> <frame JSON>`, `connect <conn> <user> <role> [free|pro] [addons]`,
-//! `disconnect <conn>`, and `reopen` (drop the room and open its database again, as after a crash,
-//! and reconnect the connections that were open).
+//! `disconnect <conn>`, `reopen` (drop the room and open its database again, as after a crash,
+//! and reconnect the connections that were open), and `disk fails` / `disk works` (every commit
+//! from then on fails, as the engine's storage fault point makes it, or succeeds again).
 
-use roomlab_engine::{Config, ConnId, Effect, Identity, Quotas, Room};
+use roomlab_engine::{Config, ConnId, Effect, Identity, Quotas, Room, StorageFaults};
 use roomlab_protocol::{decode, encode_server, Limits, Plan, Role, RoomId, UserId};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Small limits and quotas, so that scripts reach them: 200 bytes free, 300 pro, 100 per add-on.
 fn config() -> Config {
     let quotas = Quotas { free_bytes: 200, pro_bytes: 300, addon_bytes: 100 };
     let limits = Limits { list_items_max: 3, staged_docs_max: 2, asset_bytes_max: 16, ..Limits::default() };
-    Config { quotas, limits, mutant: None }
+    Config { quotas, limits, ..Config::default() }
 }
 
-fn open(path: &Path) -> Room {
-    Room::open(RoomId::new("r1").unwrap(), Some(path), config()).expect("room opens")
+/// Opens the room; its commits fail while `disk_fails` is set.
+fn open(path: &Path, disk_fails: &Arc<AtomicBool>) -> Room {
+    let disk_fails = disk_fails.clone();
+    let storage_faults = StorageFaults::new(move || disk_fails.load(Ordering::Relaxed));
+    Room::open(RoomId::new("r1").unwrap(), Some(path), Config { storage_faults, ..config() })
+        .expect("room opens")
 }
 
 /// Parses `<user> <role> [plan] [addons]`.
@@ -58,7 +65,8 @@ fn role(name: &str) -> Role {
 fn check(script: &str) -> String {
     let directory = tempfile::tempdir().unwrap();
     let path = directory.path().join("room.sqlite");
-    let mut room = open(&path);
+    let disk_fails = Arc::new(AtomicBool::new(false));
+    let mut room = open(&path, &disk_fails);
     let mut connections: Vec<(ConnId, Vec<String>)> = Vec::new();
     let mut transcript = String::new();
     for (number, line) in script.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
@@ -82,9 +90,14 @@ fn check(script: &str) -> String {
                 connections.retain(|(c, _)| *c != conn);
                 Vec::new()
             }
+            ["disk", state] => {
+                disk_fails.store(*state == "fails", Ordering::Relaxed);
+                transcript.push_str(&format!("> {line}\n"));
+                continue;
+            }
             ["reopen"] => {
                 drop(room);
-                room = open(&path);
+                room = open(&path, &disk_fails);
                 let mut effects = Vec::new();
                 for (conn, words) in &connections {
                     let words: Vec<&str> = words.iter().map(String::as_str).collect();
@@ -184,6 +197,33 @@ fn guards_replay_and_crash_recovery() {
         2 {"type":"subscribe","sub":"d","doc":"t"}
         1 {"type":"mutate","mid":2,"op":"put","doc":"t","data":{"n":99}}
         1 {"type":"mutate","mid":3,"op":"patch","doc":"t","data":{"m":true}}
+        "#
+    )));
+}
+
+/// A commit the disk refuses (the engine's BUGGIFY storage fault) rolls the change back: the
+/// writer is answered `internal`, nobody is pushed anything, usage does not move, and the `mid` is
+/// not remembered, so sending it again once the disk works executes it afresh
+/// (docs/PROTOCOL.md mutation.replay.internal-not-remembered). After a restart the room holds
+/// only what was committed.
+#[test]
+fn failed_commits_roll_back() {
+    insta::assert_snapshot!(check(&format!(
+        "{HELLO}{}",
+        r#"
+        2 {"type":"subscribe","sub":"q","query":{"collection":"notes"}}
+        1 {"type":"mutate","mid":1,"op":"create","doc":"a","doc_type":"notes","data":{"n":1}}
+        disk fails
+        1 {"type":"mutate","mid":2,"op":"create","doc":"b","doc_type":"notes","data":{"n":2}}
+        1 {"type":"mutate","mid":3,"op":"put","doc":"a","data":{"n":3}}
+        usage alice
+        disk works
+        1 {"type":"mutate","mid":2,"op":"create","doc":"b","doc_type":"notes","data":{"n":2}}
+        usage alice
+        reopen
+        2 {"type":"hello","protocol":1,"client":"cb"}
+        2 {"type":"subscribe","sub":"q","query":{"collection":"notes"}}
+        usage alice
         "#
     )));
 }

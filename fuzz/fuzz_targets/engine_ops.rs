@@ -10,6 +10,6 @@ use roomlab_protocol::Limits;
 fuzz_target!(|input: &[u8]| {
     let directory = tempfile::tempdir().expect("a temporary directory");
     let limits = Limits { list_items_max: 2, replay_window_max: 4, subscriptions_max: 3, ..Limits::default() };
-    let config = Config { limits, quotas: Quotas { free_bytes: 300, pro_bytes: 600, addon_bytes: 0 }, mutant: None };
+    let config = Config { limits, quotas: Quotas { free_bytes: 300, pro_bytes: 600, addon_bytes: 0 }, ..Config::default() };
     check_script(&directory.path().join("room.sqlite"), config, input);
 });

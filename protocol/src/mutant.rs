@@ -43,11 +43,15 @@ pub enum Mutant {
     ViewerYjsApplied,
     /// A write that lands exactly at the user's limit is refused (an off-by-one in quota.check).
     QuotaEdgeRefused,
+    /// A failed commit's error is ignored: the writer is acknowledged and the room's memory moves
+    /// on, though the disk took nothing (docs/PROTOCOL.md ack.after-commit and
+    /// mutation.replay.internal-not-remembered).
+    CommitErrorIgnored,
 }
 
 impl Mutant {
     /// Every mutant, in catalogue order.
-    pub const ALL: [Mutant; 15] = [
+    pub const ALL: [Mutant; 16] = [
         Mutant::SkipResubscribe,
         Mutant::NoDocDeletedPush,
         Mutant::RestoreBumpsSeq,
@@ -63,6 +67,7 @@ impl Mutant {
         Mutant::BucketGuardIgnored,
         Mutant::ViewerYjsApplied,
         Mutant::QuotaEdgeRefused,
+        Mutant::CommitErrorIgnored,
     ];
 
     /// Whether this build can plant mutants (the `mutants` feature).
@@ -86,6 +91,7 @@ impl Mutant {
             Mutant::BucketGuardIgnored => "bucket-guard-ignored",
             Mutant::ViewerYjsApplied => "viewer-yjs-applied",
             Mutant::QuotaEdgeRefused => "quota-edge-refused",
+            Mutant::CommitErrorIgnored => "commit-error-ignored",
         }
     }
 
@@ -99,6 +105,7 @@ impl Mutant {
         match self {
             Mutant::SkipResubscribe | Mutant::ReplayAppliedTwice | Mutant::OwnerReadByAdmin => 'R',
             Mutant::ViewerCanWrite | Mutant::AckBeforeCommit | Mutant::ViewerYjsApplied => 'R',
+            Mutant::CommitErrorIgnored => 'R',
             Mutant::NoDocDeletedPush | Mutant::RestoreBumpsSeq | Mutant::CreateDeletedAnswersExists => 'D',
             Mutant::ListTiesByArrival | Mutant::SysDocRemovable => 'D',
             Mutant::PurgeKeepsUsage | Mutant::QuotaCheckedBeforeWrite | Mutant::BucketGuardIgnored => 'S',
@@ -110,6 +117,12 @@ impl Mutant {
     /// servers).
     pub fn in_server(self) -> bool {
         self != Mutant::SkipResubscribe
+    }
+
+    /// Whether the conformance suite, which sees a server only over the wire, can make it show:
+    /// a server mutant that acts only when the server's disk fails is out of its reach.
+    pub fn wire_visible(self) -> bool {
+        self.in_server() && self != Mutant::CommitErrorIgnored
     }
 
     /// Whether `self` is planted, given the configured mutant. Always false without the feature.

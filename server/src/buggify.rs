@@ -1,8 +1,9 @@
 //! BUGGIFY-style fault points inside the server, in the manner of FoundationDB's simulator: places
 //! where the code may, when a simulation seed turns the point on, take a legal but unlikely path
 //! (a room that stalls before it commits, a broadcast batch delivered in another order, a silence
-//! timeout that fires early), so the rare paths run often. Each point counts how often it fired,
-//! so a point that never fires is visible in the run's report.
+//! timeout that fires early, a commit the disk refuses inside the engine), so the rare paths run
+//! often. Each point counts how often it fired, so a point that never fires is visible in the
+//! run's report.
 
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -21,12 +22,20 @@ pub enum FaultPoint {
     /// A connection's silence timeout fires at a ping although the peer was heard in time, and
     /// the connection is closed as if it were dead.
     SilenceEarly,
+    /// The engine's commit of a mutation fails as if the disk had refused it: the transaction
+    /// rolls back and the writer is answered `internal` (the engine's own fault point,
+    /// [`roomlab_engine::StorageFaults`]).
+    StorageFails,
 }
 
 impl FaultPoint {
     /// Every point.
-    pub const ALL: [FaultPoint; 3] =
-        [FaultPoint::RoomStall, FaultPoint::BroadcastReorder, FaultPoint::SilenceEarly];
+    pub const ALL: [FaultPoint; 4] = [
+        FaultPoint::RoomStall,
+        FaultPoint::BroadcastReorder,
+        FaultPoint::SilenceEarly,
+        FaultPoint::StorageFails,
+    ];
 
     /// The point's name in reports.
     pub fn name(self) -> &'static str {
@@ -34,6 +43,7 @@ impl FaultPoint {
             FaultPoint::RoomStall => "buggify:room-stall",
             FaultPoint::BroadcastReorder => "buggify:broadcast-reorder",
             FaultPoint::SilenceEarly => "buggify:silence-early",
+            FaultPoint::StorageFails => "buggify:storage-fails",
         }
     }
 }

@@ -113,7 +113,12 @@ impl Registry {
             return Ok((open.inputs.clone(), open.room.clone()));
         }
         let path = config.data.as_ref().map(|dir| dir.join(format!("{}.sqlite", file_name(id))));
-        let room = Room::open(id.clone(), path.as_deref(), config.engine.clone())?;
+        let mut engine = config.engine.clone();
+        if let Some(buggify) = config.buggify.clone() {
+            engine.storage_faults =
+                roomlab_engine::StorageFaults::new(move || buggify.fire(FaultPoint::StorageFails));
+        }
+        let room = Room::open(id.clone(), path.as_deref(), engine)?;
         let room = Arc::new(Mutex::new(room));
         let (inputs, receiver) = mpsc::channel(config.room_queue_max);
         let rng = ChaCha8Rng::seed_from_u64(config.seed ^ stable_hash(id.as_str()));

@@ -7,8 +7,8 @@ use crate::world::{engine_config, World, ROOM};
 use roomlab_client::{Outcome, View};
 use roomlab_engine::{ConnId, Effect, Identity, Room};
 use roomlab_protocol::{
-    ClientId, ClientMessage, DocId, FieldName, Mutation, Role, RoomId, ServerMessage, SubId, UserId,
-    PROTOCOL_VERSION,
+    ClientId, ClientMessage, DocId, ErrorCode, FieldName, Mutation, Role, RoomId, ServerMessage, SubId,
+    UserId, PROTOCOL_VERSION,
 };
 use std::collections::BTreeMap;
 
@@ -457,6 +457,10 @@ fn replay(world: &World<'_>, room: &Room) -> Vec<String> {
                         mutation,
                         ack: ack.clone(),
                     }),
+                    // docs/PROTOCOL.md mutation.replay.internal-not-remembered: `internal` rolled
+                    // the change back, so the replay leaves it out, and a server that kept it
+                    // (in memory or on disk) differs from the replay.
+                    Outcome::Refused(body) if body.code == ErrorCode::Internal => {}
                     Outcome::Refused(body) if !body.code.is_definite() => failures.push(format!(
                         "indefinite: c{} mutation {mid} ended with {} and cannot be judged",
                         v.index, body.code

@@ -4,8 +4,8 @@
 //! A run depends on its whole scenario, so a smaller scenario is a different run: each candidate
 //! is tried on the seed that failed and on a few seeds after it, and the first that fails is kept
 //! (the way swarm testers shrink). Candidates, tried in this order until none is accepted: a
-//! shorter safety phase, fewer operations per second, fewer clients, a workload kind or a fault
-//! kind turned off.
+//! shorter safety phase, fewer operations per second, a few clients as busy in all as the many
+//! were, half the clients, a workload kind or a fault kind turned off.
 
 use crate::scenario::Workload;
 use crate::{run, Report, RunConfig, Scenario};
@@ -24,6 +24,15 @@ pub struct Shrunk {
     pub report: Report,
     /// Runs the shrink took.
     pub runs: usize,
+}
+
+/// The most operations per second a shrink gives one client when it folds others into it.
+const BUSY_RATE_MAX: f64 = 20.0;
+
+fn fewer_clients(scenario: &mut Scenario, clients: usize) {
+    scenario.clients = clients.max(1);
+    scenario.client_hosts = scenario.client_hosts.min(scenario.clients);
+    scenario.users = scenario.users.min(scenario.clients);
 }
 
 /// A kind of fault: its name, its rate, and how to turn it off.
@@ -45,10 +54,22 @@ fn candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
     push("half the operations per second".into(), &|s| {
         s.ops_per_client_per_s = (s.ops_per_client_per_s / 2.0).max(0.05);
     });
+    // A few busy clients first, smallest first: every client subscribes on its own, so the
+    // client count sets the floor of a run's operations, and keeping the total rate keeps the
+    // pressure that made the bug show.
+    let mut fewer = 1;
+    while fewer < scenario.clients / 2 {
+        let rate = scenario.ops_per_client_per_s * scenario.clients as f64 / fewer as f64;
+        if rate <= BUSY_RATE_MAX {
+            push(format!("clients {} -> {fewer}, as busy in all", scenario.clients), &|s| {
+                s.ops_per_client_per_s = rate;
+                fewer_clients(s, fewer);
+            });
+        }
+        fewer *= 2;
+    }
     push(format!("clients {} -> {}", scenario.clients, scenario.clients / 2), &|s| {
-        s.clients = (s.clients / 2).max(1);
-        s.client_hosts = s.client_hosts.min(s.clients);
-        s.users = s.users.min(s.clients);
+        fewer_clients(s, s.clients / 2);
     });
     push("no swarm redraw".into(), &|s| s.swarm = false);
     let weights = scenario.workload.weights();
@@ -126,7 +147,12 @@ mod tests {
         for (what, smaller) in candidates(&scenario) {
             assert!(smaller.clients <= scenario.clients, "{what}");
             assert!(smaller.safety_s <= scenario.safety_s, "{what}");
-            assert!(smaller.ops_per_client_per_s <= scenario.ops_per_client_per_s, "{what}");
+            let total = |s: &Scenario| s.ops_per_client_per_s * s.clients as f64;
+            assert!(total(&smaller) <= total(&scenario) + 1e-9, "{what}");
+            assert!(
+                smaller.ops_per_client_per_s <= BUSY_RATE_MAX.max(scenario.ops_per_client_per_s),
+                "{what}"
+            );
             assert!(smaller.client_hosts <= smaller.clients.max(1), "{what}");
         }
         let mut tiny = scenario.clone();
