@@ -34,7 +34,7 @@ pub struct MutantsArgs {
     #[arg(long)]
     no_conform: bool,
     /// Runs the shrink of each simulation kill may take (0: do not shrink).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 300)]
     shrink_runs: usize,
     /// Where the shrunk scenarios go.
     #[arg(long, value_name = "DIR", default_value = "target/mutants")]

@@ -40,6 +40,10 @@ pub struct Scenario {
     /// Operations each client starts per simulated second, on average.
     #[serde(default = "default_rate")]
     pub ops_per_client_per_s: f64,
+    /// The most workload steps a client takes in the safety phase, if bounded (a shrunk run
+    /// sets it: a prefix of the same steps is the smallest run that still fails).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_per_client_max: Option<u64>,
     /// Whether every seed draws its own mix: each weight and fault rate is scaled by a random factor
     /// in [0, 2), and about a third are turned off, so that rare combinations get their turn.
     #[serde(default)]

@@ -5,7 +5,9 @@
 //! is tried on the seed that failed and on a few seeds after it, and the first that fails is kept
 //! (the way swarm testers shrink). Candidates, tried in this order until none is accepted: a
 //! shorter safety phase, fewer operations per second, a few clients as busy in all as the many
-//! were, half the clients, a workload kind or a fault kind turned off.
+//! were, half the clients, a workload kind or a fault kind turned off; then, in a second pass,
+//! fewer steps per client (a prefix of the same steps) or a needed fault made likelier; then the
+//! first pass again.
 
 use crate::scenario::Workload;
 use crate::{run, Report, RunConfig, Scenario};
@@ -38,7 +40,51 @@ fn fewer_clients(scenario: &mut Scenario, clients: usize) {
 /// A kind of fault: its name, its rate, and how to turn it off.
 type Knob<T> = (&'static str, T, fn(&mut Scenario));
 
-/// What one shrink step may change.
+/// Runs held back for the second pass (fewer steps), so that a long first pass leaves it some.
+const STEP_PASS_RUNS_MIN: usize = 60;
+
+/// The second pass: a prefix of the same steps. Each client's RNG draws the same operations in
+/// the same order, so a bound on its steps keeps the run that failed up to where it stops. It
+/// comes after the first pass, because fewer steps per client make fewer clients less likely to
+/// fail.
+fn step_candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
+    let steps = scenario
+        .steps_per_client_max
+        .unwrap_or_else(|| (scenario.ops_per_client_per_s * scenario.safety_s as f64).ceil() as u64 + 1);
+    let mut out = Vec::new();
+    for fewer in [steps / 2, steps * 3 / 4, steps.saturating_sub(1)] {
+        if fewer < steps
+            && !out.iter().any(|(_, s): &(String, Scenario)| s.steps_per_client_max == Some(fewer))
+        {
+            let mut smaller = scenario.clone();
+            smaller.steps_per_client_max = Some(fewer);
+            out.push((format!("at most {fewer} steps per client"), smaller));
+        }
+    }
+    // A fault that must strike for the bug to show strikes sooner when it is likelier, and a
+    // run that fails sooner needs fewer steps and a shorter safety phase (the first pass again).
+    let f = scenario.faults;
+    let likelier: [(&str, f64, f64, fn(&mut Scenario, f64)); 2] = [
+        ("BUGGIFY points", f.buggify, BUGGIFY_PERCENT_MAX, |s, v| s.faults.buggify = v),
+        ("crashes", f.crashes, CRASHES_PER_MIN_MAX, |s, v| s.faults.crashes = v),
+    ];
+    for (name, rate, max, set) in likelier {
+        if rate > 0.0 && rate < max {
+            let mut likelier = scenario.clone();
+            set(&mut likelier, (rate * 4.0).min(max));
+            out.push((format!("{name} four times as likely"), likelier));
+        }
+    }
+    out
+}
+
+/// The likeliest a shrink makes a BUGGIFY point, in percent of its opportunities.
+const BUGGIFY_PERCENT_MAX: f64 = 25.0;
+
+/// The most server crashes per simulated minute a shrink asks for.
+const CRASHES_PER_MIN_MAX: f64 = 30.0;
+
+/// What one step of the first pass may change.
 fn candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
     let mut out = Vec::new();
     let mut push = |what: String, change: &dyn Fn(&mut Scenario)| {
@@ -117,6 +163,24 @@ pub fn shrink(
     }
     let mut best = Shrunk { scenario: scenario.clone(), seed, report: first, runs: 1 };
     best.scenario.name = format!("{}-shrunk", scenario.name);
+    let first_pass_runs = runs_max.saturating_sub(STEP_PASS_RUNS_MIN).max(runs_max / 2);
+    descend(&mut best, &candidates, first_pass_runs, &attempt, progress);
+    if descend(&mut best, &step_candidates, runs_max, &attempt, progress) {
+        descend(&mut best, &candidates, runs_max, &attempt, progress);
+    }
+    Some(best)
+}
+
+/// Takes the first candidate that still fails, again and again, until none does or `best.runs`
+/// reaches `runs_max`; answers whether any was taken.
+fn descend(
+    best: &mut Shrunk,
+    candidates: &dyn Fn(&Scenario) -> Vec<(String, Scenario)>,
+    runs_max: usize,
+    attempt: &dyn Fn(&Scenario, u64) -> Report,
+    progress: &mut dyn FnMut(&str, &Report),
+) -> bool {
+    let mut taken = false;
     'steps: while best.runs < runs_max {
         for (what, candidate) in candidates(&best.scenario) {
             for seed in best.seed..=best.seed + SHRINK_SEEDS_PER_CANDIDATE {
@@ -127,14 +191,15 @@ pub fn shrink(
                 let report = attempt(&candidate, seed);
                 if !report.passed() {
                     progress(&what, &report);
-                    best = Shrunk { scenario: candidate, seed, report, runs: best.runs };
+                    *best = Shrunk { scenario: candidate, seed, report, runs: best.runs };
+                    taken = true;
                     continue 'steps;
                 }
             }
         }
         break;
     }
-    Some(best)
+    taken
 }
 
 #[cfg(test)]
@@ -155,6 +220,26 @@ mod tests {
             );
             assert!(smaller.client_hosts <= smaller.clients.max(1), "{what}");
         }
+        for (what, smaller) in step_candidates(&scenario) {
+            let Some(steps) = smaller.steps_per_client_max else {
+                assert!(smaller.faults.buggify <= BUGGIFY_PERCENT_MAX, "{what}");
+                assert!(smaller.faults.crashes <= CRASHES_PER_MIN_MAX, "{what}");
+                continue;
+            };
+            assert!(
+                steps < (scenario.ops_per_client_per_s * scenario.safety_s as f64).ceil() as u64 + 1,
+                "{what}"
+            );
+            for (again, s) in step_candidates(&smaller) {
+                let likelier = s.faults != smaller.faults;
+                assert!(s.steps_per_client_max < Some(steps) || likelier, "{what}, then {again}");
+            }
+        }
+        let mut none = scenario.clone();
+        none.steps_per_client_max = Some(0);
+        none.faults.buggify = BUGGIFY_PERCENT_MAX;
+        none.faults.crashes = CRASHES_PER_MIN_MAX;
+        assert!(step_candidates(&none).is_empty());
         let mut tiny = scenario.clone();
         tiny.clients = 1;
         tiny.client_hosts = 1;

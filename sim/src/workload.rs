@@ -44,6 +44,8 @@ pub(crate) struct Actor {
     pub rng: ChaCha8Rng,
     pub mix: Workload,
     pub rate_per_s: f64,
+    /// The most steps this client takes in the safety phase, if bounded.
+    pub steps_max: Option<u64>,
     pub users: usize,
     pub phase: Arc<AtomicU8>,
     pub subscriptions: Vec<(Target, Subscription)>,
@@ -120,26 +122,44 @@ impl Actor {
 
     /// The admin's setup, once every user has connected: the private collection's schema and the
     /// shared board.
+    /// The first client creates what the seed's mix will use, and nothing else, so that a shrunk
+    /// run keeps only the operations its failure needs: the owner-only schema where private
+    /// documents are written or schema removals tried, the board always (every client watches
+    /// it), the shared notes where there is Yjs typing, the galleries where there are assets.
     async fn setup(&mut self) {
-        if self.index == 0 {
+        if self.index != 0 {
+            return;
+        }
+        let mix = self.mix;
+        let mut creates = Vec::new();
+        if mix.private > 0 || mix.deletes > 0 {
             let schema = json!({"access": {"read": "owner", "write": "owner"}});
-            let create =
-                Mutation::Create { doc: doc("sys:schema:private"), doc_type: doc_type("sys"), data: schema };
+            creates.push(Mutation::Create {
+                doc: doc("sys:schema:private"),
+                doc_type: doc_type("sys"),
+                data: schema,
+            });
+        }
+        creates.push(Mutation::Create {
+            doc: board(),
+            doc_type: doc_type("boards"),
+            data: json!({"title": "board"}),
+        });
+        if mix.yjs > 0 {
+            creates.extend((0..NOTES).map(|k| Mutation::Create {
+                doc: note(k),
+                doc_type: doc_type("notes"),
+                data: json!({}),
+            }));
+        }
+        if mix.assets > 0 {
+            creates.extend(
+                (0..GALLERIES)
+                    .map(|k| Mutation::BucketBind { bucket: gallery(k), contract: gallery_contract() }),
+            );
+        }
+        for create in creates {
             let _ = self.client.mutate_confirmed(create).await;
-            let create = Mutation::Create {
-                doc: board(),
-                doc_type: doc_type("boards"),
-                data: json!({"title": "board"}),
-            };
-            let _ = self.client.mutate_confirmed(create).await;
-            for k in 0..NOTES {
-                let create = Mutation::Create { doc: note(k), doc_type: doc_type("notes"), data: json!({}) };
-                let _ = self.client.mutate_confirmed(create).await;
-            }
-            for k in 0..GALLERIES {
-                let bind = Mutation::BucketBind { bucket: gallery(k), contract: gallery_contract() };
-                let _ = self.client.mutate_confirmed(bind).await;
-            }
         }
     }
 
@@ -160,13 +180,15 @@ impl Actor {
         }
         self.setup().await;
         let mean_ms = (1000.0 / self.rate_per_s) as u64;
-        while self.phase.load(Ordering::Relaxed) == PHASE_SAFETY {
+        let mut steps = 0;
+        while self.phase.load(Ordering::Relaxed) == PHASE_SAFETY && Some(steps) != self.steps_max {
             let wait = self.below(2 * mean_ms + 1);
             tokio::time::sleep(Duration::from_millis(wait)).await;
             if self.phase.load(Ordering::Relaxed) != PHASE_SAFETY {
                 break;
             }
             self.step().await;
+            steps += 1;
         }
         // Hold the subscriptions through the liveness phase, so that convergence can be checked.
         std::future::pending::<()>().await;

@@ -355,6 +355,7 @@ fn build(
                     rng: ChaCha8Rng::seed_from_u64(seed.wrapping_add(1 + index as u64)),
                     mix,
                     rate_per_s: scenario.ops_per_client_per_s,
+                    steps_max: scenario.steps_per_client_max,
                     users: scenario.users,
                     phase: phase.clone(),
                     subscriptions: Vec::new(),
