@@ -64,7 +64,7 @@ fn step_candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
     // A fault that must strike for the bug to show strikes sooner when it is likelier, and a
     // run that fails sooner needs fewer steps and a shorter safety phase (the first pass again).
     let f = scenario.faults;
-    let likelier: [(&str, f64, f64, fn(&mut Scenario, f64)); 2] = [
+    let likelier: [Likelier; 2] = [
         ("BUGGIFY points", f.buggify, BUGGIFY_PERCENT_MAX, |s, v| s.faults.buggify = v),
         ("crashes", f.crashes, CRASHES_PER_MIN_MAX, |s, v| s.faults.crashes = v),
     ];
@@ -77,6 +77,9 @@ fn step_candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
     }
     out
 }
+
+/// A fault a shrink may make likelier: its name, its rate, its highest rate, how to set it.
+type Likelier = (&'static str, f64, f64, fn(&mut Scenario, f64));
 
 /// The likeliest a shrink makes a BUGGIFY point, in percent of its opportunities.
 const BUGGIFY_PERCENT_MAX: f64 = 25.0;
