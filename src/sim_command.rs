@@ -116,7 +116,7 @@ pub fn run_sim(args: SimArgs) -> Result<bool> {
             reports.append(&mut shard);
         }
         reports.sort_by_key(|r| (r.scenario.clone(), r.seed));
-        return Ok(summarize(&reports, 0, mutant));
+        return Ok(summarize(&reports, 0, mutant, None));
     }
     let mut scenario = Scenario::load(&args.scenario)?;
     if let Some(clients) = args.clients {
@@ -152,7 +152,7 @@ pub fn run_sim(args: SimArgs) -> Result<bool> {
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("reports written to {}", path.display());
     }
-    Ok(summarize(&reports, wall_ms, mutant))
+    Ok(summarize(&reports, wall_ms, mutant, Some(&args.scenario)))
 }
 
 /// Shrinks a failing seed and writes the smallest failing scenario; false when it failed (the
@@ -177,8 +177,12 @@ fn run_shrink(scenario: &Scenario, seed: u64, mutant: Option<Mutant>, args: &Sim
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     let s = &shrunk.scenario;
     println!(
-        "shrunk in {} runs to {} clients, {} s of faults, {} client operations",
-        shrunk.runs, s.clients, s.safety_s, shrunk.report.operations
+        "shrunk in {} runs to {} client{}, {} s of faults, {} client operations",
+        shrunk.runs,
+        s.clients,
+        if s.clients == 1 { "" } else { "s" },
+        s.safety_s,
+        shrunk.report.operations
     );
     for failure in &shrunk.report.failures {
         println!("  - {}", failure.lines().next().unwrap_or_default());
@@ -223,7 +227,7 @@ fn sweep(scenario: &Scenario, seeds: &[u64], mutant: Option<Mutant>, args: &SimA
                 if !report.passed() {
                     *failed.lock().expect("failed") += 1;
                     bar.println(format!("FAILED seed {seed:#018x}: {}", report.failures[0]));
-                    bar.println(format!("  repro: {}", repro_line(&scenario.name, seed, mutant)));
+                    bar.println(format!("  repro: {}", repro_line(&args.scenario, seed, mutant)));
                 }
                 bar.set_message(format!("{} failed", failed.lock().expect("failed")));
                 bar.inc(1);
@@ -246,7 +250,10 @@ fn sweep(scenario: &Scenario, seeds: &[u64], mutant: Option<Mutant>, args: &SimA
     Ok(reports)
 }
 
-fn summarize(reports: &[Report], wall_ms: u64, mutant: Option<Mutant>) -> bool {
+/// Prints the summary table and each failure; a repro line names the scenario as `--scenario`
+/// was given (a file's path replays, a shrunk scenario's name does not), or, for merged
+/// reports, by the name in the report.
+fn summarize(reports: &[Report], wall_ms: u64, mutant: Option<Mutant>, scenario_arg: Option<&str>) -> bool {
     let sim_ms: u64 = reports.iter().map(|r| r.sim_ms).sum();
     let run_ms: u64 = reports.iter().map(|r| r.wall_ms).sum();
     let operations: u64 = reports.iter().map(|r| r.operations).sum();
@@ -284,7 +291,8 @@ fn summarize(reports: &[Report], wall_ms: u64, mutant: Option<Mutant>) -> bool {
         for failure in &report.failures {
             println!("  - {failure}");
         }
-        println!("  repro: {} (commit {})", repro_line(&report.scenario, report.seed, mutant), commit());
+        let scenario = scenario_arg.unwrap_or(&report.scenario);
+        println!("  repro: {} (commit {})", repro_line(scenario, report.seed, mutant), commit());
     }
     failed.is_empty()
 }

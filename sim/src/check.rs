@@ -80,6 +80,7 @@ pub(crate) fn checkpoint(world: &World<'_>, now_ms: u64) -> Vec<String> {
         failures.push(format!("room invariant broken at {now_ms} ms: {why}"));
     }
     failures.extend(viewer_text_in_server(&room, now_ms));
+    failures.extend(membership_keeps_seq(world, &room, now_ms));
     let quotas = engine_config(world.scenario).quotas;
     let clients = world.clients.lock().expect("clients lock");
     let mut identities: BTreeMap<UserId, Identity> = BTreeMap::new();
@@ -93,6 +94,58 @@ pub(crate) fn checkpoint(world: &World<'_>, now_ms: u64) -> Vec<String> {
                 "quota: {user} uses {usage} bytes, past their limit of {limit} at {now_ms} ms"
             ));
         }
+    }
+    failures
+}
+
+/// Delete and restore leave a document's `seq` as it was (docs.restore.same-seq): no document,
+/// in the room or in any client's view, ever carries the sequence that its own acknowledged
+/// remove or restore took (both take a sequence of their own, which no content change shares).
+fn membership_keeps_seq(world: &World<'_>, room: &Room, now_ms: u64) -> Vec<String> {
+    let mut taken: BTreeMap<(DocId, u64), String> = BTreeMap::new();
+    let clients = world.clients.lock().expect("clients lock");
+    for v in clients.iter() {
+        v.client.with_core(|core| {
+            for (mid, outcome) in core.outcomes() {
+                let Outcome::Ack(ack) = outcome else { continue };
+                let (doc, what) = match core.answered_mutation(*mid) {
+                    Some(Mutation::Remove { doc, .. }) => (doc, "remove"),
+                    Some(Mutation::Restore { doc }) => (doc, "restore"),
+                    _ => continue,
+                };
+                taken.insert((doc.clone(), ack.seq), format!("the {what} of c{} mutation {mid}", v.index));
+            }
+        });
+    }
+    if taken.is_empty() {
+        return Vec::new();
+    }
+    let mut failures = Vec::new();
+    let mut judge = |where_: &str, doc: &roomlab_protocol::DocSnapshot| {
+        if let Some(what) = taken.get(&(doc.id.clone(), doc.seq)) {
+            failures.push(format!(
+                "restore: {where_} holds {} at seq {}, the sequence {what} took, at {now_ms} ms \
+                 (delete and restore must leave a document's seq as it was)",
+                doc.id, doc.seq
+            ));
+        }
+    };
+    for (doc, _) in room.export().docs {
+        judge("the server's room", &doc);
+    }
+    for v in clients.iter() {
+        v.client.with_core(|core| {
+            for (_, view) in core.views() {
+                let docs = match view {
+                    View::Query { docs, .. } => docs.as_slice(),
+                    View::Doc(doc) => std::slice::from_ref(doc),
+                    _ => continue,
+                };
+                for doc in docs {
+                    judge(&format!("c{}'s view", v.index), doc);
+                }
+            }
+        });
     }
     failures
 }

@@ -44,6 +44,10 @@ pub struct Scenario {
     /// sets it: a prefix of the same steps is the smallest run that still fails).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps_per_client_max: Option<u64>,
+    /// Shared task documents (`t0`, `t1`, ...) that records, guards, deletes and staging pick
+    /// from; fewer make races on one document likelier.
+    #[serde(default = "default_shared_docs")]
+    pub shared_docs: u64,
     /// Whether every seed draws its own mix: each weight and fault rate is scaled by a random factor
     /// in [0, 2), and about a third are turned off, so that rare combinations get their turn.
     #[serde(default)]
@@ -76,6 +80,9 @@ fn default_safety_s() -> u64 {
 }
 fn default_liveness_s() -> u64 {
     120
+}
+fn default_shared_docs() -> u64 {
+    40
 }
 fn default_rate() -> f64 {
     1.0
@@ -330,6 +337,9 @@ impl Scenario {
         }
         if scenario.client_hosts > scenario.clients {
             return invalid("more client hosts than clients");
+        }
+        if scenario.shared_docs == 0 {
+            return invalid("shared_docs must be at least 1");
         }
         if !(scenario.ops_per_client_per_s > 0.0 && scenario.ops_per_client_per_s <= 100.0) {
             return invalid("ops_per_client_per_s must be in (0, 100]");

@@ -3,17 +3,17 @@
 //!
 //! A run depends on its whole scenario, so a smaller scenario is a different run: each candidate
 //! is tried on the seed that failed and on a few seeds after it, and the first that fails is kept
-//! (the way swarm testers shrink). Candidates, tried in this order until none is accepted: a
-//! shorter safety phase, fewer operations per second, a few clients as busy in all as the many
-//! were, half the clients, a workload kind or a fault kind turned off; then, in a second pass,
-//! fewer steps per client (a prefix of the same steps) or a needed fault made likelier; then the
-//! first pass again.
+//! (the way swarm testers shrink). A first pass walks the candidates: a shorter safety phase,
+//! fewer operations per second, viewers and free users among fewer users, a few clients as busy
+//! in all as the many were, half the clients, a workload kind or a fault kind turned off, fewer
+//! shared documents. A second pass bounds each client's steps (a prefix of the same steps) and
+//! makes a needed fault (crashes, storms, kills, BUGGIFY) likelier; then the first pass again.
 
 use crate::scenario::Workload;
 use crate::{run, Report, RunConfig, Scenario};
 
 /// Seeds tried per candidate: the current one and this many after it.
-pub const SHRINK_SEEDS_PER_CANDIDATE: u64 = 2;
+pub const SHRINK_SEEDS_PER_CANDIDATE: u64 = 4;
 
 /// The smallest failing run found.
 #[derive(Debug, Clone)]
@@ -64,9 +64,11 @@ fn step_candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
     // A fault that must strike for the bug to show strikes sooner when it is likelier, and a
     // run that fails sooner needs fewer steps and a shorter safety phase (the first pass again).
     let f = scenario.faults;
-    let likelier: [Likelier; 2] = [
+    let likelier: [Likelier; 4] = [
         ("BUGGIFY points", f.buggify, BUGGIFY_PERCENT_MAX, |s, v| s.faults.buggify = v),
         ("crashes", f.crashes, CRASHES_PER_MIN_MAX, |s, v| s.faults.crashes = v),
+        ("reconnect storms", f.storms, STORMS_PER_MIN_MAX, |s, v| s.faults.storms = v),
+        ("connection kills", f.kills, KILLS_PER_MIN_MAX, |s, v| s.faults.kills = v),
     ];
     for (name, rate, max, set) in likelier {
         if rate > 0.0 && rate < max {
@@ -87,6 +89,12 @@ const BUGGIFY_PERCENT_MAX: f64 = 25.0;
 /// The most server crashes per simulated minute a shrink asks for.
 const CRASHES_PER_MIN_MAX: f64 = 30.0;
 
+/// The most reconnect storms per simulated minute a shrink asks for.
+const STORMS_PER_MIN_MAX: f64 = 30.0;
+
+/// The most connection kills per simulated minute a shrink asks for.
+const KILLS_PER_MIN_MAX: f64 = 120.0;
+
 /// What one step of the first pass may change.
 fn candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
     let mut out = Vec::new();
@@ -103,6 +111,18 @@ fn candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
     push("half the operations per second".into(), &|s| {
         s.ops_per_client_per_s = (s.ops_per_client_per_s / 2.0).max(0.05);
     });
+    // Roles and plans go by user number (every n-th user a viewer, every m-th on the free plan),
+    // so a viewer or a free user among a few clients needs a smaller n or m.
+    if scenario.viewer_every > 1 {
+        push(format!("{} a viewer", every_nth_user(scenario.viewer_every / 2)), &|s| {
+            s.viewer_every /= 2;
+        });
+    }
+    if scenario.free_every > 1 {
+        push(format!("{} on the free plan", every_nth_user(scenario.free_every / 2)), &|s| {
+            s.free_every /= 2;
+        });
+    }
     // A few busy clients first, smallest first: every client subscribes on its own, so the
     // client count sets the floor of a run's operations, and keeping the total rate keeps the
     // pressure that made the bug show.
@@ -145,7 +165,26 @@ fn candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
     for (name, _, off) in faults {
         push(format!("no {name}"), &|s| off(s));
     }
+    // Last, since it rarely shrinks a run by itself: fewer shared documents make races on one
+    // of them likelier, so that a later step may take fewer steps or clients.
+    push(format!("shared documents {} -> {}", scenario.shared_docs, scenario.shared_docs / 2), &|s| {
+        s.shared_docs = (s.shared_docs / 2).max(1);
+    });
     out
+}
+
+/// "every user", "every 2nd user", "every 3rd user", "every 7th user".
+fn every_nth_user(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (1, r) if r != 11 => "st",
+        (2, r) if r != 12 => "nd",
+        (3, r) if r != 13 => "rd",
+        _ => "th",
+    };
+    match n {
+        1 => "every user".into(),
+        _ => format!("every {n}{suffix} user"),
+    }
 }
 
 /// Shrinks a failing run of `scenario` at `seed` (with `mutant` planted, if any) within `runs_max`
@@ -174,8 +213,11 @@ pub fn shrink(
     Some(best)
 }
 
-/// Takes the first candidate that still fails, again and again, until none does or `best.runs`
-/// reaches `runs_max`; answers whether any was taken.
+/// Walks the candidates in passes: each that still fails is taken, and the walk goes on from the
+/// same place in the new scenario's list (so the same kind of step is tried again before the
+/// next), rather than from the top, which would spend runs again on steps that just failed to
+/// reproduce. Passes repeat until one takes nothing or `best.runs` reaches `runs_max`; answers
+/// whether any was taken.
 fn descend(
     best: &mut Shrunk,
     candidates: &dyn Fn(&Scenario) -> Vec<(String, Scenario)>,
@@ -184,25 +226,48 @@ fn descend(
     progress: &mut dyn FnMut(&str, &Report),
 ) -> bool {
     let mut taken = false;
-    'steps: while best.runs < runs_max {
-        for (what, candidate) in candidates(&best.scenario) {
-            for seed in best.seed..=best.seed + SHRINK_SEEDS_PER_CANDIDATE {
-                if best.runs >= runs_max {
-                    break 'steps;
-                }
-                best.runs += 1;
-                let report = attempt(&candidate, seed);
-                if !report.passed() {
+    loop {
+        let mut taken_in_pass = false;
+        let mut index = 0;
+        while let Some((what, candidate)) = candidates(&best.scenario).into_iter().nth(index) {
+            if best.runs >= runs_max {
+                return taken;
+            }
+            match try_seeds(best, &candidate, runs_max, attempt) {
+                Some((seed, report)) => {
                     progress(&what, &report);
                     *best = Shrunk { scenario: candidate, seed, report, runs: best.runs };
-                    taken = true;
-                    continue 'steps;
+                    taken_in_pass = true;
                 }
+                None => index += 1,
             }
         }
-        break;
+        taken |= taken_in_pass;
+        if !taken_in_pass || best.runs >= runs_max {
+            return taken;
+        }
     }
-    taken
+}
+
+/// Runs `candidate` on the best run's seed and a few after it; the first seed that fails, with
+/// its report.
+fn try_seeds(
+    best: &mut Shrunk,
+    candidate: &Scenario,
+    runs_max: usize,
+    attempt: &dyn Fn(&Scenario, u64) -> Report,
+) -> Option<(u64, Report)> {
+    for seed in best.seed..=best.seed + SHRINK_SEEDS_PER_CANDIDATE {
+        if best.runs >= runs_max {
+            return None;
+        }
+        best.runs += 1;
+        let report = attempt(candidate, seed);
+        if !report.passed() {
+            return Some((seed, report));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -227,6 +292,8 @@ mod tests {
             let Some(steps) = smaller.steps_per_client_max else {
                 assert!(smaller.faults.buggify <= BUGGIFY_PERCENT_MAX, "{what}");
                 assert!(smaller.faults.crashes <= CRASHES_PER_MIN_MAX, "{what}");
+                assert!(smaller.faults.storms <= STORMS_PER_MIN_MAX, "{what}");
+                assert!(smaller.faults.kills <= KILLS_PER_MIN_MAX, "{what}");
                 continue;
             };
             assert!(
@@ -238,10 +305,16 @@ mod tests {
                 assert!(s.steps_per_client_max < Some(steps) || likelier, "{what}, then {again}");
             }
         }
+        assert_eq!(every_nth_user(1), "every user");
+        assert_eq!(every_nth_user(3), "every 3rd user");
+        assert_eq!(every_nth_user(12), "every 12th user");
+        assert_eq!(every_nth_user(22), "every 22nd user");
         let mut none = scenario.clone();
         none.steps_per_client_max = Some(0);
         none.faults.buggify = BUGGIFY_PERCENT_MAX;
         none.faults.crashes = CRASHES_PER_MIN_MAX;
+        none.faults.storms = STORMS_PER_MIN_MAX;
+        none.faults.kills = KILLS_PER_MIN_MAX;
         assert!(step_candidates(&none).is_empty());
         let mut tiny = scenario.clone();
         tiny.clients = 1;

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Shared ids of the contended document space.
-pub(crate) const SHARED_DOCS: u64 = 40;
+/// Times the first client sends a setup mutation before the run fails.
+const SETUP_TRIES_MAX: usize = 50;
 /// Buckets the bucket workload shares.
 pub(crate) const BUCKETS: u64 = 4;
 /// Items the shared board holds before the list workload only removes.
@@ -46,6 +46,8 @@ pub(crate) struct Actor {
     pub rate_per_s: f64,
     /// The most steps this client takes in the safety phase, if bounded.
     pub steps_max: Option<u64>,
+    /// How many shared task documents there are.
+    pub shared_docs: u64,
     pub users: usize,
     pub phase: Arc<AtomicU8>,
     pub subscriptions: Vec<(Target, Subscription)>,
@@ -159,8 +161,25 @@ impl Actor {
             );
         }
         for create in creates {
-            let _ = self.client.mutate_confirmed(create).await;
+            self.until_settled(create).await;
         }
+    }
+
+    /// Sends a setup mutation until it is acknowledged or definitely refused (`exists` after a
+    /// crash lost the answer): every check assumes the setup happened, and a storage fault or a
+    /// crash may refuse it with `internal` or leave it unanswered.
+    async fn until_settled(&mut self, mutation: Mutation) {
+        use roomlab_client::ClientError;
+        for _ in 0..SETUP_TRIES_MAX {
+            match self.client.mutate_confirmed(mutation.clone()).await {
+                Ok(_) => return,
+                Err(ClientError::Refused(body)) if body.code != roomlab_protocol::ErrorCode::Internal => {
+                    return
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        panic!("setup: {mutation:?} was not settled in {SETUP_TRIES_MAX} tries");
     }
 
     fn subscribe(&mut self, target: Target) {
@@ -242,7 +261,7 @@ impl Actor {
     }
 
     fn shared_doc(&mut self) -> DocId {
-        let k = self.below(SHARED_DOCS);
+        let k = self.below(self.shared_docs);
         doc(format!("t{k}"))
     }
 

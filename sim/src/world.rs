@@ -356,6 +356,7 @@ fn build(
                     mix,
                     rate_per_s: scenario.ops_per_client_per_s,
                     steps_max: scenario.steps_per_client_max,
+                    shared_docs: scenario.shared_docs,
                     users: scenario.users,
                     phase: phase.clone(),
                     subscriptions: Vec::new(),

@@ -160,7 +160,12 @@ fn regression_seeds_stay_fixed() {
     let regressions: Regressions = toml::from_str(&text).unwrap();
     assert!(!regressions.regression.is_empty());
     for regression in regressions.regression {
-        let mut scenario = Scenario::load(&regression.scenario).unwrap();
+        // An embedded scenario by name, or a (shrunk) scenario file under scenarios/.
+        let name = match regression.scenario.ends_with(".toml") {
+            true => format!("{}/../scenarios/{}", env!("CARGO_MANIFEST_DIR"), regression.scenario),
+            false => regression.scenario.clone(),
+        };
+        let mut scenario = Scenario::load(&name).unwrap();
         if let Some(clients) = regression.clients {
             scenario.clients = clients;
         }
