@@ -2,7 +2,7 @@
 //! that survives its restarts and the small quotas the `quota-small` capability promises.
 
 use anyhow::{Context, Result};
-use roomlab_conformance::{Restart, Target, TokenSource, CAPABILITIES};
+use roomlab_conformance::{Restart, Target, CAPABILITIES};
 use roomlab_server::{Server, ServerConfig};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -92,18 +92,12 @@ impl Embedded {
                 Ok(())
             })
         });
-        let mut target = Target {
-            name: match mutant {
-                Some(mutant) => format!("embedded (mutant {})", mutant.name()),
-                None => "embedded".into(),
-            },
-            ws_url: format!("ws://{addr}/ws/{{room}}?token={{token}}"),
-            http_base: format!("http://{addr}"),
-            tokens: TokenSource::Secret(SECRET.as_bytes().to_vec()),
-            restart: None,
-            capabilities: CAPABILITIES.iter().map(|(name, _)| name.to_string()).collect(),
-            timeout_multiplier: 1.0,
+        let name = match mutant {
+            Some(mutant) => format!("embedded (mutant {})", mutant.name()),
+            None => "embedded".into(),
         };
+        let mut target = Target::roomlab(name, addr, SECRET.as_bytes());
+        target.capabilities = CAPABILITIES.iter().map(|(name, _)| name.to_string()).collect();
         target.set_restart(Some(Restart::Hook(hook)));
         Ok(Embedded { target, state, _data: data })
     }

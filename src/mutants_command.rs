@@ -272,11 +272,10 @@ fn print_row(row: &KillRow) {
         }
         if let Some(shrunk) = &s.shrunk {
             println!(
-                "{:<32} shrunk: {} client operations ({} client{}, {} s of faults; {} runs, {:.1} s)",
+                "{:<32} shrunk: {} client operations ({}, {} s of faults; {} runs, {:.1} s)",
                 "",
                 shrunk.operations,
-                shrunk.clients,
-                if shrunk.clients == 1 { "" } else { "s" },
+                crate::sim_command::clients(shrunk.clients),
                 shrunk.safety_s,
                 shrunk.runs,
                 shrunk.wall_ms as f64 / 1000.0

@@ -177,10 +177,9 @@ fn run_shrink(scenario: &Scenario, seed: u64, mutant: Option<Mutant>, args: &Sim
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     let s = &shrunk.scenario;
     println!(
-        "shrunk in {} runs to {} client{}, {} s of faults, {} client operations",
+        "shrunk in {} runs to {}, {} s of faults, {} client operations",
         shrunk.runs,
-        s.clients,
-        if s.clients == 1 { "" } else { "s" },
+        clients(s.clients),
         s.safety_s,
         shrunk.report.operations
     );
@@ -295,6 +294,11 @@ fn summarize(reports: &[Report], wall_ms: u64, mutant: Option<Mutant>, scenario_
         println!("  repro: {} (commit {})", repro_line(scenario, report.seed, mutant), commit());
     }
     failed.is_empty()
+}
+
+/// "1 client", "2 clients".
+pub fn clients(count: usize) -> String {
+    format!("{count} client{}", if count == 1 { "" } else { "s" })
 }
 
 fn commit() -> String {

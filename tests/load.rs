@@ -6,7 +6,7 @@
 //! ROOMLAB_LOAD=1 cargo test --release --test load -- --nocapture
 //! ```
 
-use roomlab_conformance::{LoadPlan, Target, TokenSource};
+use roomlab_conformance::{LoadPlan, Target};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
@@ -48,15 +48,7 @@ async fn a_thousand_connections_and_a_hundred_thousand_confirmed_mutations_lose_
     let server = Guard(child);
     let address =
         first.split("ws://").nth(1).and_then(|rest| rest.split('/').next()).expect(&first).to_string();
-    let target = Target {
-        name: "roomlab serve".into(),
-        ws_url: format!("ws://{address}/ws/{{room}}?token={{token}}"),
-        http_base: format!("http://{address}"),
-        tokens: TokenSource::Secret(SECRET.as_bytes().to_vec()),
-        restart: None,
-        capabilities: Default::default(),
-        timeout_multiplier: 1.0,
-    };
+    let target = Target::roomlab("roomlab serve", &address, SECRET.as_bytes());
     let plan = LoadPlan {
         room: "load".into(),
         connections: 1_000,

@@ -8,7 +8,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use futures_util::{SinkExt, StreamExt};
-use roomlab_conformance::{load, LoadPlan, Target, TokenSource};
+use roomlab_conformance::{load, LoadPlan, Target};
 use roomlab_server::{Server, ServerConfig};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,15 +27,7 @@ async fn start_server(data: &std::path::Path) -> Target {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
     let addr = listener.local_addr().expect("an address");
     tokio::spawn(server.serve(listener, 0));
-    Target {
-        name: "bench".into(),
-        ws_url: format!("ws://{addr}/ws/{{room}}?token={{token}}"),
-        http_base: format!("http://{addr}"),
-        tokens: TokenSource::Secret(SECRET.as_bytes().to_vec()),
-        restart: None,
-        capabilities: Default::default(),
-        timeout_multiplier: 1.0,
-    }
+    Target::roomlab("bench", addr, SECRET.as_bytes())
 }
 
 /// The floor: a WebSocket server that answers each text frame with one small text frame.

@@ -139,6 +139,21 @@ struct RestartFile {
 }
 
 impl Target {
+    /// A roomlab server at `address` (`host:port`) whose tokens are signed with `secret`: its
+    /// `/ws/{room}` endpoint and HTTP base, no restart, no capabilities declared, deadlines as
+    /// they are.
+    pub fn roomlab(name: impl Into<String>, address: impl std::fmt::Display, secret: &[u8]) -> Target {
+        Target {
+            name: name.into(),
+            ws_url: format!("ws://{address}/ws/{{room}}?token={{token}}"),
+            http_base: format!("http://{address}"),
+            tokens: TokenSource::Secret(secret.to_vec()),
+            restart: None,
+            capabilities: Default::default(),
+            timeout_multiplier: 1.0,
+        }
+    }
+
     /// Reads a target file.
     pub fn load(path: &Path) -> Result<Target, TargetError> {
         let name = path.display().to_string();

@@ -138,11 +138,9 @@ fn deliver(effects: Vec<Effect>, clients: &[&Client]) -> usize {
     delivered
 }
 
-#[test]
-fn members_converge_and_viewers_cannot_write() {
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("room.sqlite");
-    let mut world = World::open(&path);
+/// A room at `path` with members alice and bob and viewer val, each with note t1's field synced.
+fn alice_bob_and_val(path: &Path) -> (World, Client, Client, Client) {
+    let mut world = World::open(path);
     world.join(1, "alice", Role::Member);
     world.join(2, "bob", Role::Member);
     world.join(3, "val", Role::Viewer);
@@ -151,6 +149,14 @@ fn members_converge_and_viewers_cannot_write() {
     for client in [&alice, &bob, &val] {
         world.sync(client, "t1");
     }
+    (world, alice, bob, val)
+}
+
+#[test]
+fn members_converge_and_viewers_cannot_write() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("room.sqlite");
+    let (mut world, alice, bob, val) = alice_bob_and_val(&path);
     let typed = alice.type_text("hello");
     let relayed = world.yjs(&alice, "t1", sync(2, &typed));
     assert_eq!(deliver(relayed, &[&bob, &val]), 2, "the update reaches both other clients");
@@ -195,15 +201,8 @@ fn frames_that_cannot_be_served_get_typed_errors() {
 
 #[test]
 fn awareness_is_relayed_to_the_fields_other_connections_and_never_stored() {
-    let mut world = World::open(&tempfile::tempdir().unwrap().path().join("room.sqlite"));
-    world.join(1, "alice", Role::Member);
-    world.join(2, "bob", Role::Member);
-    world.join(3, "val", Role::Viewer);
-    world.text(1, r#"{"type":"mutate","mid":1,"op":"create","doc":"t1","doc_type":"notes","data":{}}"#);
-    let (alice, bob, val) = (Client::new(1, 11), Client::new(2, 22), Client::new(3, 33));
-    for client in [&alice, &bob, &val] {
-        world.sync(client, "t1");
-    }
+    let directory = tempfile::tempdir().unwrap();
+    let (mut world, alice, bob, val) = alice_bob_and_val(&directory.path().join("room.sqlite"));
     deliver(world.yjs(&alice, "t1", sync(2, &alice.type_text("hi"))), &[&bob, &val]);
     let (doc, field) = (DocId::new("t1").unwrap(), FieldName::new("body").unwrap());
     let state = world.room.yjs_state(&doc, &field).unwrap();

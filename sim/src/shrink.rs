@@ -9,7 +9,7 @@
 //! shared documents. A second pass bounds each client's steps (a prefix of the same steps) and
 //! makes a needed fault (crashes, storms, kills, BUGGIFY) likelier; then the first pass again.
 
-use crate::scenario::Workload;
+use crate::scenario::{Faults, Workload};
 use crate::{run, Report, RunConfig, Scenario};
 
 /// Seeds tried per candidate: the current one and this many after it.
@@ -37,51 +37,8 @@ fn fewer_clients(scenario: &mut Scenario, clients: usize) {
     scenario.users = scenario.users.min(scenario.clients);
 }
 
-/// A kind of fault: its name, its rate, and how to turn it off.
-type Knob<T> = (&'static str, T, fn(&mut Scenario));
-
 /// Runs held back for the second pass (fewer steps), so that a long first pass leaves it some.
 const STEP_PASS_RUNS_MIN: usize = 60;
-
-/// The second pass: a prefix of the same steps. Each client's RNG draws the same operations in
-/// the same order, so a bound on its steps keeps the run that failed up to where it stops. It
-/// comes after the first pass, because fewer steps per client make fewer clients less likely to
-/// fail.
-fn step_candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
-    let steps = scenario
-        .steps_per_client_max
-        .unwrap_or_else(|| (scenario.ops_per_client_per_s * scenario.safety_s as f64).ceil() as u64 + 1);
-    let mut out = Vec::new();
-    for fewer in [steps / 2, steps * 3 / 4, steps.saturating_sub(1)] {
-        if fewer < steps
-            && !out.iter().any(|(_, s): &(String, Scenario)| s.steps_per_client_max == Some(fewer))
-        {
-            let mut smaller = scenario.clone();
-            smaller.steps_per_client_max = Some(fewer);
-            out.push((format!("at most {fewer} steps per client"), smaller));
-        }
-    }
-    // A fault that must strike for the bug to show strikes sooner when it is likelier, and a
-    // run that fails sooner needs fewer steps and a shorter safety phase (the first pass again).
-    let f = scenario.faults;
-    let likelier: [Likelier; 4] = [
-        ("BUGGIFY points", f.buggify, BUGGIFY_PERCENT_MAX, |s, v| s.faults.buggify = v),
-        ("crashes", f.crashes, CRASHES_PER_MIN_MAX, |s, v| s.faults.crashes = v),
-        ("reconnect storms", f.storms, STORMS_PER_MIN_MAX, |s, v| s.faults.storms = v),
-        ("connection kills", f.kills, KILLS_PER_MIN_MAX, |s, v| s.faults.kills = v),
-    ];
-    for (name, rate, max, set) in likelier {
-        if rate > 0.0 && rate < max {
-            let mut likelier = scenario.clone();
-            set(&mut likelier, (rate * 4.0).min(max));
-            out.push((format!("{name} four times as likely"), likelier));
-        }
-    }
-    out
-}
-
-/// A fault a shrink may make likelier: its name, its rate, its highest rate, how to set it.
-type Likelier = (&'static str, f64, f64, fn(&mut Scenario, f64));
 
 /// The likeliest a shrink makes a BUGGIFY point, in percent of its opportunities.
 const BUGGIFY_PERCENT_MAX: f64 = 25.0;
@@ -95,16 +52,73 @@ const STORMS_PER_MIN_MAX: f64 = 30.0;
 /// The most connection kills per simulated minute a shrink asks for.
 const KILLS_PER_MIN_MAX: f64 = 120.0;
 
+/// Every kind of fault: its name, its rate in `faults`, and the highest rate a shrink makes it
+/// (`None`: a shrink only turns it off; the others are faults a bug may need to strike).
+fn fault_knobs(faults: &mut Faults) -> [(&'static str, &mut f64, Option<f64>); 9] {
+    [
+        ("partitions", &mut faults.partitions, None),
+        ("one-way partitions", &mut faults.oneway_partitions, None),
+        ("clogs", &mut faults.clogs, None),
+        ("latency changes", &mut faults.latency, None),
+        ("kills", &mut faults.kills, Some(KILLS_PER_MIN_MAX)),
+        ("crashes", &mut faults.crashes, Some(CRASHES_PER_MIN_MAX)),
+        ("stalls", &mut faults.stalls, None),
+        ("storms", &mut faults.storms, Some(STORMS_PER_MIN_MAX)),
+        ("BUGGIFY points", &mut faults.buggify, Some(BUGGIFY_PERCENT_MAX)),
+    ]
+}
+
+/// The candidates made from one scenario: each described and changed, leaving out any that
+/// changes nothing or repeats an earlier one.
+struct Candidates<'a> {
+    base: &'a Scenario,
+    out: Vec<(String, Scenario)>,
+}
+
+impl<'a> Candidates<'a> {
+    fn new(base: &'a Scenario) -> Candidates<'a> {
+        Candidates { base, out: Vec::new() }
+    }
+
+    fn push(&mut self, what: String, change: impl FnOnce(&mut Scenario)) {
+        let mut changed = self.base.clone();
+        change(&mut changed);
+        if changed != *self.base && self.out.iter().all(|(_, other)| *other != changed) {
+            self.out.push((what, changed));
+        }
+    }
+}
+
+/// The second pass: a prefix of the same steps. Each client's RNG draws the same operations in
+/// the same order, so a bound on its steps keeps the run that failed up to where it stops. It
+/// comes after the first pass, because fewer steps per client make fewer clients less likely to
+/// fail. A fault that must strike for the bug to show strikes sooner when it is likelier, and a
+/// run that fails sooner needs fewer steps and a shorter safety phase (the first pass again).
+fn step_candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
+    let steps = scenario
+        .steps_per_client_max
+        .unwrap_or_else(|| (scenario.ops_per_client_per_s * scenario.safety_s as f64).ceil() as u64 + 1);
+    let mut candidates = Candidates::new(scenario);
+    for fewer in [steps / 2, steps * 3 / 4, steps.saturating_sub(1)] {
+        candidates.push(format!("at most {fewer} steps per client"), |s| {
+            s.steps_per_client_max = Some(fewer);
+        });
+    }
+    for (index, (name, rate, max)) in fault_knobs(&mut scenario.faults.clone()).into_iter().enumerate() {
+        if let Some(max) = max.filter(|max| *rate > 0.0 && *rate < *max) {
+            let likelier = (*rate * 4.0).min(max);
+            candidates.push(format!("{name} four times as likely"), |s| {
+                *fault_knobs(&mut s.faults)[index].1 = likelier;
+            });
+        }
+    }
+    candidates.out
+}
+
 /// What one step of the first pass may change.
 fn candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
-    let mut out = Vec::new();
-    let mut push = |what: String, change: &dyn Fn(&mut Scenario)| {
-        let mut smaller = scenario.clone();
-        change(&mut smaller);
-        if smaller != *scenario {
-            out.push((what, smaller));
-        }
-    };
+    let mut candidates = Candidates::new(scenario);
+    let mut push = |what: String, change: &dyn Fn(&mut Scenario)| candidates.push(what, change);
     push(format!("safety {} s -> {} s", scenario.safety_s, scenario.safety_s / 2), &|s| {
         s.safety_s = (s.safety_s / 2).max(1);
     });
@@ -149,28 +163,17 @@ fn candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
             push(format!("no {name} work"), &|s| s.workload.turn_off(index));
         }
     }
-    let f = scenario.faults;
-    let faults: [Knob<f64>; 9] = [
-        ("partitions", f.partitions, |s| s.faults.partitions = 0.0),
-        ("one-way partitions", f.oneway_partitions, |s| s.faults.oneway_partitions = 0.0),
-        ("clogs", f.clogs, |s| s.faults.clogs = 0.0),
-        ("latency changes", f.latency, |s| s.faults.latency = 0.0),
-        ("kills", f.kills, |s| s.faults.kills = 0.0),
-        ("crashes", f.crashes, |s| s.faults.crashes = 0.0),
-        ("stalls", f.stalls, |s| s.faults.stalls = 0.0),
-        ("storms", f.storms, |s| s.faults.storms = 0.0),
-        ("BUGGIFY points", f.buggify, |s| s.faults.buggify = 0.0),
-    ];
-    // A fault already off changes nothing, and `push` drops candidates equal to the scenario.
-    for (name, _, off) in faults {
-        push(format!("no {name}"), &|s| off(s));
+    // A fault already off changes nothing, and such candidates are left out.
+    let names = fault_knobs(&mut scenario.faults.clone()).map(|(name, _, _)| name);
+    for (index, name) in names.into_iter().enumerate() {
+        push(format!("no {name}"), &|s| *fault_knobs(&mut s.faults)[index].1 = 0.0);
     }
     // Last, since it rarely shrinks a run by itself: fewer shared documents make races on one
     // of them likelier, so that a later step may take fewer steps or clients.
     push(format!("shared documents {} -> {}", scenario.shared_docs, scenario.shared_docs / 2), &|s| {
         s.shared_docs = (s.shared_docs / 2).max(1);
     });
-    out
+    candidates.out
 }
 
 /// "every user", "every 2nd user", "every 3rd user", "every 7th user".
@@ -228,16 +231,18 @@ fn descend(
     let mut taken = false;
     loop {
         let mut taken_in_pass = false;
-        let mut index = 0;
-        while let Some((what, candidate)) = candidates(&best.scenario).into_iter().nth(index) {
+        let (mut list, mut index) = (candidates(&best.scenario), 0);
+        while index < list.len() {
             if best.runs >= runs_max {
                 return taken;
             }
-            match try_seeds(best, &candidate, runs_max, attempt) {
+            match try_seeds(best, &list[index].1, runs_max, attempt) {
                 Some((seed, report)) => {
+                    let (what, candidate) = list.swap_remove(index);
                     progress(&what, &report);
                     *best = Shrunk { scenario: candidate, seed, report, runs: best.runs };
                     taken_in_pass = true;
+                    list = candidates(&best.scenario);
                 }
                 None => index += 1,
             }
