@@ -52,6 +52,7 @@ fn mutations(c: &mut Criterion) {
     let raw = rusqlite::Connection::open(directory.path().join("raw.sqlite")).unwrap();
     raw.pragma_update(None, "journal_mode", "WAL").unwrap();
     raw.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    raw.pragma_update(None, "locking_mode", "EXCLUSIVE").unwrap();
     raw.execute_batch(
         "CREATE TABLE documents (id TEXT PRIMARY KEY, doc_type TEXT, seq INTEGER, owner TEXT, data TEXT)",
     )
@@ -62,10 +63,15 @@ fn mutations(c: &mut Criterion) {
             n += 1;
             let transaction = raw.unchecked_transaction().unwrap();
             transaction
-                .execute(
+                .prepare_cached(
                     "INSERT INTO documents (id, doc_type, seq, owner, data) VALUES (?1, 't', ?2, 'alice', ?3)",
-                    rusqlite::params![format!("d{n}"), n as i64, format!(r#"{{"title":"task {n}","n":{n}}}"#)],
                 )
+                .unwrap()
+                .execute(rusqlite::params![
+                    format!("d{n}"),
+                    n as i64,
+                    format!(r#"{{"title":"task {n}","n":{n}}}"#)
+                ])
                 .unwrap();
             transaction.commit().unwrap();
         })

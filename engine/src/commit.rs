@@ -1,7 +1,9 @@
 //! Committing a planned change: one SQLite transaction (with the quota check inside it), then the
 //! in-memory state, then the pushes (docs/PROTOCOL.md ack.after-commit, quota.check).
 
-use crate::room::{ConnId, Effect, Identity, Lifecycle, Peer, Refusal, Room, Subscription, SystemView};
+use crate::room::{
+    ConnId, Effect, Identity, Lifecycle, Peer, Refusal, ReplayWindow, Room, Subscription, SystemView,
+};
 use crate::schema::Schema;
 use crate::state::{Bucket, Document, Session, Team, UserRecord};
 use crate::storage::{self, DocumentRow, ItemRow, StagedRow};
@@ -155,6 +157,10 @@ impl Room {
             Ok(written) => written,
             Err(e) => return vec![Effect::Send { conn, message: internal(mid, &e) }],
         };
+        if let Some(key) = key {
+            let (window, _) = self.window_after(key, mid);
+            self.replays.insert((key.0.to_string(), key.1.to_string()), window);
+        }
         let mut effects = vec![Effect::Send { conn, message: answer }];
         if let Some((change, deltas)) = change {
             self.seq = seq;
@@ -181,10 +187,20 @@ impl Room {
         mid: u64,
     ) -> rusqlite::Result<()> {
         let Some(key) = key else { return Ok(()) };
+        let (_, forget) = self.window_after(key, mid);
         let transaction = self.db.transaction()?;
         let text = serde_json::to_string(answer).expect("answers serialize");
-        storage::remember_answer(&transaction, key, mid, &text, self.config.limits.replay_window_max)?;
+        storage::remember_answer(&transaction, key, mid, &text, forget)?;
         transaction.commit()
+    }
+
+    /// A client's replay window after remembering `mid`, and how many of its oldest answers that
+    /// pushes out of it.
+    fn window_after(&self, key: (&str, &str), mid: u64) -> (ReplayWindow, usize) {
+        let window = self.replays[&(key.0.to_string(), key.1.to_string())];
+        let forget = (window.count + 1).saturating_sub(self.config.limits.replay_window_max);
+        let newest = Some(window.newest.map_or(mid, |newest| newest.max(mid)));
+        (ReplayWindow { count: window.count + 1 - forget, newest }, forget)
     }
 
     /// Writes `change` at `seq`, charges quota inside the same transaction, and remembers the ack.
@@ -206,7 +222,7 @@ impl Room {
             })
             .collect();
         let memory: BTreeMap<&UserId, u64> = deltas.keys().map(|user| (user, self.usage(user))).collect();
-        let window = self.config.limits.replay_window_max;
+        let forget = key.map_or(0, |key| self.window_after(key, mid).1);
         let transaction = self.db.transaction()?;
         if change.advances {
             storage::set_sequence(&transaction, seq)?;
@@ -241,7 +257,7 @@ impl Room {
             ServerMessage::Ack { mid, seq, version: change.version, object_key: change.object_key.clone() };
         if let Some(key) = key {
             let text = serde_json::to_string(&answer).expect("answers serialize");
-            storage::remember_answer(&transaction, key, mid, &text, window)?;
+            storage::remember_answer(&transaction, key, mid, &text, forget)?;
         }
         if self.config.storage_faults.commit_fails() {
             // BUGGIFY: the disk refuses the commit, and dropping the transaction rolls it back.
@@ -458,32 +474,48 @@ impl Room {
                     && matches!(message, ServerMessage::DocDeleted { .. });
                 (!silenced).then_some(message)
             }
-            Subscription::Bucket(name) if touched.buckets.contains(name) => Some(self.bucket_push(sub, name)),
-            Subscription::Assets(name) if touched.buckets.contains(name) => Some(self.bucket_push(sub, name)),
-            Subscription::Bucket(_) | Subscription::Assets(_) => None,
+            Subscription::Bucket { name, backend, shown } if touched.buckets.contains(name) => {
+                self.bucket_push(sub, name, *backend, shown)
+            }
+            Subscription::Bucket { .. } => None,
         }
     }
 
-    fn bucket_push(&self, sub: &SubId, name: &BucketName) -> ServerMessage {
+    /// What a bucket subscription of `backend` shows after a change to the bucket: the value or
+    /// the list while the bucket is bound with that backend, `bucket:deleted` once when it stops
+    /// being so, and nothing while it is deleted or bound with the other backend.
+    fn bucket_push(
+        &self,
+        sub: &SubId,
+        name: &BucketName,
+        backend: roomlab_protocol::Backend,
+        shown: &mut bool,
+    ) -> Option<ServerMessage> {
         let sub = sub.clone();
-        match self.buckets.get(name) {
-            None => ServerMessage::BucketDeleted { sub, bucket: name.clone(), seq: self.seq },
-            Some(bucket) if bucket.contract.backend == roomlab_protocol::Backend::D1Json => {
-                ServerMessage::BucketValue {
-                    sub: Some(sub),
-                    req: None,
-                    bucket: name.clone(),
-                    version: bucket.version,
-                    value: bucket.value.clone(),
-                }
-            }
-            Some(bucket) => ServerMessage::AssetsList {
+        let Some(bucket) = self.buckets.get(name).filter(|b| b.contract.backend == backend) else {
+            let was_shown = std::mem::replace(shown, false);
+            return was_shown.then(|| ServerMessage::BucketDeleted {
+                sub,
+                bucket: name.clone(),
+                seq: self.seq,
+            });
+        };
+        *shown = true;
+        Some(match backend {
+            roomlab_protocol::Backend::D1Json => ServerMessage::BucketValue {
+                sub: Some(sub),
+                req: None,
+                bucket: name.clone(),
+                version: bucket.version,
+                value: bucket.value.clone(),
+            },
+            roomlab_protocol::Backend::R2Assets => ServerMessage::AssetsList {
                 sub: Some(sub),
                 req: None,
                 bucket: name.clone(),
                 assets: bucket.assets.values().cloned().collect(),
             },
-        }
+        })
     }
 
     /// The diff of a query after some of its collection's documents changed. Without a limit each
@@ -601,7 +633,16 @@ fn write_docs(transaction: &Transaction, docs: &[DocWrite], seq: u64, now_ms: u6
             None => storage::delete_document(transaction, id)?,
         }
         if let Some(lifecycle) = write.lifecycle {
-            storage::log_membership(transaction, seq, id, lifecycle.as_str(), now_ms)?;
+            if lifecycle.alters(SystemView::Index) {
+                storage::set_meta(transaction, "index_seq", seq)?;
+            }
+            if lifecycle.alters(SystemView::Trash) {
+                storage::set_meta(transaction, "trash_seq", seq)?;
+            }
+            // A create is not a membership change of the log's kind (docs.delete.membership-log).
+            if lifecycle != Lifecycle::Create {
+                storage::log_membership(transaction, seq, id, lifecycle.as_str(), now_ms)?;
+            }
         }
     }
     Ok(())

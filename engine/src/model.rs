@@ -434,7 +434,10 @@ impl Model {
                 (!same).then(|| (after.clone(), Shown::Doc(doc.clone(), after)))
             }
             Shown::Bucket(name, before) => {
-                let after = self.state.buckets.get(name).map(|b| (b.version, b.value.clone()));
+                // A JSON subscription sees a bucket bound for assets as deleted (bucket.subscribe.kind).
+                let after = (self.state.buckets.get(name))
+                    .filter(|b| b.contract.backend == Backend::D1Json)
+                    .map(|b| (b.version, b.value.clone()));
                 if *before == after {
                     return None;
                 }

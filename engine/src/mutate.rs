@@ -2,7 +2,7 @@
 //! `commit` writes in one transaction (docs/PROTOCOL.md §6 to §18).
 
 use crate::commit::{BucketWrite, Change, DocWrite};
-use crate::room::{check_backend, refuse, ConnId, Effect, Identity, Lifecycle, Refusal, Room};
+use crate::room::{check_backend, refuse, ConnId, Effect, Identity, Lifecycle, Refusal, ReplayWindow, Room};
 use crate::schema::Schema;
 use crate::state::{Bucket, Document, Item, Membership, Staged, Team};
 use crate::storage;
@@ -75,25 +75,44 @@ impl Room {
         let client = connection.client.clone().expect("greeted");
         let writer = self.effective(&connection.identity);
         let key = (writer.user.to_string(), client.to_string());
-        match storage::replay_lookup(&self.db, (&key.0, &key.1), mid) {
-            Ok((Some(newest), answer))
-                if mid <= newest
-                    && !(Mutant::ReplayAppliedTwice.planted(self.config.mutant) && answer.is_some()) =>
-            {
-                let message = match answer.and_then(|a| serde_json::from_str(&a).ok()) {
-                    Some(original) => original,
-                    None => {
-                        let body = ErrorBody::new(ErrorCode::ReplayExpired, "mutation id already processed");
-                        ServerMessage::Error(body.with_mid(mid))
-                    }
-                };
-                return vec![Effect::Send { conn, message }];
-            }
-            Ok(_) => {}
+        match self.replayed(&key, mid) {
+            Ok(Some(message)) => return vec![Effect::Send { conn, message }],
+            Ok(None) => {}
             Err(e) => return vec![Effect::Send { conn, message: crate::commit::internal(mid, &e) }],
         }
         let planned = self.plan(&writer, mutation, self.seq + 1, now_ms);
         self.commit(conn, mid, Some((&key.0, &key.1)), planned, now_ms)
+    }
+
+    /// The answer to a mutation id the client has already used: the original answer while it is
+    /// remembered, else `replay_expired`; `None` for a fresh id.
+    fn replayed(&mut self, key: &(String, String), mid: u64) -> rusqlite::Result<Option<ServerMessage>> {
+        let window = self.replay_window(key)?;
+        if window.newest.is_none_or(|newest| mid > newest) {
+            return Ok(None);
+        }
+        let answer = storage::replay_answer(&self.db, (&key.0, &key.1), mid)?;
+        if Mutant::ReplayAppliedTwice.planted(self.config.mutant) && answer.is_some() {
+            return Ok(None);
+        }
+        Ok(Some(match answer.and_then(|a| serde_json::from_str(&a).ok()) {
+            Some(original) => original,
+            None => {
+                let body = ErrorBody::new(ErrorCode::ReplayExpired, "mutation id already processed");
+                ServerMessage::Error(body.with_mid(mid))
+            }
+        }))
+    }
+
+    /// A client's replay window, read from storage the first time the room meets the client.
+    pub(crate) fn replay_window(&mut self, key: &(String, String)) -> rusqlite::Result<ReplayWindow> {
+        if let Some(window) = self.replays.get(key) {
+            return Ok(*window);
+        }
+        let (count, newest) = storage::replay_window(&self.db, (&key.0, &key.1))?;
+        let window = ReplayWindow { count, newest };
+        self.replays.insert(key.clone(), window);
+        Ok(window)
     }
 
     /// Runs one mutation for `identity` outside any WebSocket (an HTTP asset upload or delete), as

@@ -142,10 +142,10 @@ pub(crate) enum Subscription {
     Query { query: Query, result: BTreeMap<DocId, u64> },
     /// One document, and what it last showed.
     Doc { doc: DocId, last: ViewKey },
-    /// A JSON bucket.
-    Bucket(BucketName),
-    /// An asset bucket's list.
-    Assets(BucketName),
+    /// A JSON bucket's value (`backend` D1Json) or an asset bucket's list (R2Assets), and whether
+    /// the subscriber now sees the bucket bound with that backend: a subscription keeps its kind,
+    /// so a bucket deleted and bound again with the other backend stays deleted to it.
+    Bucket { name: BucketName, backend: Backend, shown: bool },
 }
 
 /// One connected peer: who it is, its client id once greeted, and its subscriptions.
@@ -186,6 +186,19 @@ pub struct Room {
     pub(crate) teams_seq: u64,
     /// A transaction the `ack-before-commit` mutant left open; never set otherwise.
     pub(crate) deferred_commit: bool,
+    /// The replay windows of the (user, client id)s that mutated since the room opened, read from
+    /// storage on first use and kept in step with every commit, so a fresh mutation needs no
+    /// lookup and the window's trim needs no count.
+    pub(crate) replays: BTreeMap<(String, String), ReplayWindow>,
+}
+
+/// What the room knows of one client's replay window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReplayWindow {
+    /// How many answers are remembered.
+    pub count: usize,
+    /// The newest processed mutation id, if any.
+    pub newest: Option<u64>,
 }
 
 pub(crate) type Refusal = Box<ErrorBody>;
@@ -229,16 +242,13 @@ impl Room {
             users_seq: storage::meta(&db, "users_seq")?,
             teams_seq: storage::meta(&db, "teams_seq")?,
             deferred_commit: false,
+            replays: BTreeMap::new(),
             db,
         };
         room.load_documents()?;
         room.load_rest()?;
-        let view_seq = |view| {
-            let actions: Vec<&str> =
-                Lifecycle::ALL.iter().filter(|l| l.alters(view)).map(|l| l.as_str()).collect();
-            storage::last_membership_seq(&room.db, &actions)
-        };
-        (room.index_seq, room.trash_seq) = (view_seq(SystemView::Index)?, view_seq(SystemView::Trash)?);
+        (room.index_seq, room.trash_seq) =
+            (storage::meta(&room.db, "index_seq")?, storage::meta(&room.db, "trash_seq")?);
         room.check_invariants();
         Ok(room)
     }
@@ -575,7 +585,7 @@ impl Room {
                     version,
                     value,
                 };
-                (Subscription::Bucket(name), first)
+                (Subscription::Bucket { name, backend: Backend::D1Json, shown: true }, first)
             }
             Target::Assets(name) => {
                 let bucket = self.readable_bucket(reader, &name, Backend::R2Assets)?;
@@ -586,7 +596,7 @@ impl Room {
                     bucket: name.clone(),
                     assets,
                 };
-                (Subscription::Assets(name), first)
+                (Subscription::Bucket { name, backend: Backend::R2Assets, shown: true }, first)
             }
         })
     }
@@ -818,8 +828,6 @@ pub(crate) enum Lifecycle {
 }
 
 impl Lifecycle {
-    const ALL: [Lifecycle; 4] = [Lifecycle::Create, Lifecycle::Delete, Lifecycle::Restore, Lifecycle::Purge];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Lifecycle::Create => "create",

@@ -3,8 +3,11 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
 
+/// How many prepared statements a room keeps (more than the engine's distinct statements).
+const STATEMENT_CACHE_CAPACITY: usize = 64;
+
 /// The schema version this engine writes; older databases are migrated on open, one step at a time.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Documents, the membership log and the replay windows.
 const SCHEMA_V1: &str = "
@@ -108,7 +111,79 @@ DROP TABLE membership_log;
 ALTER TABLE membership_log_v3 RENAME TO membership_log;
 ";
 
-const MIGRATIONS: [&str; 3] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+/// The tables keyed by text or by several columns become `WITHOUT ROWID`: a rowid table keeps such a
+/// key in a second b-tree, so every insert dirtied two pages (and wrote two to the WAL) where one
+/// does. Assets and Yjs updates keep their rowid, since their rows can be large. The sequences of
+/// `sys:index` and `sys:trash` move to the meta table (whose page every change writes anyway), so a
+/// create no longer needs a membership-log row: the log keeps deletes, restores and purges.
+const SCHEMA_V4: &str = "
+CREATE TABLE documents_v4 (
+    id TEXT PRIMARY KEY,
+    doc_type TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    data TEXT NOT NULL,
+    deleted_seq INTEGER,
+    deleted_at INTEGER
+) WITHOUT ROWID;
+INSERT INTO documents_v4 SELECT id, doc_type, seq, owner, data, deleted_seq, deleted_at FROM documents;
+DROP TABLE documents;
+ALTER TABLE documents_v4 RENAME TO documents;
+CREATE TABLE membership_log_v4 (
+    seq INTEGER NOT NULL,
+    doc TEXT NOT NULL,
+    action TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (seq, doc)
+) WITHOUT ROWID;
+INSERT INTO membership_log_v4 SELECT seq, doc, action, at FROM membership_log;
+DROP TABLE membership_log;
+ALTER TABLE membership_log_v4 RENAME TO membership_log;
+CREATE TABLE replay_v4 (
+    user TEXT NOT NULL,
+    client TEXT NOT NULL,
+    mid INTEGER NOT NULL,
+    answer TEXT NOT NULL,
+    PRIMARY KEY (user, client, mid)
+) WITHOUT ROWID;
+INSERT INTO replay_v4 SELECT user, client, mid, answer FROM replay;
+DROP TABLE replay;
+ALTER TABLE replay_v4 RENAME TO replay;
+CREATE TABLE list_items_v4 (
+    doc TEXT NOT NULL,
+    list TEXT NOT NULL,
+    item TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (doc, list, item)
+) WITHOUT ROWID;
+INSERT INTO list_items_v4 SELECT doc, list, item, key, value FROM list_items;
+DROP TABLE list_items;
+ALTER TABLE list_items_v4 RENAME TO list_items;
+CREATE TABLE users_v4 (
+    id TEXT PRIMARY KEY,
+    role TEXT,
+    token_role TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    addons INTEGER NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    usage INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+INSERT INTO users_v4 SELECT id, role, token_role, plan, addons, first_seen, last_seen, usage FROM users;
+DROP TABLE users;
+ALTER TABLE users_v4 RENAME TO users;
+CREATE TABLE meta_v4 (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO meta_v4 SELECT key, value FROM meta;
+DROP TABLE meta;
+ALTER TABLE meta_v4 RENAME TO meta;
+INSERT INTO meta (key, value)
+    SELECT 'index_seq', COALESCE(MAX(seq), 0) FROM membership_log WHERE action IN ('create', 'delete', 'restore');
+INSERT INTO meta (key, value)
+    SELECT 'trash_seq', COALESCE(MAX(seq), 0) FROM membership_log WHERE action IN ('delete', 'restore', 'purge');
+";
+
+const MIGRATIONS: [&str; 4] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 /// Opens (creating and migrating) a room database at `path`, or in memory when `path` is `None`.
 pub fn open(path: Option<&Path>) -> rusqlite::Result<Connection> {
@@ -116,8 +191,12 @@ pub fn open(path: Option<&Path>) -> rusqlite::Result<Connection> {
         Some(path) => Connection::open(path)?,
         None => Connection::open_in_memory()?,
     };
+    // The hot statements are prepared once; rusqlite's default cache of 16 is fewer than the engine
+    // uses, and a statement pushed out is parsed again on its next use.
+    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
+    connection.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
     let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
     for (step, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         let transaction = connection.unchecked_transaction()?;
@@ -227,7 +306,7 @@ pub fn delete_document(connection: &Connection, id: &str) -> rusqlite::Result<()
     Ok(())
 }
 
-/// Appends a create / delete / restore / purge to the membership log.
+/// Appends a delete / restore / purge to the membership log.
 pub fn log_membership(
     connection: &Connection,
     seq: u64,
@@ -241,52 +320,49 @@ pub fn log_membership(
         .map(|_| ())
 }
 
-/// The room sequence of the newest membership-log entry with one of `actions` (0 if none).
-pub fn last_membership_seq(connection: &Connection, actions: &[&str]) -> rusqlite::Result<u64> {
-    let placeholders = vec!["?"; actions.len()].join(", ");
-    let sql = format!("SELECT COALESCE(MAX(seq), 0) FROM membership_log WHERE action IN ({placeholders})");
-    connection
-        .query_row(&sql, rusqlite::params_from_iter(actions.iter()), |row| row.get::<_, i64>(0))
-        .map(|seq| seq as u64)
-}
-
-/// Remembers a mutation's answer and forgets answers beyond the newest `window` of that client.
+/// Remembers a mutation's answer, and forgets the `forget` oldest answers of that client (the room
+/// knows how many it keeps, so the trim is one walk down the primary key, not a count).
 pub fn remember_answer(
     connection: &Connection,
     key: (&str, &str),
     mid: u64,
     answer: &str,
-    window: usize,
+    forget: usize,
 ) -> rusqlite::Result<()> {
     let (user, client) = key;
     connection
         .prepare_cached("INSERT OR REPLACE INTO replay (user, client, mid, answer) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![user, client, mid as i64, answer])?;
-    // Everything at or below the oldest answer to keep, found by one walk down the primary key.
-    connection
-        .prepare_cached(
-            "DELETE FROM replay WHERE user = ?1 AND client = ?2 AND mid <=
-         (SELECT mid FROM replay WHERE user = ?1 AND client = ?2 ORDER BY mid DESC LIMIT 1 OFFSET ?3)",
-        )?
-        .execute(params![user, client, window as i64])?;
+    if forget > 0 {
+        connection
+            .prepare_cached(
+                "DELETE FROM replay WHERE user = ?1 AND client = ?2 AND mid <=
+             (SELECT mid FROM replay WHERE user = ?1 AND client = ?2 ORDER BY mid LIMIT 1 OFFSET ?3)",
+            )?
+            .execute(params![user, client, forget as i64 - 1])?;
+    }
     Ok(())
 }
 
-/// The newest processed mutation id of a client, and the remembered answer for `mid` if any.
-pub fn replay_lookup(
+/// How many answers a client has remembered, and its newest processed mutation id.
+pub fn replay_window(connection: &Connection, key: (&str, &str)) -> rusqlite::Result<(usize, Option<u64>)> {
+    connection
+        .prepare_cached("SELECT COUNT(*), MAX(mid) FROM replay WHERE user = ?1 AND client = ?2")?
+        .query_row(params![key.0, key.1], |row| {
+            Ok((row.get::<_, i64>(0)? as usize, row.get::<_, Option<i64>>(1)?.map(|mid| mid as u64)))
+        })
+}
+
+/// The remembered answer of a client's mutation `mid`, if it is still in the window.
+pub fn replay_answer(
     connection: &Connection,
     key: (&str, &str),
     mid: u64,
-) -> rusqlite::Result<(Option<u64>, Option<String>)> {
-    let (user, client) = key;
-    let newest: Option<i64> = connection
-        .prepare_cached("SELECT MAX(mid) FROM replay WHERE user = ?1 AND client = ?2")?
-        .query_row(params![user, client], |row| row.get(0))?;
-    let answer = connection
+) -> rusqlite::Result<Option<String>> {
+    connection
         .prepare_cached("SELECT answer FROM replay WHERE user = ?1 AND client = ?2 AND mid = ?3")?
-        .query_row(params![user, client, mid as i64], |row| row.get(0))
-        .optional()?;
-    Ok((newest.map(|n| n as u64), answer))
+        .query_row(params![key.0, key.1, mid as i64], |row| row.get(0))
+        .optional()
 }
 
 /// One stored list item.

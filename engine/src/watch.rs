@@ -71,7 +71,7 @@ impl Watchers {
                 WatchKey::System(doc.clone())
             }
             Subscription::Doc { doc, .. } => WatchKey::Doc(doc.clone()),
-            Subscription::Bucket(name) | Subscription::Assets(name) => WatchKey::Bucket(name.clone()),
+            Subscription::Bucket { name, .. } => WatchKey::Bucket(name.clone()),
         }
     }
 

@@ -182,7 +182,9 @@ fn members_converge_and_viewers_cannot_write() {
 
 #[test]
 fn frames_that_cannot_be_served_get_typed_errors() {
-    let mut world = World::open(&tempfile::tempdir().unwrap().path().join("room.sqlite"));
+    // The directory lives as long as the room, which writes into it.
+    let directory = tempfile::tempdir().unwrap();
+    let mut world = World::open(&directory.path().join("room.sqlite"));
     world.join(1, "ada", Role::Admin);
     let ada = Client::new(1, 1);
     assert_eq!(error_code(&world.yjs(&ada, "missing", ada.step1())), Some(ErrorCode::NotFound));
