@@ -22,7 +22,10 @@
 //! - `A closed CODE[|CODE...]`: the server closes the connection with one of these codes.
 //! - `A close`: the client closes the connection.
 //! - `A>yjs DOC FIELD step1|step2|update HEX` and `A<yjs DOC FIELD KIND [contains=TEXT] [lacks=TEXT]`,
-//!   `A!<yjs DOC FIELD KIND`: Yjs binary frames on the main socket.
+//!   `A!<yjs DOC FIELD KIND`: Yjs binary frames on the main socket, or, on a connection `yconnect`
+//!   opened, plain y-protocols messages (DOC and FIELD must be the connection's).
+//! - `yconnect A DOC FIELD USER ROLE`: open the target's y-websocket endpoint for one field (what a
+//!   stock `y-websocket` client opens), with a token for (room, user, role); no hello.
 //! - `refused USER ROLE missing|forged|expired|wrong-room`: the upgrade is refused with HTTP 401 or
 //!   the socket closed with 4001.
 //! - `http METHOD PATH [as=USER:ROLE] [type=CONTENT-TYPE] [body=TEXT] -> STATUS [PATTERN]`; `{room}`
@@ -115,6 +118,19 @@ pub struct Connect {
 pub enum Step {
     /// Open a connection.
     Connect(Connect),
+    /// Open a y-websocket connection to one field.
+    YConnect {
+        /// The connection's name.
+        name: String,
+        /// The document.
+        doc: String,
+        /// The field.
+        field: String,
+        /// The user the token names.
+        user: String,
+        /// The role the token grants.
+        role: String,
+    },
     /// Send a JSON frame (after substituting bound variables).
     Send {
         /// The connection.
@@ -324,6 +340,7 @@ fn parse_step(line: &str) -> Result<Step, String> {
     let rest = rest.trim();
     match head {
         "connect" => parse_connect(rest),
+        "yconnect" => parse_yconnect(rest),
         "refused" => parse_refused(rest),
         "http" => parse_http(rest),
         "restart" => Ok(Step::Restart),
@@ -358,6 +375,16 @@ fn parse_connection_step(head: &str, rest: &str) -> Result<Step, String> {
         ("!<yjs", args) => parse_yjs_expect(conn, args, true),
         _ => Err(format!("unknown step {head} {rest}")),
     }
+}
+
+fn parse_yconnect(rest: &str) -> Result<Step, String> {
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let [name, doc, field, user, role] = words.as_slice() else {
+        return Err("yconnect needs NAME DOC FIELD USER ROLE".into());
+    };
+    check_role(role)?;
+    let [name, doc, field, user, role] = [name, doc, field, user, role].map(|word| word.to_string());
+    Ok(Step::YConnect { name, doc, field, user, role })
 }
 
 fn parse_connect(rest: &str) -> Result<Step, String> {

@@ -36,6 +36,8 @@ struct Run<'a> {
     room: String,
     bindings: Bindings,
     connections: BTreeMap<String, Connection>,
+    /// The y-websocket connections, with the (document, field) each speaks for.
+    fields: BTreeMap<String, (String, String)>,
     frames: Vec<FrameRecord>,
     started: Instant,
     step_deadline: Duration,
@@ -57,6 +59,7 @@ pub async fn run_case(target: &Target, case: &Case, room: String) -> CaseReport 
         room,
         bindings: Bindings::default(),
         connections: BTreeMap::new(),
+        fields: BTreeMap::new(),
         frames: Vec::new(),
         started,
         step_deadline,
@@ -91,7 +94,11 @@ fn describe(incoming: &Incoming) -> String {
             Some((doc, field, kind, payload)) => {
                 format!("yjs {doc}/{field} {kind:?} ({} bytes)", payload.len())
             }
-            None => format!("binary ({} bytes)", bytes.len()),
+            // A plain y-protocols message (a y-websocket connection's) starts with 0, never 0x59.
+            None => match wire::parse_yjs_message(bytes) {
+                Some((kind, payload)) => format!("y-protocols {kind:?} ({} bytes)", payload.len()),
+                None => format!("binary ({} bytes)", bytes.len()),
+            },
         },
         Incoming::Closed(code, reason) => format!("closed {code:?} {reason}"),
     }
@@ -124,10 +131,17 @@ impl Run<'_> {
             Step::Close { conn } => {
                 self.connection(conn)?.close().await;
                 self.connections.remove(conn);
+                self.fields.remove(conn);
                 Ok(())
             }
+            Step::YConnect { name, doc, field, user, role } => {
+                self.yconnect(name, (doc, field), user, role).await
+            }
             Step::YjsSend { conn, doc, field, kind, payload } => {
-                let frame = wire::yjs_frame(doc, field, *kind, payload);
+                let frame = match self.raw_field(conn, doc, field)? {
+                    true => wire::yjs_message(*kind, payload),
+                    false => wire::yjs_frame(doc, field, *kind, payload),
+                };
                 self.record(conn, true, format!("yjs {doc}/{field} {kind:?} ({} bytes)", payload.len()));
                 self.connection(conn)?.send(Message::Binary(frame.into())).await.map_err(failed)
             }
@@ -160,6 +174,7 @@ impl Run<'_> {
             Upgrade::Status(status) => return Err(failed(format!("upgrade answered HTTP {status}"))),
         };
         self.connections.insert(connect.name.clone(), connection);
+        self.fields.remove(&connect.name);
         if !connect.hello {
             return Ok(());
         }
@@ -168,6 +183,43 @@ impl Run<'_> {
         let welcome = self.expect(&connect.name, &serde_json::json!({"type": "welcome"}), false).await?;
         self.bind_welcome(&connect.name, &welcome);
         Ok(())
+    }
+
+    /// Opens the target's y-websocket endpoint for (doc, field) as `name`.
+    async fn yconnect(
+        &mut self,
+        name: &str,
+        (doc, field): (&str, &str),
+        user: &str,
+        role: &str,
+    ) -> Result<(), Stop> {
+        let template = self.target.yjs_url.as_ref().ok_or_else(|| error("the target has no yjs_url"))?;
+        let request = TokenRequest { room: &self.room, user, role, plan: "pro", addons: 0 };
+        let token = wire::token(self.target, &request, 3600).await.map_err(error)?;
+        let url = (template.replace("{room}", &self.room).replace("{doc}", doc))
+            .replace("{field}", field)
+            .replace("{token}", &token);
+        let connection = match Connection::open(&url).await.map_err(error)? {
+            Upgrade::Open(connection) => connection,
+            Upgrade::Status(status) => {
+                return Err(failed(format!("y-websocket upgrade answered HTTP {status}")))
+            }
+        };
+        self.record(name, true, format!("(y-websocket upgrade for {doc}/{field} as {user} {role})"));
+        self.connections.insert(name.to_string(), connection);
+        self.fields.insert(name.to_string(), (doc.to_string(), field.to_string()));
+        Ok(())
+    }
+
+    /// Whether `conn` is a y-websocket connection (and then for `doc`/`field`, or the case is wrong).
+    fn raw_field(&self, conn: &str, doc: &str, field: &str) -> Result<bool, Stop> {
+        match self.fields.get(conn) {
+            None => Ok(false),
+            Some((d, f)) if d == doc && f == field => Ok(true),
+            Some((d, f)) => {
+                Err(error(format!("{conn} is a y-websocket connection for {d}/{f}, not {doc}/{field}")))
+            }
+        }
     }
 
     /// Binds the announced limits (once per case) and `<name>.seq`.
@@ -272,6 +324,7 @@ impl Run<'_> {
             })
             .await?;
         self.connections.remove(conn);
+        self.fields.remove(conn);
         match code {
             Some(code) if codes.contains(&code) => Ok(()),
             other => Err(failed(format!("{conn} closed with {other:?}, expected one of {codes:?}"))),
@@ -286,8 +339,14 @@ impl Run<'_> {
         none: bool,
     ) -> Result<(), Stop> {
         let has = |payload: &[u8], needle: &[u8]| payload.windows(needle.len()).any(|w| w == needle);
+        let raw = self.raw_field(conn, doc, field)?;
+        let parse = |bytes: &[u8]| match raw {
+            true => wire::parse_yjs_message(bytes)
+                .map(|(k, payload)| (doc.to_string(), field.to_string(), k, payload)),
+            false => wire::parse_yjs(bytes),
+        };
         let matches = |incoming: &Incoming| match incoming {
-            Incoming::Binary(bytes) => wire::parse_yjs(bytes).is_some_and(|(d, f, k, payload)| {
+            Incoming::Binary(bytes) => parse(bytes).is_some_and(|(d, f, k, payload)| {
                 d == doc
                     && f == field
                     && k == kind

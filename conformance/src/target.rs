@@ -4,6 +4,7 @@
 //! name = "my-server"
 //! ws_url = "ws://127.0.0.1:8787/ws/{room}?token={token}"
 //! http_base = "http://127.0.0.1:8787"
+//! yjs_url = "ws://127.0.0.1:8787/yjs/{room}/{doc}/{field}?token={token}"  # for y-websocket
 //! capabilities = ["core", "lists", "staging", "schemas", "teams", "buckets", "assets"]
 //! timeout_multiplier = 1.0
 //!
@@ -33,6 +34,7 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
     ("assets", "asset buckets over the WebSocket, and HTTP upload, download, list and delete"),
     ("quota-small", "quotas configured small: free 1000 bytes, pro 2000 bytes, 1000 more per add-on"),
     ("yjs", "Yjs binary frames on the main socket"),
+    ("y-websocket", "a y-websocket endpoint per document field (needs `yjs_url`)"),
     ("restart", "a restart command (declared by the [restart] section)"),
 ];
 
@@ -77,6 +79,8 @@ pub struct Target {
     pub ws_url: String,
     /// The HTTP base URL (`http://host:port`).
     pub http_base: String,
+    /// The y-websocket endpoint's URL, with `{room}`, `{doc}`, `{field}` and `{token}`.
+    pub yjs_url: Option<String>,
     /// Where tokens come from.
     pub tokens: TokenSource,
     /// How to restart it, if it can be.
@@ -114,6 +118,7 @@ struct TargetFile {
     name: String,
     ws_url: String,
     http_base: String,
+    yjs_url: Option<String>,
     capabilities: Vec<String>,
     #[serde(default = "one")]
     timeout_multiplier: f64,
@@ -147,6 +152,7 @@ impl Target {
             name: name.into(),
             ws_url: format!("ws://{address}/ws/{{room}}?token={{token}}"),
             http_base: format!("http://{address}"),
+            yjs_url: Some(format!("ws://{address}/yjs/{{room}}/{{doc}}/{{field}}?token={{token}}")),
             tokens: TokenSource::Secret(secret.to_vec()),
             restart: None,
             capabilities: Default::default(),
@@ -173,6 +179,13 @@ impl Target {
         if !file.ws_url.contains("{room}") || !file.ws_url.contains("{token}") {
             return Err("ws_url must contain {room} and {token}".into());
         }
+        let placeholders = ["{room}", "{doc}", "{field}", "{token}"];
+        if file.yjs_url.as_ref().is_some_and(|url| !placeholders.iter().all(|p| url.contains(p))) {
+            return Err("yjs_url must contain {room}, {doc}, {field} and {token}".into());
+        }
+        if file.capabilities.iter().any(|c| c == "y-websocket") && file.yjs_url.is_none() {
+            return Err("the y-websocket capability needs yjs_url".into());
+        }
         if !(file.timeout_multiplier > 0.0 && file.timeout_multiplier <= 100.0) {
             return Err("timeout_multiplier must be in (0, 100]".into());
         }
@@ -190,6 +203,7 @@ impl Target {
             name: file.name,
             ws_url: file.ws_url,
             http_base: file.http_base.trim_end_matches('/').to_string(),
+            yjs_url: file.yjs_url,
             tokens,
             restart: None,
             capabilities,

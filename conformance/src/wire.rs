@@ -157,6 +157,13 @@ pub fn yjs_frame(doc: &str, field: &str, kind: YjsKind, payload: &[u8]) -> Vec<u
     let mut out = vec![0x59];
     write_var_bytes(&mut out, doc.as_bytes());
     write_var_bytes(&mut out, field.as_bytes());
+    out.extend(yjs_message(kind, payload));
+    out
+}
+
+/// A plain y-protocols sync message, as a y-websocket endpoint carries it (no envelope).
+pub fn yjs_message(kind: YjsKind, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
     write_var_uint(&mut out, 0);
     write_var_uint(&mut out, kind_number(kind));
     write_var_bytes(&mut out, payload);
@@ -191,17 +198,26 @@ pub fn parse_yjs(frame: &[u8]) -> Option<(String, String, YjsKind, Vec<u8>)> {
     }
     let doc = String::from_utf8(read_var_bytes(frame, &mut at)?.to_vec()).ok()?;
     let field = String::from_utf8(read_var_bytes(frame, &mut at)?.to_vec()).ok()?;
-    if read_var_uint(frame, &mut at)? != 0 {
+    let (kind, payload) = parse_sync(frame, at)?;
+    Some((doc, field, kind, payload))
+}
+
+/// A plain y-protocols sync message read back: (kind, payload); None for anything else.
+pub fn parse_yjs_message(message: &[u8]) -> Option<(YjsKind, Vec<u8>)> {
+    parse_sync(message, 0)
+}
+
+fn parse_sync(bytes: &[u8], mut at: usize) -> Option<(YjsKind, Vec<u8>)> {
+    if read_var_uint(bytes, &mut at)? != 0 {
         return None;
     }
-    let kind = match read_var_uint(frame, &mut at)? {
+    let kind = match read_var_uint(bytes, &mut at)? {
         0 => YjsKind::Step1,
         1 => YjsKind::Step2,
         2 => YjsKind::Update,
         _ => return None,
     };
-    let payload = read_var_bytes(frame, &mut at)?.to_vec();
-    Some((doc, field, kind, payload))
+    Some((kind, read_var_bytes(bytes, &mut at)?.to_vec()))
 }
 
 /// The claims of a token the suite mints.
@@ -359,5 +375,9 @@ mod tests {
             assert_eq!(parse_yjs(&frame), Some((doc.to_string(), field.to_string(), kind, payload)));
         }
         assert_eq!(parse_yjs(&[0x59, 5, b'a']), None);
+        let message = yjs_message(YjsKind::Step2, &[1, 2, 3]);
+        assert_eq!(message, [0, 1, 3, 1, 2, 3]);
+        assert_eq!(parse_yjs_message(&message), Some((YjsKind::Step2, vec![1, 2, 3])));
+        assert_eq!(parse_yjs_message(&[1, 0]), None, "awareness is not a sync message");
     }
 }

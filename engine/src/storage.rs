@@ -678,3 +678,61 @@ pub fn compact_yjs(connection: &Connection, doc: &str, field: &str, state: &[u8]
         )
         .map(|_| ())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database written by schema version 3, with a created, a deleted and a purged document,
+    /// and a client's remembered answers.
+    fn version_3(path: &Path) {
+        let connection = Connection::open(path).unwrap();
+        for (step, migration) in MIGRATIONS[..3].iter().enumerate() {
+            connection.execute_batch(migration).unwrap();
+            connection.pragma_update(None, "user_version", step as i64 + 1).unwrap();
+        }
+        connection
+            .execute_batch(
+                "UPDATE meta SET value = 5 WHERE key = 'seq';
+                 INSERT INTO documents VALUES ('a', 't', 1, 'u1', '{}', NULL, NULL);
+                 INSERT INTO documents VALUES ('b', 't', 3, 'u1', '{}', 3, 30);
+                 INSERT INTO membership_log VALUES (1, 'a', 'create', 10), (2, 'b', 'create', 20),
+                     (3, 'b', 'delete', 30), (4, 'c', 'create', 40), (5, 'c', 'purge', 50);
+                 INSERT INTO replay VALUES ('u1', 'c1', 7, 'seven'), ('u1', 'c1', 9, 'nine');",
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn version_3_databases_migrate_with_their_rows_and_view_sequences() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("room.sqlite");
+        version_3(&path);
+        let connection = open(Some(&path)).unwrap();
+        let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(sequence(&connection).unwrap(), 5);
+        // sys:index last changed at the create of c (4); sys:trash at the purge of c (5).
+        assert_eq!(
+            (meta(&connection, "index_seq").unwrap(), meta(&connection, "trash_seq").unwrap()),
+            (4, 5)
+        );
+        let ids: Vec<String> = documents(&connection).unwrap().into_iter().map(|row| row.id).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(replay_window(&connection, ("u1", "c1")).unwrap(), (2, Some(9)));
+        assert_eq!(replay_answer(&connection, ("u1", "c1"), 7).unwrap().as_deref(), Some("seven"));
+        assert_eq!(replay_window(&connection, ("u1", "c2")).unwrap(), (0, None));
+    }
+
+    #[test]
+    fn remembering_forgets_the_oldest_answers_it_is_told_to() {
+        let connection = open(None).unwrap();
+        for mid in [3, 5, 8, 13] {
+            remember_answer(&connection, ("u1", "c1"), mid, &format!("answer {mid}"), 0).unwrap();
+        }
+        remember_answer(&connection, ("u1", "c1"), 21, "answer 21", 2).unwrap();
+        assert_eq!(replay_window(&connection, ("u1", "c1")).unwrap(), (3, Some(21)));
+        assert_eq!(replay_answer(&connection, ("u1", "c1"), 5).unwrap(), None);
+        assert_eq!(replay_answer(&connection, ("u1", "c1"), 8).unwrap().as_deref(), Some("answer 8"));
+    }
+}

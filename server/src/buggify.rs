@@ -1,7 +1,8 @@
 //! BUGGIFY-style fault points inside the server, in the manner of FoundationDB's simulator: places
 //! where the code may, when a simulation seed turns the point on, take a legal but unlikely path
 //! (a room that stalls before it commits, a broadcast batch delivered in another order, a silence
-//! timeout that fires early, a commit the disk refuses inside the engine), so the rare paths run
+//! timeout that fires early, a commit the disk refuses inside the engine, an ack lost with its
+//! connection), so the rare paths run
 //! often. Each point counts how often it fired, so a point that never fires is visible in the
 //! run's report.
 
@@ -26,15 +27,20 @@ pub enum FaultPoint {
     /// rolls back and the writer is answered `internal` (the engine's own fault point,
     /// [`roomlab_engine::StorageFaults`]).
     StorageFails,
+    /// The connection drops right after the room committed a mutation, before its ack is sent, so
+    /// the client learns nothing and must replay the mutation on its next connection, where it
+    /// is owed the original answer (docs/PROTOCOL.md mutation.replay.same-answer).
+    AckLost,
 }
 
 impl FaultPoint {
     /// Every point.
-    pub const ALL: [FaultPoint; 4] = [
+    pub const ALL: [FaultPoint; 5] = [
         FaultPoint::RoomStall,
         FaultPoint::BroadcastReorder,
         FaultPoint::SilenceEarly,
         FaultPoint::StorageFails,
+        FaultPoint::AckLost,
     ];
 
     /// The point's name in reports.
@@ -44,6 +50,7 @@ impl FaultPoint {
             FaultPoint::BroadcastReorder => "buggify:broadcast-reorder",
             FaultPoint::SilenceEarly => "buggify:silence-early",
             FaultPoint::StorageFails => "buggify:storage-fails",
+            FaultPoint::AckLost => "buggify:ack-lost",
         }
     }
 }

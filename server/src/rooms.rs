@@ -226,7 +226,14 @@ impl Actor {
                     self.outboxes.insert(conn, outbox);
                     room.connect(conn, identity, now_ms)
                 }
-                Input::Message { conn, message } => room.handle(conn, message, now_ms),
+                Input::Message { conn, message } => {
+                    let mutation = matches!(message, ClientMessage::Mutate { .. });
+                    let mut effects = room.handle(conn, message, now_ms);
+                    if mutation {
+                        self.maybe_lose_ack(conn, &mut effects);
+                    }
+                    effects
+                }
                 Input::Yjs { conn, frame } => room.handle_yjs(conn, frame, &mut self.rng),
                 Input::Disconnect { conn } => {
                     self.outboxes.remove(&conn);
@@ -251,6 +258,17 @@ impl Actor {
         }
         for effect in effects {
             self.carry_out(effect);
+        }
+    }
+
+    /// BUGGIFY: the writer's connection drops instead of carrying the ack of a committed
+    /// mutation; the pushes to everyone else still go out.
+    fn maybe_lose_ack(&self, conn: ConnId, effects: &mut [Effect]) {
+        let acked = |effect: &Effect| matches!(effect, Effect::Send { conn: to, message: ServerMessage::Ack { .. } } if *to == conn);
+        let Some(position) = effects.iter().position(acked) else { return };
+        if self.buggify.as_ref().is_some_and(|b| b.fire(FaultPoint::AckLost)) {
+            let reason = "connection lost (BUGGIFY ack-lost)".to_string();
+            effects[position] = Effect::Close { conn, code: 1001, reason };
         }
     }
 

@@ -221,7 +221,7 @@ impl Default for Workload {
 }
 
 /// Fault rates: expected occurrences per simulated minute.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Faults {
     /// Both-way partitions between the server and one client host.
@@ -244,6 +244,19 @@ pub struct Faults {
     /// batch reordered, a silence timeout firing early): the percent of opportunities at which each
     /// point a seed turns on fires; 0 turns them all off.
     pub buggify: f64,
+    /// The BUGGIFY points every seed turns on, by name without the `buggify:` prefix (`room-stall`,
+    /// `broadcast-reorder`, `silence-early`, `storage-fails`, `ack-lost`); absent, each seed draws
+    /// its own. A shrink pins the points that fired in the failing run, so that its later, smaller
+    /// runs keep them whatever the seed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub buggify_points: Option<Vec<String>>,
+}
+
+/// The server's fault point named `name` (without the `buggify:` prefix).
+pub fn fault_point(name: &str) -> Option<roomlab_server::FaultPoint> {
+    roomlab_server::FaultPoint::ALL
+        .into_iter()
+        .find(|point| point.name().strip_prefix("buggify:") == Some(name))
 }
 
 impl Default for Faults {
@@ -258,6 +271,7 @@ impl Default for Faults {
             stalls: 2.0,
             storms: 0.5,
             buggify: 0.0,
+            buggify_points: None,
         }
     }
 }
@@ -344,6 +358,15 @@ impl Scenario {
         if !(scenario.ops_per_client_per_s > 0.0 && scenario.ops_per_client_per_s <= 100.0) {
             return invalid("ops_per_client_per_s must be in (0, 100]");
         }
+        let points = scenario.faults.buggify_points.iter().flatten();
+        if let Some(unknown) = points.clone().find(|name| fault_point(name).is_none()) {
+            return invalid(&format!("unknown BUGGIFY point {unknown:?}"));
+        }
+        if scenario.faults.buggify_points.as_ref().is_some_and(|points| points.is_empty()) {
+            return invalid(
+                "buggify_points is empty (leave it out to let each seed draw, or set buggify = 0)",
+            );
+        }
         let total: u64 = scenario.workload.weights().iter().map(|w| u64::from(*w)).sum();
         if total == 0 {
             return invalid("the workload has no weight");
@@ -374,6 +397,10 @@ mod tests {
         };
         check("name = \"a\"\nclients = 0", "at least 1");
         check("name = \"a\"\ncolour = 1", "unknown field");
+        check(
+            "name = \"a\"\n[faults]\nbuggify_points = [\"ack-lots\"]",
+            "unknown BUGGIFY point \"ack-lots\"",
+        );
         check("name = \"a\"\n[workload]\nrecords = 0\nqueries = 0\nguards = 0\nlists = 0\ndeletes = 0\nquota = 0\nbuckets = 0\nprivate = 0\nstaging = 0\nyjs = 0\nassets = 0", "no weight");
         assert!(Scenario::load("nope").unwrap_err().to_string().contains("embedded: swarm"));
     }

@@ -6,8 +6,10 @@
 //! (the way swarm testers shrink). A first pass walks the candidates: a shorter safety phase,
 //! fewer operations per second, viewers and free users among fewer users, a few clients as busy
 //! in all as the many were, half the clients, a workload kind or a fault kind turned off, fewer
-//! shared documents. A second pass bounds each client's steps (a prefix of the same steps) and
-//! makes a needed fault (crashes, storms, kills, BUGGIFY) likelier; then the first pass again.
+//! shared documents; before them, the BUGGIFY points that fired are pinned, so every later run
+//! has them whatever its seed. A second pass bounds each client's steps (a prefix of the same steps),
+//! makes a needed fault (crashes, storms, kills, BUGGIFY) likelier, or turns on one server fault
+//! point alone at its likeliest; then the first pass again.
 
 use crate::scenario::{Faults, Workload};
 use crate::{run, Report, RunConfig, Scenario};
@@ -112,6 +114,49 @@ fn step_candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
             });
         }
     }
+    // One server fault point alone, at its likeliest: the rare path a bug needs (a lost ack
+    // makes every mutation's replay a coin toss) then comes within a few steps of one client.
+    // Once a point stands alone, the others are not offered again, or the pass would go round.
+    let alone = scenario.faults.buggify_points.as_ref().is_some_and(|points| points.len() == 1);
+    for point in roomlab_server::FaultPoint::ALL.into_iter().filter(|_| !alone) {
+        let name = point.name().strip_prefix("buggify:").expect("points are named buggify:*");
+        candidates.push(format!("BUGGIFY just {name}, at {BUGGIFY_PERCENT_MAX} %"), |s| {
+            s.faults.buggify = BUGGIFY_PERCENT_MAX;
+            s.faults.buggify_points = Some(vec![name.to_string()]);
+        });
+    }
+    candidates.out
+}
+
+/// The first pass's candidates for the best run so far: its BUGGIFY points pinned, then
+/// [`candidates`].
+fn first_pass(best: &Shrunk) -> Vec<(String, Scenario)> {
+    let mut list = pinned_points(best);
+    list.extend(candidates(&best.scenario));
+    list
+}
+
+/// The second pass's candidates: [`step_candidates`].
+fn second_pass(best: &Shrunk) -> Vec<(String, Scenario)> {
+    step_candidates(&best.scenario)
+}
+
+/// The server's BUGGIFY points that fired in the best run, pinned so that every later run turns
+/// on just these whatever its seed. Without it, a seed tried for a smaller scenario draws its
+/// own points, and the one the bug needs (a lost ack, say) is off for half of them.
+fn pinned_points(best: &Shrunk) -> Vec<(String, Scenario)> {
+    let fired: Vec<String> = (best.report.faults.iter())
+        .filter(|(_, count)| **count > 0)
+        .filter_map(|(name, _)| name.strip_prefix("buggify:"))
+        .filter(|name| crate::scenario::fault_point(name).is_some())
+        .map(String::from)
+        .collect();
+    if best.scenario.faults.buggify <= 0.0 || fired.is_empty() {
+        return Vec::new();
+    }
+    let mut candidates = Candidates::new(&best.scenario);
+    let what = format!("BUGGIFY points pinned to those that fired: {}", fired.join(", "));
+    candidates.push(what, |s| s.faults.buggify_points = Some(fired));
     candidates.out
 }
 
@@ -209,9 +254,9 @@ pub fn shrink(
     let mut best = Shrunk { scenario: scenario.clone(), seed, report: first, runs: 1 };
     best.scenario.name = format!("{}-shrunk", scenario.name);
     let first_pass_runs = runs_max.saturating_sub(STEP_PASS_RUNS_MIN).max(runs_max / 2);
-    descend(&mut best, &candidates, first_pass_runs, &attempt, progress);
-    if descend(&mut best, &step_candidates, runs_max, &attempt, progress) {
-        descend(&mut best, &candidates, runs_max, &attempt, progress);
+    descend(&mut best, &first_pass, first_pass_runs, &attempt, progress);
+    if descend(&mut best, &second_pass, runs_max, &attempt, progress) {
+        descend(&mut best, &first_pass, runs_max, &attempt, progress);
     }
     Some(best)
 }
@@ -223,7 +268,7 @@ pub fn shrink(
 /// whether any was taken.
 fn descend(
     best: &mut Shrunk,
-    candidates: &dyn Fn(&Scenario) -> Vec<(String, Scenario)>,
+    candidates: &dyn Fn(&Shrunk) -> Vec<(String, Scenario)>,
     runs_max: usize,
     attempt: &dyn Fn(&Scenario, u64) -> Report,
     progress: &mut dyn FnMut(&str, &Report),
@@ -231,7 +276,7 @@ fn descend(
     let mut taken = false;
     loop {
         let mut taken_in_pass = false;
-        let (mut list, mut index) = (candidates(&best.scenario), 0);
+        let (mut list, mut index) = (candidates(best), 0);
         while index < list.len() {
             if best.runs >= runs_max {
                 return taken;
@@ -242,7 +287,7 @@ fn descend(
                     progress(&what, &report);
                     *best = Shrunk { scenario: candidate, seed, report, runs: best.runs };
                     taken_in_pass = true;
-                    list = candidates(&best.scenario);
+                    list = candidates(best);
                 }
                 None => index += 1,
             }
@@ -278,6 +323,28 @@ fn try_seeds(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_points_that_fired_are_pinned() {
+        let mut scenario = Scenario::load("swarm").unwrap();
+        scenario.faults.buggify = 2.0;
+        let faults =
+            [("buggify:ack-lost", 3), ("buggify:room-stall", 0), ("buggify:quota-exact", 2), ("kill", 5)];
+        let report =
+            Report { faults: faults.map(|(name, n)| (name.to_string(), n)).into(), ..Report::default() };
+        let best = Shrunk { scenario: scenario.clone(), seed: 0, report, runs: 1 };
+        let pinned = pinned_points(&best);
+        assert_eq!(pinned.len(), 1);
+        assert_eq!(pinned[0].1.faults.buggify_points, Some(vec!["ack-lost".to_string()]));
+        // Pinned already, or BUGGIFY off: nothing to pin.
+        let again = Shrunk { scenario: pinned[0].1.clone(), ..best.clone() };
+        assert!(pinned_points(&again).is_empty());
+        let off = Shrunk {
+            scenario: Scenario { faults: Faults { buggify: 0.0, ..scenario.faults }, ..scenario },
+            ..best
+        };
+        assert!(pinned_points(&off).is_empty());
+    }
 
     #[test]
     fn candidates_only_shrink() {
@@ -320,6 +387,14 @@ mod tests {
         none.faults.crashes = CRASHES_PER_MIN_MAX;
         none.faults.storms = STORMS_PER_MIN_MAX;
         none.faults.kills = KILLS_PER_MIN_MAX;
+        let alone: Vec<_> =
+            step_candidates(&none).into_iter().filter_map(|(_, s)| s.faults.buggify_points).collect();
+        assert_eq!(alone.len(), roomlab_server::FaultPoint::ALL.len(), "one candidate per point, alone");
+        assert!(alone
+            .iter()
+            .all(|points| points.len() == 1 && crate::scenario::fault_point(&points[0]).is_some()));
+        // Once one point stands alone the others are not offered again, so the pass ends.
+        none.faults.buggify_points = Some(alone[0].clone());
         assert!(step_candidates(&none).is_empty());
         let mut tiny = scenario.clone();
         tiny.clients = 1;

@@ -147,6 +147,11 @@ fn buggify_for(config: &RunConfig) -> Option<Arc<roomlab_server::Buggify>> {
     if percent <= 0.0 {
         return None;
     }
+    if let Some(names) = &config.scenario.faults.buggify_points {
+        let enabled =
+            names.iter().map(|name| crate::scenario::fault_point(name).expect("checked on load")).collect();
+        return Some(Arc::new(roomlab_server::Buggify::new(config.seed, enabled, percent)));
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0xb0b0_b0b0_b0b0_b0b0);
     let points = roomlab_server::FaultPoint::ALL;
     let mut enabled: std::collections::BTreeSet<_> =
