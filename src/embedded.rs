@@ -1,9 +1,11 @@
 //! The `embedded` conformance target: roomlab's own server on a loopback port, with a data directory
-//! that survives its restarts and the small quotas the `quota-small` capability promises.
+//! that survives its restarts, the small quotas the `quota-small` capability promises, and a storage
+//! fault point that fails one room's next commit on request (the `fail-commit` capability).
 
 use anyhow::{Context, Result};
-use roomlab_conformance::{Restart, Target, CAPABILITIES};
+use roomlab_conformance::{FailCommit, Restart, Target, CAPABILITIES};
 use roomlab_server::{Server, ServerConfig};
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,7 +74,13 @@ impl Embedded {
         mutant: Option<roomlab_protocol::Mutant>,
     ) -> Result<Embedded> {
         let data = tempfile::tempdir().context("making a data directory")?;
-        let config = config(data.path(), quotas, mutant);
+        let mut config = config(data.path(), quotas, mutant);
+        // The rooms whose next commit fails: the `fail-commit` step adds one, its commit takes it.
+        let failing: Arc<Mutex<BTreeSet<String>>> = Arc::default();
+        let taken = failing.clone();
+        config.engine.storage_faults = roomlab_engine::StorageFaults::new(move |room| {
+            taken.lock().expect("failing rooms").remove(room.as_str())
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(Some(start(listener, config.clone()).await?)));
@@ -99,6 +107,11 @@ impl Embedded {
         let mut target = Target::roomlab(name, addr, SECRET.as_bytes());
         target.capabilities = CAPABILITIES.iter().map(|(name, _)| name.to_string()).collect();
         target.set_restart(Some(Restart::Hook(hook)));
+        let fail_commit: roomlab_conformance::FailCommitHook = Arc::new(move |room| {
+            failing.lock().expect("failing rooms").insert(room);
+            Box::pin(async { Ok(()) })
+        });
+        target.set_fail_commit(Some(FailCommit::Hook(fail_commit)));
         Ok(Embedded { target, state, _data: data })
     }
 

@@ -237,9 +237,6 @@ fn print_row(row: &KillRow) {
     let mutant = Mutant::from_name(&row.mutant);
     let conformance = match &row.conformance {
         None if mutant.is_some_and(Mutant::wire_visible) => "not run".to_string(),
-        None if mutant.is_some_and(Mutant::in_server) => {
-            "n/a (it shows only when the disk fails, which no wire message causes)".to_string()
-        }
         None => "n/a (a client bug; the suite grades servers)".to_string(),
         Some(c) if c.killed => format!(
             "killed by {} case(s), e.g. {} ({:.1} s)",

@@ -3,6 +3,8 @@
 //!   inserts one transaction each (target: at least 50 % of the raw rate);
 //! - `fanout`: one write with 1,000 and 10,000 live query subscriptions, 100 of which match (target:
 //!   the cost follows the 100, not the total);
+//! - `lists`: moving one item of a 9,000-item list, against the same move in a 10-item list (target:
+//!   the cost of a list op does not follow the list's length);
 //! - `yjs`: a 6,000-insert typing trace applied through the room, against a bare yrs document.
 //!
 //! Run: `cargo bench -p roomlab-benches --bench engine`.
@@ -180,5 +182,44 @@ fn yjs(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, mutations, fanout, yjs);
+/// A room with one board whose list `cards` holds `items` items, and the next free mutation id.
+fn board(directory: &std::path::Path, items: u64) -> (Room, u64) {
+    let path = directory.join(format!("board-{items}.sqlite"));
+    let mut room = Room::open(RoomId::new("lists").unwrap(), Some(&path), Config::default()).unwrap();
+    join(&mut room, 1, "alice");
+    let create = r#"{"type":"mutate","mid":1,"op":"create","doc":"b","doc_type":"boards","data":{}}"#;
+    room.handle(ConnId(1), message(create), 0);
+    for item in 1..=items {
+        let frame = format!(
+            r#"{{"type":"mutate","mid":{},"op":"list_insert","doc":"b","list":"cards","item":"c{item}","key":"a0","value":{{"n":{item}}}}}"#,
+            item + 1
+        );
+        room.handle(ConnId(1), message(&frame), 0);
+    }
+    (room, items + 2)
+}
+
+fn lists(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lists");
+    group.throughput(Throughput::Elements(1)).measurement_time(Duration::from_secs(5));
+    let directory = tempfile::tempdir().unwrap();
+    for items in [10u64, 9_000] {
+        let (mut room, mut mid) = board(directory.path(), items);
+        group.bench_with_input(BenchmarkId::new("move one item", items), &items, |b, _| {
+            b.iter(|| {
+                mid += 1;
+                // Alternate between two keys so that every move changes the item.
+                let key = if mid % 2 == 0 { "a1" } else { "a2" };
+                let frame = format!(
+                    r#"{{"type":"mutate","mid":{mid},"op":"list_move","doc":"b","list":"cards","item":"c1","key":"{key}"}}"#
+                );
+                let effects = room.handle(ConnId(1), message(&frame), mid);
+                assert_eq!(effects.len(), 1);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, mutations, fanout, lists, yjs);
 criterion_main!(benches);

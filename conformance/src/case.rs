@@ -30,7 +30,14 @@
 //!   the socket closed with 4001.
 //! - `http METHOD PATH [as=USER:ROLE] [type=CONTENT-TYPE] [body=TEXT] -> STATUS [PATTERN]`; `{room}`
 //!   in PATH is the case's room.
-//! - `restart`: restart the target (durability cases).
+//! - `A pause` / `A resume`: the suite stops reading connection A (its frames wait in the kernel's
+//!   socket buffers and then in the server's queue), and starts again.
+//! - `A>>COUNT JSON`: send COUNT frames (a number or `$name[+N]`), binding `i` to 1, 2, ... COUNT in
+//!   each (`"$i"`, `"$i+N"`, and `"$text:i"` for the number as a string); each frame carries a `mid`,
+//!   and every one must be acknowledged (`ack` with that `mid`), at most 32 unanswered at a time.
+//! - `restart [open]`: restart the target (durability cases); with `open` the case's connections
+//!   stay open through it, to see how the server closes them.
+//! - `fail-commit`: the target's next commit in the case's room fails as if its disk refused it.
 //!
 //! Lines starting with `//` are comments.
 
@@ -64,6 +71,8 @@ pub struct Case {
     pub description: String,
     /// Its frames depend on timing (concurrent writers), so transcripts of it differ run to run.
     pub racy: bool,
+    /// It loads the target heavily (thousands of frames), so it runs alone, after the others.
+    pub alone: bool,
     /// The steps, in order.
     pub steps: Vec<Step>,
 }
@@ -219,8 +228,32 @@ pub enum Step {
     },
     /// An HTTP request and its expected answer.
     Http(HttpStep),
-    /// Restart the target.
-    Restart,
+    /// Restart the target; `open` keeps the case's connections open through it.
+    Restart {
+        /// Keep the connections open.
+        open: bool,
+    },
+    /// Stop reading a connection.
+    Pause {
+        /// The connection.
+        conn: String,
+    },
+    /// Read a paused connection again.
+    Resume {
+        /// The connection.
+        conn: String,
+    },
+    /// Send many frames, each acknowledged.
+    Repeat {
+        /// The connection.
+        conn: String,
+        /// How many: a number or `"$name[+N]"`.
+        count: Value,
+        /// The frame, with `i` bound to its number.
+        frame: Value,
+    },
+    /// The next commit in the case's room fails.
+    FailCommit,
 }
 
 /// An `http` step.
@@ -263,8 +296,9 @@ impl fmt::Display for Level {
     }
 }
 
-/// Parses one `.cases` file of `group`. A header may end with `needs=a,b` and with `racy` (the
-/// case's frames depend on timing, so its transcript is not compared between runs).
+/// Parses one `.cases` file of `group`. A header may end with `needs=a,b`, with `racy` (the
+/// case's frames depend on timing, so its transcript is not compared between runs) and with `alone`
+/// (the case loads the target heavily, so it runs by itself).
 pub fn parse_cases(file: &str, group: &str, text: &str) -> Result<Vec<Case>, CaseError> {
     let mut cases: Vec<Case> = Vec::new();
     for (index, raw) in text.lines().enumerate() {
@@ -308,10 +342,11 @@ fn parse_header(header: &str, group: &str) -> Result<Case, String> {
         "SHOULD" => Level::Should,
         other => return Err(format!("level {other} is neither MUST nor SHOULD")),
     };
-    let (mut needs, mut racy) = (Vec::new(), false);
+    let (mut needs, mut racy, mut alone) = (Vec::new(), false, false);
     for word in rest {
-        if *word == "racy" {
-            racy = true;
+        if *word == "racy" || *word == "alone" {
+            racy |= *word == "racy";
+            alone |= *word == "alone";
             continue;
         }
         let Some(list) = word.strip_prefix("needs=") else {
@@ -327,6 +362,7 @@ fn parse_header(header: &str, group: &str) -> Result<Case, String> {
         needs,
         description: String::new(),
         racy,
+        alone,
         steps: Vec::new(),
     })
 }
@@ -343,7 +379,12 @@ fn parse_step(line: &str) -> Result<Step, String> {
         "yconnect" => parse_yconnect(rest),
         "refused" => parse_refused(rest),
         "http" => parse_http(rest),
-        "restart" => Ok(Step::Restart),
+        "restart" => match rest {
+            "" => Ok(Step::Restart { open: false }),
+            "open" => Ok(Step::Restart { open: true }),
+            other => Err(format!("unknown restart option {other}")),
+        },
+        "fail-commit" if rest.is_empty() => Ok(Step::FailCommit),
         _ => parse_connection_step(head, rest),
     }
 }
@@ -357,6 +398,16 @@ fn parse_connection_step(head: &str, rest: &str) -> Result<Step, String> {
     }
     match (arrow, rest) {
         ("", "close") => Ok(Step::Close { conn }),
+        ("", "pause") => Ok(Step::Pause { conn }),
+        ("", "resume") => Ok(Step::Resume { conn }),
+        (repeat, frame) if repeat.starts_with(">>") => {
+            let count = match &repeat[2..] {
+                number if number.parse::<u64>().is_ok() => Value::from(number.parse::<u64>().unwrap_or(0)),
+                variable if variable.starts_with('$') => Value::String(variable.to_string()),
+                other => return Err(format!("bad repeat count {other:?} (a number or $name[+N])")),
+            };
+            Ok(Step::Repeat { conn, count, frame: json(frame)? })
+        }
         ("", closed) if closed.starts_with("closed ") => {
             let codes = closed["closed ".len()..]
                 .split('|')
@@ -536,7 +587,15 @@ mod tests {
             "case a.b#1 a.b SHOULD needs=x,y\n about: it\n connect a u1 admin plan=free\n a closed 1009|4008\n",
             r#"[("a.b#1", Should, ["x", "y"], [Connect(Connect { name: "a", user: "u1", role: "admin", plan: "free", addons: 0, client: "c-a", room: None, hello: true }), Closed { conn: "a", codes: [1009, 4008] }])]"#,
         );
-        check("connect a u1 admin", "t.cases:1: a step before the first `case` line");
+        check(
+            "case a#1 a MUST alone\n about: z\n a pause\n b>>$n+1 {\"mid\":\"$i\"}\n a resume\n restart open\n fail-commit",
+            r#"[("a#1", Must, [], [Pause { conn: "a" }, Repeat { conn: "b", count: String("$n+1"), frame: Object {"mid": String("$i")} }, Resume { conn: "a" }, Restart { open: true }, FailCommit])]"#,
+        );
+        check(
+            "case a#1 a MUST\n about: z\n b>>many {}",
+            "t.cases:3: bad repeat count \"many\" (a number or $name[+N])",
+        );
+        check("case a#1 a MUST\n about: z\n restart now", "t.cases:3: unknown restart option now");
         check("case x#1 y MUST\n about: z\n a< {", "t.cases:1: case id x#1 must be `y#<n>`");
         check(
             "case y#1 y MUST\n about: z\n a< {",

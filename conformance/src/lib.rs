@@ -19,7 +19,9 @@ pub use load::{load, LoadPlan, LoadReport};
 pub use pattern::Bindings;
 pub use report::{Baseline, CaseReport, FrameRecord, RunReport, Verdict};
 pub use runner::{RESTART_DEADLINE_MS, STEP_DEADLINE_MS};
-pub use target::{Restart, RestartHook, Target, TargetError, TokenSource, CAPABILITIES};
+pub use target::{
+    FailCommit, FailCommitHook, Restart, RestartHook, Target, TargetError, TokenSource, CAPABILITIES,
+};
 
 use futures_util::StreamExt;
 use std::collections::BTreeSet;
@@ -71,8 +73,8 @@ pub fn select(cases: Vec<Case>, only: &[String], skip: &[String]) -> Result<Vec<
         .collect())
 }
 
-/// Runs `cases` against `target`, `jobs` at a time (cases that restart the target run alone,
-/// after the others), and calls `progress` after each case.
+/// Runs `cases` against `target`, `jobs` at a time (cases that restart the target or are marked
+/// `alone` run one by one, after the others), and calls `progress` after each case.
 pub async fn run(
     target: &Target,
     cases: &[Case],
@@ -81,7 +83,7 @@ pub async fn run(
 ) -> RunReport {
     let started = tokio::time::Instant::now();
     let prefix = run_prefix();
-    let restarts = |case: &Case| case.steps.iter().any(|s| matches!(s, Step::Restart));
+    let restarts = |case: &Case| case.alone || case.steps.iter().any(|s| matches!(s, Step::Restart { .. }));
     let room = |index: usize| format!("{prefix}-{index}");
     let concurrent = futures_util::stream::iter(cases.iter().enumerate().filter(|(_, c)| !restarts(c)))
         .map(|(index, case)| async move {

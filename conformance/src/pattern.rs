@@ -7,7 +7,8 @@
 //! are allowed); arrays match element by element with equal lengths. Numbers compare by value.
 //! In frames to send, `"$name"` and `"$name+N"` are replaced by values, and `"$fill:name"` (or
 //! `"$fill:name+N"`) by a string of that many `x`, to reach size limits; `"$fill64:name"` by base64
-//! that decodes to at least that many bytes.
+//! that decodes to at least that many bytes; `"$text:name"` (or `"$text:name+N"`) by the number as a
+//! string (item ids in repeated frames).
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -28,6 +29,7 @@ enum Special<'a> {
     Greater(&'a str),
     Fill(&'a str, i64),
     Fill64(&'a str, i64),
+    Text(&'a str, i64),
 }
 
 fn special(text: &str) -> Option<Special<'_>> {
@@ -42,6 +44,10 @@ fn special(text: &str) -> Option<Special<'_>> {
         _ if body.starts_with("fill64:") => {
             let (name, delta) = variable(&body["fill64:".len()..]);
             Special::Fill64(name, delta)
+        }
+        _ if body.starts_with("text:") => {
+            let (name, delta) = variable(&body["text:".len()..]);
+            Special::Text(name, delta)
         }
         _ if body.starts_with("fill:") => {
             let (name, delta) = variable(&body["fill:".len()..]);
@@ -128,6 +134,10 @@ impl Bindings {
             (Special::Absent, actual) => actual.is_none(),
             (_, None) | (Special::Fill(..) | Special::Fill64(..), _) => false,
             (Special::Any, Some(_)) => true,
+            (Special::Text(name, delta), Some(actual)) => {
+                let want = self.values.get(name).and_then(|bound| offset(bound, delta));
+                want.is_some_and(|want| Value::String(want.to_string()) == *actual)
+            }
             (Special::Greater(name), Some(actual)) => {
                 match (self.values.get(name).and_then(Value::as_f64), actual.as_f64()) {
                     (Some(bound), Some(got)) => got > bound,
@@ -161,6 +171,11 @@ impl Bindings {
                 Some(Special::Var(name, delta)) => {
                     let bound = self.values.get(name).ok_or_else(|| format!("${name} is not bound"))?;
                     offset(bound, delta).ok_or_else(|| format!("${name} is not a number"))?
+                }
+                Some(Special::Text(name, delta)) => {
+                    let bound = self.values.get(name).ok_or_else(|| format!("${name} is not bound"))?;
+                    let number = offset(bound, delta).ok_or_else(|| format!("${name} is not a number"))?;
+                    Value::String(number.to_string())
                 }
                 Some(Special::Fill(name, delta)) => Value::String("x".repeat(self.length(name, delta)?)),
                 Some(Special::Fill64(name, delta)) => {
@@ -236,5 +251,6 @@ mod tests {
         assert_eq!(bindings.substitute(&json!(["$fill:s-2"])).unwrap(), json!(["xxxxx"]));
         assert_eq!(bindings.substitute(&json!("$fill64:s")).unwrap(), json!("xxxxxxxxxxxx"));
         assert_eq!(bindings.substitute(&json!("$$id")).unwrap(), json!("$id"));
+        assert_eq!(bindings.substitute(&json!({"item": "$text:s+1"})).unwrap(), json!({"item": "8"}));
     }
 }

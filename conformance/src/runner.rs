@@ -3,7 +3,7 @@
 use crate::case::{Case, Connect, HttpStep, Level, Step, YjsKind};
 use crate::pattern::Bindings;
 use crate::report::{CaseReport, FrameRecord, Verdict};
-use crate::target::{Restart, Target};
+use crate::target::{FailCommit, Restart, Target};
 use crate::wire::{self, Connection, Incoming, TokenRequest, Upgrade};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -16,6 +16,27 @@ pub const STEP_DEADLINE_MS: u64 = 2_000;
 
 /// How long a restart may take before the case errs, before the multiplier.
 pub const RESTART_DEADLINE_MS: u64 = 20_000;
+
+/// Frames of a `>>` step that may wait for their answers at once.
+const REPEAT_UNANSWERED_MAX: usize = 32;
+
+/// The size of each frame a slow-consumer case floods with (`$flood_bytes`).
+const FLOOD_FRAME_BYTES: u64 = 16 << 10;
+
+/// The least the suite assumes the kernel's socket buffers of both ends hold, in bytes.
+const SOCKET_BUFFER_BYTES_MIN: u64 = 16 << 20;
+
+/// What the socket buffers of both ends of a loopback connection can hold at most: the largest
+/// receive and send buffers this machine's kernel lets TCP grow to (Linux), or the fixed minimum,
+/// whichever is larger. A flood must overfill them before a server's own queue fills.
+fn socket_buffer_bytes() -> u64 {
+    let largest = |path: &str| -> u64 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.split_whitespace().last().and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
+    let both = largest("/proc/sys/net/ipv4/tcp_rmem") + largest("/proc/sys/net/ipv4/tcp_wmem");
+    both.max(SOCKET_BUFFER_BYTES_MIN)
+}
 
 /// Why a step stopped the case.
 struct Stop {
@@ -87,6 +108,21 @@ pub async fn run_case(target: &Target, case: &Case, room: String) -> CaseReport 
     report
 }
 
+/// The frame with every string over 64 bytes shortened to its start and its length, for transcripts.
+fn abbreviate(frame: &Value) -> Value {
+    match frame {
+        Value::String(text) if text.len() > 64 => {
+            let start: String = text.chars().take(8).collect();
+            Value::String(format!("{start}... ({} bytes)", text.len()))
+        }
+        Value::Array(items) => Value::Array(items.iter().map(abbreviate).collect()),
+        Value::Object(members) => {
+            Value::Object(members.iter().map(|(k, v)| (k.clone(), abbreviate(v))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
 fn describe(incoming: &Incoming) -> String {
     match incoming {
         Incoming::Text(text) => text.clone(),
@@ -151,7 +187,19 @@ impl Run<'_> {
             }
             Step::Refused { user, role, fault } => self.refused(user, role, *fault).await,
             Step::Http(http) => self.http(http).await,
-            Step::Restart => self.restart().await,
+            Step::Restart { open } => self.restart(*open).await,
+            Step::Pause { conn } => {
+                self.record(conn, true, "(the suite stops reading)".into());
+                self.connection(conn)?.pause(true);
+                Ok(())
+            }
+            Step::Resume { conn } => {
+                self.record(conn, true, "(the suite reads again)".into());
+                self.connection(conn)?.pause(false);
+                Ok(())
+            }
+            Step::Repeat { conn, count, frame } => self.repeat(conn, count, frame).await,
+            Step::FailCommit => self.fail_commit().await,
         }
     }
 
@@ -230,6 +278,13 @@ impl Run<'_> {
                     self.bindings.bind(limit, value.clone());
                 }
             }
+        }
+        let queue = welcome.pointer("/limits/outbound_queue_max").and_then(Value::as_u64);
+        if let (Some(queue), None) = (queue, self.bindings.value("flood_count")) {
+            // Enough frames to fill both ends' socket buffers, then the server's queue, and one more.
+            let count = socket_buffer_bytes().div_ceil(FLOOD_FRAME_BYTES) + queue + 1;
+            self.bindings.bind("flood_bytes", Value::from(FLOOD_FRAME_BYTES));
+            self.bindings.bind("flood_count", Value::from(count));
         }
         if let Some(seq) = welcome.get("seq") {
             self.bindings.bind(&format!("{name}.seq"), seq.clone());
@@ -466,12 +521,97 @@ impl Run<'_> {
         }
     }
 
-    async fn restart(&mut self) -> Result<(), Stop> {
-        self.record("target", true, "restart".into());
-        for connection in self.connections.values_mut() {
-            connection.close().await;
+    /// Sends `count` frames on `conn`, `i` bound to each one's number, and waits for each one's
+    /// ack (by `mid`), with at most [`REPEAT_UNANSWERED_MAX`] unanswered. The transcript records
+    /// the first frame and a count, not thousands of lines.
+    async fn repeat(&mut self, conn: &str, count: &Value, frame: &Value) -> Result<(), Stop> {
+        let count_written = count;
+        let count = self.bindings.substitute(count).map_err(error)?;
+        let count = count.as_u64().ok_or_else(|| error(format!("repeat count {count} is not a number")))?;
+        let mut unanswered = std::collections::BTreeSet::new();
+        for i in 1..=count {
+            self.bindings.bind("i", Value::from(i));
+            let frame = self.bindings.substitute(frame).map_err(error)?;
+            let mid = frame.get("mid").and_then(Value::as_u64);
+            let mid = mid.ok_or_else(|| error("every frame of a `>>` step needs a numeric mid"))?;
+            if i == 1 {
+                // The count as the case wrote it: `$flood_count` depends on the machine's kernel.
+                let shown = count_written.as_str().map_or_else(|| count.to_string(), str::to_string);
+                self.record(conn, true, format!("({shown} frames like) {}", abbreviate(&frame)));
+            }
+            self.connection(conn)?.send(Message::Text(frame.to_string().into())).await.map_err(failed)?;
+            unanswered.insert(mid);
+            while unanswered.len() >= REPEAT_UNANSWERED_MAX || (i == count && !unanswered.is_empty()) {
+                self.repeat_answer(conn, &mut unanswered).await?;
+            }
         }
-        self.connections.clear();
+        self.record(conn, false, "(every one acknowledged)".into());
+        Ok(())
+    }
+
+    /// Waits for the answer to one of the `unanswered` mids; anything but an ack fails the case.
+    async fn repeat_answer(
+        &mut self,
+        conn: &str,
+        unanswered: &mut std::collections::BTreeSet<u64>,
+    ) -> Result<(), Stop> {
+        let deadline = Instant::now() + self.step_deadline;
+        let connection =
+            self.connections.get_mut(conn).ok_or_else(|| error(format!("no connection {conn}")))?;
+        loop {
+            let answer = connection.inbox.iter().position(|incoming| match incoming {
+                Incoming::Text(text) => serde_json::from_str::<Value>(text)
+                    .ok()
+                    .and_then(|value| value.get("mid").and_then(Value::as_u64))
+                    .is_some_and(|mid| unanswered.contains(&mid)),
+                _ => false,
+            });
+            if let Some(at) = answer {
+                let Some(Incoming::Text(text)) = connection.inbox.remove(at) else { unreachable!() };
+                let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                if value.get("type").and_then(Value::as_str) != Some("ack") {
+                    self.record(conn, false, text.clone());
+                    return Err(failed(format!("{conn} expected an ack; got {text}")));
+                }
+                unanswered.remove(&value.get("mid").and_then(Value::as_u64).unwrap_or(0));
+                return Ok(());
+            }
+            if !connection.receive_until(deadline).await {
+                let message =
+                    format!("{conn} expected acks of mids {unanswered:?} within {:?}", self.step_deadline);
+                return Err(Stop { verdict: Verdict::Timeout, message });
+            }
+        }
+    }
+
+    async fn fail_commit(&mut self) -> Result<(), Stop> {
+        self.record("target", true, "fail the next commit".into());
+        let answer = match self.target.fail_commit.clone() {
+            Some(FailCommit::Hook(hook)) => {
+                tokio::time::timeout(self.step_deadline, hook(self.room.clone())).await
+            }
+            Some(FailCommit::Command(command)) => {
+                let command = command.replace("{room}", &self.room);
+                tokio::time::timeout(self.step_deadline, async move { wire::shell(&command).await.map(drop) })
+                    .await
+            }
+            None => return Err(error("the target has no fail_commit")),
+        };
+        match answer {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(error(format!("fail_commit: {message}"))),
+            Err(_) => Err(error(format!("fail_commit took longer than {:?}", self.step_deadline))),
+        }
+    }
+
+    async fn restart(&mut self, open: bool) -> Result<(), Stop> {
+        self.record("target", true, if open { "restart (connections open)" } else { "restart" }.into());
+        if !open {
+            for connection in self.connections.values_mut() {
+                connection.close().await;
+            }
+            self.connections.clear();
+        }
         let deadline =
             Duration::from_millis((RESTART_DEADLINE_MS as f64 * self.target.timeout_multiplier) as u64);
         let restarted = match self.target.restart.clone() {

@@ -14,6 +14,9 @@
 //!
 //! [restart]                            # optional: enables the durability cases
 //! command = "systemctl restart my-server"
+//!
+//! [fail_commit]                        # optional: the next commit in {room} fails (disk error)
+//! command = "my-server-ctl fail-next-commit {room}"
 //! ```
 
 use serde::Deserialize;
@@ -36,7 +39,11 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
     ("yjs", "Yjs binary frames on the main socket"),
     ("y-websocket", "a y-websocket endpoint per document field (needs `yjs_url`)"),
     ("restart", "a restart command (declared by the [restart] section)"),
+    ("fail-commit", "a command that fails a room's next commit (declared by the [fail_commit] section)"),
 ];
+
+/// Capabilities a target gets from a section of its file, never from its `capabilities` list.
+const DECLARED_BY_SECTIONS: &[&str] = &["restart", "fail-commit"];
 
 /// How the suite gets a token for (room, user, role).
 #[derive(Debug, Clone)]
@@ -51,6 +58,28 @@ pub enum TokenSource {
 /// A restart hook for targets that live in the suite's own process.
 pub type RestartHook =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// An in-process hook that makes the next commit in a room (its argument) fail.
+pub type FailCommitHook =
+    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// How the suite makes a target's next commit in a room fail (mutation.replay.internal-not-remembered).
+#[derive(Clone)]
+pub enum FailCommit {
+    /// A shell command; `{room}` is filled in.
+    Command(String),
+    /// An in-process hook (the embedded target).
+    Hook(FailCommitHook),
+}
+
+impl std::fmt::Debug for FailCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailCommit::Command(command) => write!(f, "FailCommit::Command({command:?})"),
+            FailCommit::Hook(_) => f.write_str("FailCommit::Hook"),
+        }
+    }
+}
 
 /// How the suite restarts the target.
 #[derive(Clone)]
@@ -85,6 +114,8 @@ pub struct Target {
     pub tokens: TokenSource,
     /// How to restart it, if it can be.
     pub restart: Option<Restart>,
+    /// How to make its next commit in a room fail, if it can be.
+    pub fail_commit: Option<FailCommit>,
     /// What it implements.
     pub capabilities: BTreeSet<String>,
     /// Multiplies every deadline (2 s by default per step).
@@ -124,6 +155,7 @@ struct TargetFile {
     timeout_multiplier: f64,
     token: TokenFile,
     restart: Option<RestartFile>,
+    fail_commit: Option<RestartFile>,
 }
 
 fn one() -> f64 {
@@ -137,6 +169,7 @@ struct TokenFile {
     command: Option<String>,
 }
 
+/// A section holding one shell command (`[restart]`, `[fail_commit]`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RestartFile {
@@ -155,6 +188,7 @@ impl Target {
             yjs_url: Some(format!("ws://{address}/yjs/{{room}}/{{doc}}/{{field}}?token={{token}}")),
             tokens: TokenSource::Secret(secret.to_vec()),
             restart: None,
+            fail_commit: None,
             capabilities: Default::default(),
             timeout_multiplier: 1.0,
         }
@@ -191,7 +225,8 @@ impl Target {
         }
         let mut capabilities = BTreeSet::new();
         for capability in file.capabilities {
-            if !CAPABILITIES.iter().any(|(known, _)| *known == capability) || capability == "restart" {
+            let known = CAPABILITIES.iter().any(|(known, _)| *known == capability);
+            if !known || DECLARED_BY_SECTIONS.contains(&capability.as_str()) {
                 return Err(format!(
                     "unknown capability {capability:?} (see `roomlab conform --capabilities`)"
                 ));
@@ -199,6 +234,10 @@ impl Target {
             capabilities.insert(capability);
         }
         let restart = file.restart.map(|r| Restart::Command(r.command));
+        if file.fail_commit.as_ref().is_some_and(|f| !f.command.contains("{room}")) {
+            return Err("[fail_commit] command must contain {room}".into());
+        }
+        let fail_commit = file.fail_commit.map(|f| FailCommit::Command(f.command));
         let mut target = Target {
             name: file.name,
             ws_url: file.ws_url,
@@ -206,11 +245,22 @@ impl Target {
             yjs_url: file.yjs_url,
             tokens,
             restart: None,
+            fail_commit: None,
             capabilities,
             timeout_multiplier: file.timeout_multiplier,
         };
         target.set_restart(restart);
+        target.set_fail_commit(fail_commit);
         Ok(target)
+    }
+
+    /// Sets (or clears) how to fail a room's next commit, and the `fail-commit` capability with it.
+    pub fn set_fail_commit(&mut self, fail_commit: Option<FailCommit>) {
+        match fail_commit {
+            Some(_) => self.capabilities.insert("fail-commit".into()),
+            None => self.capabilities.remove("fail-commit"),
+        };
+        self.fail_commit = fail_commit;
     }
 
     /// Sets (or clears) how to restart the target, and the `restart` capability with it.
@@ -229,7 +279,10 @@ mod tests {
 
     fn check(text: &str, expected: &str) {
         let got = match Target::parse(text) {
-            Ok(target) => format!("{} {:?} {:?}", target.name, target.capabilities, target.restart),
+            Ok(target) => format!(
+                "{} {:?} {:?} {:?}",
+                target.name, target.capabilities, target.restart, target.fail_commit
+            ),
             Err(error) => error,
         };
         assert_eq!(got, expected);
@@ -242,7 +295,21 @@ mod tests {
             &format!(
                 "{base}capabilities = [\"core\"]\n[token]\nsecret = \"s\"\n[restart]\ncommand = \"x\"\n"
             ),
-            r#"t {"core", "restart"} Some(Restart::Command("x"))"#,
+            r#"t {"core", "restart"} Some(Restart::Command("x")) None"#,
+        );
+        check(
+            &format!(
+                "{base}capabilities = []\n[token]\nsecret = \"s\"\n[fail_commit]\ncommand = \"f {{room}}\"\n"
+            ),
+            r#"t {"fail-commit"} None Some(FailCommit::Command("f {room}"))"#,
+        );
+        check(
+            &format!("{base}capabilities = []\n[token]\nsecret = \"s\"\n[fail_commit]\ncommand = \"f\"\n"),
+            "[fail_commit] command must contain {room}",
+        );
+        check(
+            &format!("{base}capabilities = [\"fail-commit\"]\n[token]\nsecret = \"s\"\n"),
+            r#"unknown capability "fail-commit" (see `roomlab conform --capabilities`)"#,
         );
         check(
             &format!("{base}capabilities = [\"core\", \"telepathy\"]\n[token]\nsecret = \"s\"\n"),

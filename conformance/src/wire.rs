@@ -34,6 +34,8 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct Connection {
     sink: SplitSink<Socket, Message>,
     receiver: mpsc::Receiver<Incoming>,
+    /// While true the reader leaves the socket alone, so frames wait in the kernel and the server.
+    paused: tokio::sync::watch::Sender<bool>,
     /// Frames received and not yet consumed by a step, in arrival order.
     pub inbox: VecDeque<Incoming>,
     /// Set once the close (or the end of the stream) has been received.
@@ -62,8 +64,12 @@ impl Connection {
         };
         let (sink, mut stream) = socket.split();
         let (sender, receiver) = mpsc::channel(INBOX_MAX);
+        let (paused, mut reading) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            while let Some(item) = stream.next().await {
+            loop {
+                // A dropped connection drops the sender too; then nothing pauses the reader.
+                let _ = reading.wait_for(|paused| !paused).await;
+                let Some(item) = stream.next().await else { break };
                 let incoming = match item {
                     Ok(Message::Text(text)) => Incoming::Text(text.to_string()),
                     Ok(Message::Binary(bytes)) => Incoming::Binary(bytes.to_vec()),
@@ -78,7 +84,12 @@ impl Connection {
             }
             let _ = sender.send(Incoming::Closed(None, "stream ended".into())).await;
         });
-        Ok(Upgrade::Open(Connection { sink, receiver, inbox: VecDeque::new(), closed: false }))
+        Ok(Upgrade::Open(Connection { sink, receiver, paused, inbox: VecDeque::new(), closed: false }))
+    }
+
+    /// Stops (true) or resumes (false) reading from the socket.
+    pub fn pause(&mut self, paused: bool) {
+        self.paused.send_replace(paused);
     }
 
     /// Sends a frame.

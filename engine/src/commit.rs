@@ -259,7 +259,7 @@ impl Room {
             let text = serde_json::to_string(&answer).expect("answers serialize");
             storage::remember_answer(&transaction, key, mid, &text, forget)?;
         }
-        if self.config.storage_faults.commit_fails() {
+        if self.config.storage_faults.commit_fails(&self.id) {
             // BUGGIFY: the disk refuses the commit, and dropping the transaction rolls it back.
             drop(transaction);
             if Mutant::CommitErrorIgnored.planted(self.config.mutant) {

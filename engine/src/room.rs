@@ -90,22 +90,26 @@ pub struct Config {
     pub storage_faults: StorageFaults,
 }
 
-/// A BUGGIFY-style fault point inside the engine: asked before each mutation's commit, and when it
-/// answers true the commit fails as if the disk had refused it (the transaction rolls back and
-/// the writer is answered `internal`). A simulation wires it to its seeded fault points, so the
-/// rarely taken path of a failed commit runs often; by default it never fires.
+/// A BUGGIFY-style fault point inside the engine: asked before each mutation's commit (with the
+/// room's id), and when it answers true the commit fails as if the disk had refused it (the
+/// transaction rolls back and the writer is answered `internal`). A simulation wires it to its
+/// seeded fault points, so the rarely taken path of a failed commit runs often; the conformance
+/// suite's embedded target fails one commit of one room on request. By default it never fires.
 #[derive(Clone, Default)]
-pub struct StorageFaults(Option<std::sync::Arc<dyn Fn() -> bool + Send + Sync>>);
+pub struct StorageFaults(Option<std::sync::Arc<CommitFails>>);
+
+/// The question a [`StorageFaults`] point asks: does the commit in this room fail?
+type CommitFails = dyn Fn(&RoomId) -> bool + Send + Sync;
 
 impl StorageFaults {
-    /// A fault point that fails a commit whenever `commit_fails` answers true.
-    pub fn new(commit_fails: impl Fn() -> bool + Send + Sync + 'static) -> StorageFaults {
+    /// A fault point that fails a commit in room `id` whenever `commit_fails(id)` answers true.
+    pub fn new(commit_fails: impl Fn(&RoomId) -> bool + Send + Sync + 'static) -> StorageFaults {
         StorageFaults(Some(std::sync::Arc::new(commit_fails)))
     }
 
-    /// Whether the commit about to happen fails.
-    pub(crate) fn commit_fails(&self) -> bool {
-        self.0.as_ref().is_some_and(|fails| fails())
+    /// Whether the commit about to happen in room `id` fails.
+    pub(crate) fn commit_fails(&self, id: &RoomId) -> bool {
+        self.0.as_ref().is_some_and(|fails| fails(id))
     }
 }
 

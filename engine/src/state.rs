@@ -32,7 +32,10 @@ pub(crate) struct Document {
     pub seq: u64,
     pub owner: UserId,
     data: Value,
-    lists: BTreeMap<FieldName, BTreeMap<ItemId, Item>>,
+    /// Persistent maps: cloning a document (every write works on a copy, which replaces the
+    /// original only after the commit) shares the items instead of copying them, so a list op on
+    /// a list of 10,000 items copies a path of the tree, not the list.
+    lists: BTreeMap<FieldName, imbl::OrdMap<ItemId, Item>>,
     /// When soft-deleted: the room sequence and the time (ms) of the delete.
     pub deleted: Option<(u64, u64)>,
     data_bytes: u64,
@@ -55,12 +58,12 @@ impl Document {
         self.data = data;
     }
 
-    pub fn list(&self, list: &FieldName) -> Option<&BTreeMap<ItemId, Item>> {
+    pub fn list(&self, list: &FieldName) -> Option<&imbl::OrdMap<ItemId, Item>> {
         self.lists.get(list)
     }
 
     pub fn list_item_count(&self, list: &FieldName) -> usize {
-        self.lists.get(list).map_or(0, BTreeMap::len)
+        self.lists.get(list).map_or(0, imbl::OrdMap::len)
     }
 
     /// Puts (inserts or replaces) an item.

@@ -21,7 +21,7 @@ fn config() -> Config {
 /// Opens the room; its commits fail while `disk_fails` is set.
 fn open(path: &Path, disk_fails: &Arc<AtomicBool>) -> Room {
     let disk_fails = disk_fails.clone();
-    let storage_faults = StorageFaults::new(move || disk_fails.load(Ordering::Relaxed));
+    let storage_faults = StorageFaults::new(move |_| disk_fails.load(Ordering::Relaxed));
     Room::open(RoomId::new("r1").unwrap(), Some(path), Config { storage_faults, ..config() })
         .expect("room opens")
 }

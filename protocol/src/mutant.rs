@@ -119,10 +119,10 @@ impl Mutant {
         self != Mutant::SkipResubscribe
     }
 
-    /// Whether the conformance suite, which sees a server only over the wire, can make it show:
-    /// a server mutant that acts only when the server's disk fails is out of its reach.
+    /// Whether the conformance suite, which sees a server over the wire (and through the target's
+    /// hooks: restart, a failed commit), can make it show: every mutant of the server.
     pub fn wire_visible(self) -> bool {
-        self.in_server() && self != Mutant::CommitErrorIgnored
+        self.in_server()
     }
 
     /// Whether `self` is planted, given the configured mutant. Always false without the feature.

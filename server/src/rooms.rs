@@ -116,7 +116,7 @@ impl Registry {
         let mut engine = config.engine.clone();
         if let Some(buggify) = config.buggify.clone() {
             engine.storage_faults =
-                roomlab_engine::StorageFaults::new(move || buggify.fire(FaultPoint::StorageFails));
+                roomlab_engine::StorageFaults::new(move |_| buggify.fire(FaultPoint::StorageFails));
         }
         let room = Room::open(id.clone(), path.as_deref(), engine)?;
         let room = Arc::new(Mutex::new(room));
