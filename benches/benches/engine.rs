@@ -1,6 +1,7 @@
 //! The engine's hot paths, each beside its baseline measured in the same run:
 //! - `mutations`: confirmed creates in one file-backed WAL room, against raw rusqlite doing the same
-//!   inserts one transaction each (target: at least 50 % of the raw rate);
+//!   inserts one transaction each (target: at least 50 % of the raw rate), with SQLite's default
+//!   page size and, for comparison, with the room's 1 KiB pages;
 //! - `fanout`: one write with 1,000 and 10,000 live query subscriptions, 100 of which match (target:
 //!   the cost follows the 100, not the total);
 //! - `lists`: moving one item of a 9,000-item list, against the same move in a 10-item list (target:
@@ -51,7 +52,28 @@ fn mutations(c: &mut Criterion) {
             assert_eq!(effects.len(), 1);
         })
     });
-    let raw = rusqlite::Connection::open(directory.path().join("raw.sqlite")).unwrap();
+    raw_inserts(&mut group, &directory.path().join("raw.sqlite"), None, "raw rusqlite insert (baseline)");
+    raw_inserts(
+        &mut group,
+        &directory.path().join("raw-1k.sqlite"),
+        Some(1024),
+        "raw rusqlite insert, 1 KiB pages like the room",
+    );
+    group.finish();
+}
+
+/// Raw rusqlite inserting the same rows one transaction each, with the room's pragmas (WAL,
+/// `synchronous=NORMAL`, exclusive locking) and SQLite's default page size unless one is given.
+fn raw_inserts(
+    group: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+    path: &std::path::Path,
+    page_bytes: Option<i64>,
+    name: &str,
+) {
+    let raw = rusqlite::Connection::open(path).unwrap();
+    if let Some(page_bytes) = page_bytes {
+        raw.pragma_update(None, "page_size", page_bytes).unwrap();
+    }
     raw.pragma_update(None, "journal_mode", "WAL").unwrap();
     raw.pragma_update(None, "synchronous", "NORMAL").unwrap();
     raw.pragma_update(None, "locking_mode", "EXCLUSIVE").unwrap();
@@ -60,7 +82,7 @@ fn mutations(c: &mut Criterion) {
     )
     .unwrap();
     let mut n = 0u64;
-    group.bench_function("raw rusqlite insert (baseline)", |b| {
+    group.bench_function(name, |b| {
         b.iter(|| {
             n += 1;
             let transaction = raw.unchecked_transaction().unwrap();
@@ -78,7 +100,6 @@ fn mutations(c: &mut Criterion) {
             transaction.commit().unwrap();
         })
     });
-    group.finish();
 }
 
 fn fanout(c: &mut Criterion) {

@@ -194,11 +194,15 @@ impl Room {
         transaction.commit()
     }
 
-    /// A client's replay window after remembering `mid`, and how many of its oldest answers that
-    /// pushes out of it.
+    /// A client's stored answers after remembering `mid`, and how many of its oldest ones to delete.
+    /// Storage keeps up to twice `replay_window_max` answers and then trims back to the window in
+    /// one statement, so most commits leave the page of the client's oldest answer alone; answers
+    /// past the window are never served (`storage::replay_answer` ranks them out).
     fn window_after(&self, key: (&str, &str), mid: u64) -> (ReplayWindow, usize) {
         let window = self.replays[&(key.0.to_string(), key.1.to_string())];
-        let forget = (window.count + 1).saturating_sub(self.config.limits.replay_window_max);
+        let window_max = self.config.limits.replay_window_max;
+        let stored = window.count + 1;
+        let forget = if stored > 2 * window_max { stored - window_max } else { 0 };
         let newest = Some(window.newest.map_or(mid, |newest| newest.max(mid)));
         (ReplayWindow { count: window.count + 1 - forget, newest }, forget)
     }
@@ -230,7 +234,9 @@ impl Room {
         write_docs(&transaction, &change.docs, seq, now_ms)?;
         write_rest(&transaction, change, seq)?;
         for (user, delta) in &deltas {
-            let used = storage::usage(&transaction, user.as_str())?;
+            // The write and the check are one statement and a comparison inside the transaction;
+            // a refusal drops the transaction, which takes the write back.
+            let used = storage::add_usage(&transaction, user.as_str(), *delta)?;
             assert_eq!(used, memory[user], "stored usage of {user} differs from the room's");
             let limit = limits[user];
             let over = |delta: u64| {
@@ -251,7 +257,6 @@ impl Room {
                 };
                 return Ok(Err(Box::new(body)));
             }
-            storage::add_usage(&transaction, user.as_str(), *delta)?;
         }
         let answer =
             ServerMessage::Ack { mid, seq, version: change.version, object_key: change.object_key.clone() };

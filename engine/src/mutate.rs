@@ -91,7 +91,8 @@ impl Room {
         if window.newest.is_none_or(|newest| mid > newest) {
             return Ok(None);
         }
-        let answer = storage::replay_answer(&self.db, (&key.0, &key.1), mid)?;
+        let window_max = self.config.limits.replay_window_max;
+        let answer = storage::replay_answer(&self.db, (&key.0, &key.1), mid, window_max)?;
         if Mutant::ReplayAppliedTwice.planted(self.config.mutant) && answer.is_some() {
             return Ok(None);
         }

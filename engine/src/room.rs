@@ -199,7 +199,8 @@ pub struct Room {
 /// What the room knows of one client's replay window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ReplayWindow {
-    /// How many answers are remembered.
+    /// How many answers storage holds (up to twice the window; only the newest
+    /// `replay_window_max` are served).
     pub count: usize,
     /// The newest processed mutation id, if any.
     pub newest: Option<u64>,

@@ -6,8 +6,14 @@ use std::path::Path;
 /// How many prepared statements a room keeps (more than the engine's distinct statements).
 const STATEMENT_CACHE_CAPACITY: usize = 64;
 
+/// The page size of new room databases, in bytes.
+const PAGE_BYTES: i64 = 1024;
+
+/// How much WAL a room writes before it checkpoints, in bytes.
+const WAL_CHECKPOINT_BYTES: i64 = 4 << 20;
+
 /// The schema version this engine writes; older databases are migrated on open, one step at a time.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Documents, the membership log and the replay windows.
 const SCHEMA_V1: &str = "
@@ -183,7 +189,15 @@ INSERT INTO meta (key, value)
     SELECT 'trash_seq', COALESCE(MAX(seq), 0) FROM membership_log WHERE action IN ('delete', 'restore', 'purge');
 ";
 
-const MIGRATIONS: [&str; 4] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+/// Usage counters move from the users table to the meta table, as rows `usage/<user id>`, beside
+/// the room's sequence: a write that charges its author then dirties one page for both (a create
+/// wrote 4 WAL frames, now 3).
+const SCHEMA_V5: &str = "
+INSERT INTO meta (key, value) SELECT 'usage/' || id, usage FROM users WHERE usage != 0;
+ALTER TABLE users DROP COLUMN usage;
+";
+
+const MIGRATIONS: [&str; 5] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 /// Opens (creating and migrating) a room database at `path`, or in memory when `path` is `None`.
 pub fn open(path: Option<&Path>) -> rusqlite::Result<Connection> {
@@ -194,9 +208,17 @@ pub fn open(path: Option<&Path>) -> rusqlite::Result<Connection> {
     // The hot statements are prepared once; rusqlite's default cache of 16 is fewer than the engine
     // uses, and a statement pushed out is parsed again on its next use.
     connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    // Rows are small JSON documents and every change rewrites a few whole pages into the WAL, so
+    // small pages write less: 1 KiB pages made confirmed creates about 1.4 times faster than the
+    // default 4 KiB (BENCHMARKS.md). A database that exists keeps the page size it was made with.
+    connection.pragma_update(None, "page_size", PAGE_BYTES)?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     connection.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    // The checkpoint threshold counts pages: keep it at the 4 MiB of WAL that SQLite's default
+    // (1,000 pages of 4 KiB) allows, or small pages would checkpoint (and fsync) four times as often.
+    let page_bytes: i64 = connection.pragma_query_value(None, "page_size", |row| row.get(0))?;
+    connection.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_BYTES / page_bytes.max(512))?;
     let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
     for (step, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         let transaction = connection.unchecked_transaction()?;
@@ -353,15 +375,20 @@ pub fn replay_window(connection: &Connection, key: (&str, &str)) -> rusqlite::Re
         })
 }
 
-/// The remembered answer of a client's mutation `mid`, if it is still in the window.
+/// The remembered answer of a client's mutation `mid`, if it is among the client's newest
+/// `window_max` answers. Storage may keep older ones until its next trim; they are not served.
 pub fn replay_answer(
     connection: &Connection,
     key: (&str, &str),
     mid: u64,
+    window_max: usize,
 ) -> rusqlite::Result<Option<String>> {
     connection
-        .prepare_cached("SELECT answer FROM replay WHERE user = ?1 AND client = ?2 AND mid = ?3")?
-        .query_row(params![key.0, key.1, mid as i64], |row| row.get(0))
+        .prepare_cached(
+            "SELECT answer FROM replay WHERE user = ?1 AND client = ?2 AND mid = ?3
+             AND (SELECT COUNT(*) FROM replay WHERE user = ?1 AND client = ?2 AND mid > ?3) < ?4",
+        )?
+        .query_row(params![key.0, key.1, mid as i64, window_max as i64], |row| row.get(0))
         .optional()
 }
 
@@ -433,8 +460,10 @@ pub struct UserRow {
 
 /// Every user the room has seen.
 pub fn users(connection: &Connection) -> rusqlite::Result<Vec<UserRow>> {
-    let mut statement =
-        connection.prepare("SELECT id, role, token_role, plan, addons, usage FROM users ORDER BY id")?;
+    let mut statement = connection.prepare(
+        "SELECT id, role, token_role, plan, addons, COALESCE(meta.value, 0) FROM users
+             LEFT JOIN meta ON meta.key = 'usage/' || users.id ORDER BY id",
+    )?;
     let rows = statement.query_map([], |row| {
         Ok(UserRow {
             id: row.get(0)?,
@@ -453,8 +482,8 @@ pub fn users(connection: &Connection) -> rusqlite::Result<Vec<UserRow>> {
 pub fn write_user(connection: &Connection, row: &UserRow, now_ms: u64) -> rusqlite::Result<()> {
     connection
         .execute(
-            "INSERT INTO users (id, role, token_role, plan, addons, first_seen, last_seen, usage)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 0)
+            "INSERT INTO users (id, role, token_role, plan, addons, first_seen, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
              ON CONFLICT (id) DO UPDATE SET role = ?2, token_role = ?3, plan = ?4, addons = ?5, last_seen = ?6",
             params![row.id, row.role, row.token_role, row.plan, row.addons, now_ms as i64],
         )
@@ -466,22 +495,16 @@ pub fn set_role(connection: &Connection, user: &str, role: Option<&str>) -> rusq
     connection.execute("UPDATE users SET role = ?2 WHERE id = ?1", params![user, role]).map(|_| ())
 }
 
-/// A user's usage as committed (or as written so far in the current transaction).
-pub fn usage(connection: &Connection, user: &str) -> rusqlite::Result<u64> {
+/// Moves a user's usage by `delta` bytes (the room checks that it knows the user) and returns
+/// what it was before, as committed or as written so far in the current transaction.
+pub fn add_usage(connection: &Connection, user: &str, delta: i64) -> rusqlite::Result<u64> {
     connection
-        .prepare_cached("SELECT usage FROM users WHERE id = ?1")?
-        .query_row([user], |row| row.get::<_, i64>(0))
-        .optional()
-        .map(|usage| usage.unwrap_or(0) as u64)
-}
-
-/// Moves a user's usage by `delta` bytes.
-pub fn add_usage(connection: &Connection, user: &str, delta: i64) -> rusqlite::Result<()> {
-    let changed = connection
-        .prepare_cached("UPDATE users SET usage = usage + ?2 WHERE id = ?1")?
-        .execute(params![user, delta])?;
-    assert_eq!(changed, 1, "usage charged to {user}, whom the room has never seen");
-    Ok(())
+        .prepare_cached(
+            "INSERT INTO meta (key, value) VALUES ('usage/' || ?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = value + ?2 RETURNING value - ?2",
+        )?
+        .query_row(params![user, delta], |row| row.get::<_, i64>(0))
+        .map(|before| before as u64)
 }
 
 /// Every team as (id, name) and every membership as (team, user, status).
@@ -684,7 +707,7 @@ mod tests {
     use super::*;
 
     /// A database written by schema version 3, with a created, a deleted and a purged document,
-    /// and a client's remembered answers.
+    /// a client's remembered answers, and two users, one charged 42 bytes.
     fn version_3(path: &Path) {
         let connection = Connection::open(path).unwrap();
         for (step, migration) in MIGRATIONS[..3].iter().enumerate() {
@@ -698,7 +721,9 @@ mod tests {
                  INSERT INTO documents VALUES ('b', 't', 3, 'u1', '{}', 3, 30);
                  INSERT INTO membership_log VALUES (1, 'a', 'create', 10), (2, 'b', 'create', 20),
                      (3, 'b', 'delete', 30), (4, 'c', 'create', 40), (5, 'c', 'purge', 50);
-                 INSERT INTO replay VALUES ('u1', 'c1', 7, 'seven'), ('u1', 'c1', 9, 'nine');",
+                 INSERT INTO replay VALUES ('u1', 'c1', 7, 'seven'), ('u1', 'c1', 9, 'nine');
+                 INSERT INTO users VALUES ('u1', NULL, 'member', 'pro', 0, 1, 2, 42),
+                     ('u2', NULL, 'member', 'pro', 0, 1, 2, 0);",
             )
             .unwrap();
     }
@@ -720,7 +745,11 @@ mod tests {
         let ids: Vec<String> = documents(&connection).unwrap().into_iter().map(|row| row.id).collect();
         assert_eq!(ids, ["a", "b"]);
         assert_eq!(replay_window(&connection, ("u1", "c1")).unwrap(), (2, Some(9)));
-        assert_eq!(replay_answer(&connection, ("u1", "c1"), 7).unwrap().as_deref(), Some("seven"));
+        assert_eq!(replay_answer(&connection, ("u1", "c1"), 7, 2).unwrap().as_deref(), Some("seven"));
+        assert_eq!(replay_answer(&connection, ("u1", "c1"), 7, 1).unwrap(), None);
+        let usage: Vec<(String, u64)> =
+            users(&connection).unwrap().into_iter().map(|row| (row.id, row.usage)).collect();
+        assert_eq!(usage, [("u1".to_string(), 42), ("u2".to_string(), 0)]);
         assert_eq!(replay_window(&connection, ("u1", "c2")).unwrap(), (0, None));
     }
 
@@ -732,7 +761,10 @@ mod tests {
         }
         remember_answer(&connection, ("u1", "c1"), 21, "answer 21", 2).unwrap();
         assert_eq!(replay_window(&connection, ("u1", "c1")).unwrap(), (3, Some(21)));
-        assert_eq!(replay_answer(&connection, ("u1", "c1"), 5).unwrap(), None);
-        assert_eq!(replay_answer(&connection, ("u1", "c1"), 8).unwrap().as_deref(), Some("answer 8"));
+        assert_eq!(replay_answer(&connection, ("u1", "c1"), 5, 8).unwrap(), None);
+        assert_eq!(replay_answer(&connection, ("u1", "c1"), 8, 8).unwrap().as_deref(), Some("answer 8"));
+        // An answer still stored but older than the newest `window_max` is not served.
+        assert_eq!(replay_answer(&connection, ("u1", "c1"), 8, 2).unwrap(), None);
+        assert_eq!(replay_answer(&connection, ("u1", "c1"), 13, 2).unwrap().as_deref(), Some("answer 13"));
     }
 }

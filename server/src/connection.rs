@@ -30,6 +30,12 @@ pub(crate) enum Endpoint {
 /// How long a close frame may take to leave before the socket is dropped anyway.
 const CLOSE_SEND_MS_MAX: u64 = 1_000;
 
+/// How long the close frame of a slow consumer may wait to leave. Its socket buffers are full
+/// when the queue overflows, so the frame leaves only once the peer reads again; a peer that does
+/// within this time learns why it was closed (4008) instead of seeing the stream end. The queue is
+/// already dropped, so waiting holds only the socket.
+const SLOW_CONSUMER_CLOSE_MS_MAX: u64 = 10_000;
+
 pub(crate) async fn run<S>(
     server: Server,
     ws: WebSocketStream<S>,
@@ -98,7 +104,8 @@ async fn serve_connection<S>(
         let deadline = Duration::from_millis(CLOSE_SEND_MS_MAX);
         let _ = tokio::time::timeout(deadline, flush(&mut sink, &mut outbound, &endpoint)).await;
     }
-    let _ = send_close(&mut sink, code, &reason).await;
+    let deadline = if code == 4008 { SLOW_CONSUMER_CLOSE_MS_MAX } else { CLOSE_SEND_MS_MAX };
+    let _ = send_close_within(&mut sink, code, &reason, deadline).await;
     if code == 1009 {
         if let Ok(ws) = stream.reunite(sink) {
             linger(ws).await;
@@ -264,6 +271,7 @@ async fn write_loop<S>(
     }
 }
 
+/// Sends a close frame, giving up after `CLOSE_SEND_MS_MAX`.
 async fn send_close<S>(
     sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
     code: u16,
@@ -272,8 +280,21 @@ async fn send_close<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    send_close_within(sink, code, reason, CLOSE_SEND_MS_MAX).await
+}
+
+/// Sends a close frame, giving up after `deadline_ms`.
+async fn send_close_within<S>(
+    sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    code: u16,
+    reason: &str,
+    deadline_ms: u64,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_string().into() };
-    let deadline = Duration::from_millis(CLOSE_SEND_MS_MAX);
+    let deadline = Duration::from_millis(deadline_ms);
     match tokio::time::timeout(deadline, sink.send(Message::Close(Some(frame)))).await {
         Ok(sent) => sent,
         Err(_) => Ok(()),
