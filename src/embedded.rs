@@ -3,7 +3,7 @@
 //! fault point that fails one room's next commit on request (the `fail-commit` capability).
 
 use anyhow::{Context, Result};
-use roomlab_conformance::{FailCommit, Restart, Target, CAPABILITIES};
+use roomlab_conformance::{Target, TargetAction, TargetHook, CAPABILITIES};
 use roomlab_server::{Server, ServerConfig};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -85,7 +85,7 @@ impl Embedded {
         let addr = listener.local_addr()?;
         let state = Arc::new(Mutex::new(Some(start(listener, config.clone()).await?)));
         let hook_state = state.clone();
-        let hook: roomlab_conformance::RestartHook = Arc::new(move || {
+        let hook: TargetHook = Arc::new(move |_room| {
             let (state, config) = (hook_state.clone(), config.clone());
             Box::pin(async move {
                 let old = state.lock().expect("embedded state").take();
@@ -106,12 +106,12 @@ impl Embedded {
         };
         let mut target = Target::roomlab(name, addr, SECRET.as_bytes());
         target.capabilities = CAPABILITIES.iter().map(|(name, _)| name.to_string()).collect();
-        target.set_restart(Some(Restart::Hook(hook)));
-        let fail_commit: roomlab_conformance::FailCommitHook = Arc::new(move |room| {
+        target.set_restart(Some(TargetAction::Hook(hook)));
+        let fail_commit: TargetHook = Arc::new(move |room| {
             failing.lock().expect("failing rooms").insert(room);
             Box::pin(async { Ok(()) })
         });
-        target.set_fail_commit(Some(FailCommit::Hook(fail_commit)));
+        target.set_fail_commit(Some(TargetAction::Hook(fail_commit)));
         Ok(Embedded { target, state, _data: data })
     }
 

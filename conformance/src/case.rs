@@ -344,15 +344,12 @@ fn parse_header(header: &str, group: &str) -> Result<Case, String> {
     };
     let (mut needs, mut racy, mut alone) = (Vec::new(), false, false);
     for word in rest {
-        if *word == "racy" || *word == "alone" {
-            racy |= *word == "racy";
-            alone |= *word == "alone";
-            continue;
+        match (*word, word.strip_prefix("needs=")) {
+            ("racy", _) => racy = true,
+            ("alone", _) => alone = true,
+            (_, Some(list)) => needs.extend(list.split(',').filter(|n| !n.is_empty()).map(str::to_string)),
+            (word, None) => return Err(format!("unknown header word {word}")),
         }
-        let Some(list) = word.strip_prefix("needs=") else {
-            return Err(format!("unknown header word {word}"));
-        };
-        needs.extend(list.split(',').filter(|n| !n.is_empty()).map(str::to_string));
     }
     Ok(Case {
         id: id.to_string(),
@@ -401,10 +398,10 @@ fn parse_connection_step(head: &str, rest: &str) -> Result<Step, String> {
         ("", "pause") => Ok(Step::Pause { conn }),
         ("", "resume") => Ok(Step::Resume { conn }),
         (repeat, frame) if repeat.starts_with(">>") => {
-            let count = match &repeat[2..] {
-                number if number.parse::<u64>().is_ok() => Value::from(number.parse::<u64>().unwrap_or(0)),
-                variable if variable.starts_with('$') => Value::String(variable.to_string()),
-                other => return Err(format!("bad repeat count {other:?} (a number or $name[+N])")),
+            let count = match (&repeat[2..], repeat[2..].parse::<u64>()) {
+                (_, Ok(number)) => Value::from(number),
+                (variable, _) if variable.starts_with('$') => Value::String(variable.to_string()),
+                (other, _) => return Err(format!("bad repeat count {other:?} (a number or $name[+N])")),
             };
             Ok(Step::Repeat { conn, count, frame: json(frame)? })
         }

@@ -19,9 +19,7 @@ pub use load::{load, LoadPlan, LoadReport};
 pub use pattern::Bindings;
 pub use report::{Baseline, CaseReport, FrameRecord, RunReport, Verdict};
 pub use runner::{RESTART_DEADLINE_MS, STEP_DEADLINE_MS};
-pub use target::{
-    FailCommit, FailCommitHook, Restart, RestartHook, Target, TargetError, TokenSource, CAPABILITIES,
-};
+pub use target::{Target, TargetAction, TargetError, TargetHook, TokenSource, CAPABILITIES};
 
 use futures_util::StreamExt;
 use std::collections::BTreeSet;

@@ -3,7 +3,7 @@
 use crate::case::{Case, Connect, HttpStep, Level, Step, YjsKind};
 use crate::pattern::Bindings;
 use crate::report::{CaseReport, FrameRecord, Verdict};
-use crate::target::{FailCommit, Restart, Target};
+use crate::target::{Target, TargetAction};
 use crate::wire::{self, Connection, Incoming, TokenRequest, Upgrade};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -559,21 +559,20 @@ impl Run<'_> {
         let connection =
             self.connections.get_mut(conn).ok_or_else(|| error(format!("no connection {conn}")))?;
         loop {
-            let answer = connection.inbox.iter().position(|incoming| match incoming {
-                Incoming::Text(text) => serde_json::from_str::<Value>(text)
-                    .ok()
-                    .and_then(|value| value.get("mid").and_then(Value::as_u64))
-                    .is_some_and(|mid| unanswered.contains(&mid)),
-                _ => false,
+            // The first frame answering one of the mids, with that mid and whether it is an ack.
+            let answer = connection.inbox.iter().enumerate().find_map(|(at, incoming)| {
+                let Incoming::Text(text) = incoming else { return None };
+                let value = serde_json::from_str::<Value>(text).ok()?;
+                let mid = value.get("mid").and_then(Value::as_u64).filter(|mid| unanswered.contains(mid))?;
+                Some((at, mid, value.get("type").and_then(Value::as_str) == Some("ack")))
             });
-            if let Some(at) = answer {
+            if let Some((at, mid, acked)) = answer {
                 let Some(Incoming::Text(text)) = connection.inbox.remove(at) else { unreachable!() };
-                let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-                if value.get("type").and_then(Value::as_str) != Some("ack") {
+                if !acked {
                     self.record(conn, false, text.clone());
                     return Err(failed(format!("{conn} expected an ack; got {text}")));
                 }
-                unanswered.remove(&value.get("mid").and_then(Value::as_u64).unwrap_or(0));
+                unanswered.remove(&mid);
                 return Ok(());
             }
             if !connection.receive_until(deadline).await {
@@ -586,22 +585,8 @@ impl Run<'_> {
 
     async fn fail_commit(&mut self) -> Result<(), Stop> {
         self.record("target", true, "fail the next commit".into());
-        let answer = match self.target.fail_commit.clone() {
-            Some(FailCommit::Hook(hook)) => {
-                tokio::time::timeout(self.step_deadline, hook(self.room.clone())).await
-            }
-            Some(FailCommit::Command(command)) => {
-                let command = command.replace("{room}", &self.room);
-                tokio::time::timeout(self.step_deadline, async move { wire::shell(&command).await.map(drop) })
-                    .await
-            }
-            None => return Err(error("the target has no fail_commit")),
-        };
-        match answer {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(error(format!("fail_commit: {message}"))),
-            Err(_) => Err(error(format!("fail_commit took longer than {:?}", self.step_deadline))),
-        }
+        let action = self.target.fail_commit.clone();
+        self.act("fail_commit", action, self.step_deadline).await
     }
 
     async fn restart(&mut self, open: bool) -> Result<(), Stop> {
@@ -614,15 +599,23 @@ impl Run<'_> {
         }
         let deadline =
             Duration::from_millis((RESTART_DEADLINE_MS as f64 * self.target.timeout_multiplier) as u64);
-        let restarted = match self.target.restart.clone() {
-            Some(Restart::Hook(hook)) => tokio::time::timeout(deadline, hook()).await,
-            Some(Restart::Command(command)) => tokio::time::timeout(deadline, run_restart(command)).await,
-            None => return Err(error("the target has no restart")),
-        };
-        match restarted {
-            Ok(Ok(())) => self.wait_healthy(deadline).await,
-            Ok(Err(message)) => Err(error(format!("restart: {message}"))),
-            Err(_) => Err(error(format!("restart took longer than {deadline:?}"))),
+        self.act("restart", self.target.restart.clone(), deadline).await?;
+        self.wait_healthy(deadline).await
+    }
+
+    /// Carries out one of the target's actions (`name` is its section in target files) for the
+    /// case's room, within `deadline`.
+    async fn act(
+        &mut self,
+        name: &str,
+        action: Option<TargetAction>,
+        deadline: Duration,
+    ) -> Result<(), Stop> {
+        let Some(action) = action else { return Err(error(format!("the target has no {name}"))) };
+        match tokio::time::timeout(deadline, action.run(&self.room)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(error(format!("{name}: {message}"))),
+            Err(_) => Err(error(format!("{name} took longer than {deadline:?}"))),
         }
     }
 
@@ -639,10 +632,6 @@ impl Run<'_> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-async fn run_restart(command: String) -> Result<(), String> {
-    wire::shell(&command).await.map(drop)
 }
 
 /// The URL without its `token` query parameter.

@@ -55,46 +55,38 @@ pub enum TokenSource {
     Command(String),
 }
 
-/// A restart hook for targets that live in the suite's own process.
-pub type RestartHook =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
-
-/// An in-process hook that makes the next commit in a room (its argument) fail.
-pub type FailCommitHook =
+/// An in-process hook of a target that lives in the suite's own process; its argument is the
+/// case's room.
+pub type TargetHook =
     Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
-/// How the suite makes a target's next commit in a room fail (mutation.replay.internal-not-remembered).
+/// Something the suite asks of a target outside the protocol: a restart (durability cases; the
+/// suite then waits for `/v1/health`) or a failed commit (mutation.replay.internal-not-remembered).
 #[derive(Clone)]
-pub enum FailCommit {
-    /// A shell command; `{room}` is filled in.
+pub enum TargetAction {
+    /// A shell command; `{room}` is filled in with the case's room.
     Command(String),
     /// An in-process hook (the embedded target).
-    Hook(FailCommitHook),
+    Hook(TargetHook),
 }
 
-impl std::fmt::Debug for FailCommit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl TargetAction {
+    /// Carries the action out for `room`.
+    pub(crate) async fn run(&self, room: &str) -> Result<(), String> {
         match self {
-            FailCommit::Command(command) => write!(f, "FailCommit::Command({command:?})"),
-            FailCommit::Hook(_) => f.write_str("FailCommit::Hook"),
+            TargetAction::Command(command) => {
+                crate::wire::shell(&command.replace("{room}", room)).await.map(drop)
+            }
+            TargetAction::Hook(hook) => hook(room.to_string()).await,
         }
     }
 }
 
-/// How the suite restarts the target.
-#[derive(Clone)]
-pub enum Restart {
-    /// A shell command; the suite then waits for `/v1/health`.
-    Command(String),
-    /// An in-process hook (the embedded target).
-    Hook(RestartHook),
-}
-
-impl std::fmt::Debug for Restart {
+impl std::fmt::Debug for TargetAction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Restart::Command(command) => write!(f, "Restart::Command({command:?})"),
-            Restart::Hook(_) => f.write_str("Restart::Hook"),
+            TargetAction::Command(command) => write!(f, "Command({command:?})"),
+            TargetAction::Hook(_) => f.write_str("Hook"),
         }
     }
 }
@@ -113,9 +105,9 @@ pub struct Target {
     /// Where tokens come from.
     pub tokens: TokenSource,
     /// How to restart it, if it can be.
-    pub restart: Option<Restart>,
+    pub restart: Option<TargetAction>,
     /// How to make its next commit in a room fail, if it can be.
-    pub fail_commit: Option<FailCommit>,
+    pub fail_commit: Option<TargetAction>,
     /// What it implements.
     pub capabilities: BTreeSet<String>,
     /// Multiplies every deadline (2 s by default per step).
@@ -154,8 +146,8 @@ struct TargetFile {
     #[serde(default = "one")]
     timeout_multiplier: f64,
     token: TokenFile,
-    restart: Option<RestartFile>,
-    fail_commit: Option<RestartFile>,
+    restart: Option<CommandFile>,
+    fail_commit: Option<CommandFile>,
 }
 
 fn one() -> f64 {
@@ -172,7 +164,7 @@ struct TokenFile {
 /// A section holding one shell command (`[restart]`, `[fail_commit]`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RestartFile {
+struct CommandFile {
     command: String,
 }
 
@@ -233,11 +225,11 @@ impl Target {
             }
             capabilities.insert(capability);
         }
-        let restart = file.restart.map(|r| Restart::Command(r.command));
+        let restart = file.restart.map(|r| TargetAction::Command(r.command));
         if file.fail_commit.as_ref().is_some_and(|f| !f.command.contains("{room}")) {
             return Err("[fail_commit] command must contain {room}".into());
         }
-        let fail_commit = file.fail_commit.map(|f| FailCommit::Command(f.command));
+        let fail_commit = file.fail_commit.map(|f| TargetAction::Command(f.command));
         let mut target = Target {
             name: file.name,
             ws_url: file.ws_url,
@@ -255,21 +247,24 @@ impl Target {
     }
 
     /// Sets (or clears) how to fail a room's next commit, and the `fail-commit` capability with it.
-    pub fn set_fail_commit(&mut self, fail_commit: Option<FailCommit>) {
-        match fail_commit {
-            Some(_) => self.capabilities.insert("fail-commit".into()),
-            None => self.capabilities.remove("fail-commit"),
-        };
+    pub fn set_fail_commit(&mut self, fail_commit: Option<TargetAction>) {
+        self.declare("fail-commit", fail_commit.is_some());
         self.fail_commit = fail_commit;
     }
 
     /// Sets (or clears) how to restart the target, and the `restart` capability with it.
-    pub fn set_restart(&mut self, restart: Option<Restart>) {
-        match restart {
-            Some(_) => self.capabilities.insert("restart".into()),
-            None => self.capabilities.remove("restart"),
-        };
+    pub fn set_restart(&mut self, restart: Option<TargetAction>) {
+        self.declare("restart", restart.is_some());
         self.restart = restart;
+    }
+
+    /// Declares (or withdraws) a capability that comes with an action.
+    fn declare(&mut self, capability: &str, declared: bool) {
+        if declared {
+            self.capabilities.insert(capability.to_string());
+        } else {
+            self.capabilities.remove(capability);
+        }
     }
 }
 
@@ -278,10 +273,17 @@ mod tests {
     use super::*;
 
     fn check(text: &str, expected: &str) {
+        let action = |name: &str, action: &Option<TargetAction>| match action {
+            Some(action) => format!("Some({name}::{action:?})"),
+            None => "None".to_string(),
+        };
         let got = match Target::parse(text) {
             Ok(target) => format!(
-                "{} {:?} {:?} {:?}",
-                target.name, target.capabilities, target.restart, target.fail_commit
+                "{} {:?} {} {}",
+                target.name,
+                target.capabilities,
+                action("Restart", &target.restart),
+                action("FailCommit", &target.fail_commit)
             ),
             Err(error) => error,
         };

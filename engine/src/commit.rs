@@ -141,8 +141,11 @@ impl Room {
             Ok(change) if change.advances => self.seq + 1,
             _ => self.seq,
         };
+        // The client's replay window after this answer, and how many old answers storage drops.
+        let after = key.map(|key| (key, self.window_after(key, mid)));
+        let remembered = after.map(|(key, (_, forget))| (key, forget));
         let written = match planned {
-            Ok(change) => self.write(&change, key, (mid, seq), now_ms).map(|refused| match refused {
+            Ok(change) => self.write(&change, remembered, (mid, seq), now_ms).map(|refused| match refused {
                 Ok((answer, deltas)) => (answer, Some((change, deltas))),
                 Err(body) => (ServerMessage::Error(body.with_mid(mid)), None),
             }),
@@ -151,14 +154,13 @@ impl Room {
         // A refusal found inside the transaction (quota) rolled it back; remember it on its own.
         let written = written.and_then(|(answer, change)| match change {
             Some(_) => Ok((answer, change)),
-            None => self.remember(&answer, key, mid).map(|()| (answer, None)),
+            None => self.remember(&answer, remembered, mid).map(|()| (answer, None)),
         });
         let (answer, change) = match written {
             Ok(written) => written,
             Err(e) => return vec![Effect::Send { conn, message: internal(mid, &e) }],
         };
-        if let Some(key) = key {
-            let (window, _) = self.window_after(key, mid);
+        if let Some((key, (window, _))) = after {
             self.replays.insert((key.0.to_string(), key.1.to_string()), window);
         }
         let mut effects = vec![Effect::Send { conn, message: answer }];
@@ -180,14 +182,15 @@ impl Room {
         Some(vec![Effect::Close { conn, code: 1011, reason: format!("storage failed: {e}") }])
     }
 
+    /// Remembers a refusal in its own transaction: `remembered` is the client's key and how many of
+    /// its oldest answers storage drops (`None` for a mutation outside any replay window).
     fn remember(
         &mut self,
         answer: &ServerMessage,
-        key: Option<(&str, &str)>,
+        remembered: Option<((&str, &str), usize)>,
         mid: u64,
     ) -> rusqlite::Result<()> {
-        let Some(key) = key else { return Ok(()) };
-        let (_, forget) = self.window_after(key, mid);
+        let Some((key, forget)) = remembered else { return Ok(()) };
         let transaction = self.db.transaction()?;
         let text = serde_json::to_string(answer).expect("answers serialize");
         storage::remember_answer(&transaction, key, mid, &text, forget)?;
@@ -204,16 +207,16 @@ impl Room {
         let stored = window.count + 1;
         let forget = if stored > 2 * window_max { stored - window_max } else { 0 };
         let newest = Some(window.newest.map_or(mid, |newest| newest.max(mid)));
-        (ReplayWindow { count: window.count + 1 - forget, newest }, forget)
+        (ReplayWindow { count: stored - forget, newest }, forget)
     }
 
-    /// Writes `change` at `seq`, charges quota inside the same transaction, and remembers the ack.
-    /// Returns the ack with the usage deltas it charged, or the quota refusal (with the transaction
-    /// rolled back).
+    /// Writes `change` at `seq`, charges quota inside the same transaction, and remembers the ack
+    /// (`remembered`: as in [`Room::remember`]). Returns the ack with the usage deltas it charged, or
+    /// the quota refusal (with the transaction rolled back).
     fn write(
         &mut self,
         change: &Change,
-        key: Option<(&str, &str)>,
+        remembered: Option<((&str, &str), usize)>,
         (mid, seq): (u64, u64),
         now_ms: u64,
     ) -> rusqlite::Result<Result<(ServerMessage, Deltas), Refusal>> {
@@ -226,7 +229,6 @@ impl Room {
             })
             .collect();
         let memory: BTreeMap<&UserId, u64> = deltas.keys().map(|user| (user, self.usage(user))).collect();
-        let forget = key.map_or(0, |key| self.window_after(key, mid).1);
         let transaction = self.db.transaction()?;
         if change.advances {
             storage::set_sequence(&transaction, seq)?;
@@ -260,7 +262,7 @@ impl Room {
         }
         let answer =
             ServerMessage::Ack { mid, seq, version: change.version, object_key: change.object_key.clone() };
-        if let Some(key) = key {
+        if let Some((key, forget)) = remembered {
             let text = serde_json::to_string(&answer).expect("answers serialize");
             storage::remember_answer(&transaction, key, mid, &text, forget)?;
         }

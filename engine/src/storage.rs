@@ -218,7 +218,7 @@ pub fn open(path: Option<&Path>) -> rusqlite::Result<Connection> {
     // The checkpoint threshold counts pages: keep it at the 4 MiB of WAL that SQLite's default
     // (1,000 pages of 4 KiB) allows, or small pages would checkpoint (and fsync) four times as often.
     let page_bytes: i64 = connection.pragma_query_value(None, "page_size", |row| row.get(0))?;
-    connection.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_BYTES / page_bytes.max(512))?;
+    connection.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_BYTES / page_bytes)?;
     let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
     for (step, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         let transaction = connection.unchecked_transaction()?;
@@ -366,7 +366,8 @@ pub fn remember_answer(
     Ok(())
 }
 
-/// How many answers a client has remembered, and its newest processed mutation id.
+/// How many answers of a client storage holds (the window and, until the next trim, older ones),
+/// and its newest processed mutation id.
 pub fn replay_window(connection: &Connection, key: (&str, &str)) -> rusqlite::Result<(usize, Option<u64>)> {
     connection
         .prepare_cached("SELECT COUNT(*), MAX(mid) FROM replay WHERE user = ?1 AND client = ?2")?

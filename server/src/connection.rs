@@ -99,13 +99,16 @@ async fn serve_connection<S>(
     let order = close_orders.borrow().clone();
     let (code, reason) = order.unwrap_or((1000, String::new()));
     // What the room answered before it asked for the close (unsupported_protocol before 4002,
-    // say) still leaves first; a slow consumer's queue is what it could not take, so it is dropped.
-    if code != 4008 {
+    // say) still leaves first; a slow consumer's queue is what it could not take, so it is dropped,
+    // and its close frame waits for the peer to read again.
+    let close_ms_max = if code == 4008 {
+        SLOW_CONSUMER_CLOSE_MS_MAX
+    } else {
         let deadline = Duration::from_millis(CLOSE_SEND_MS_MAX);
         let _ = tokio::time::timeout(deadline, flush(&mut sink, &mut outbound, &endpoint)).await;
-    }
-    let deadline = if code == 4008 { SLOW_CONSUMER_CLOSE_MS_MAX } else { CLOSE_SEND_MS_MAX };
-    let _ = send_close_within(&mut sink, code, &reason, deadline).await;
+        CLOSE_SEND_MS_MAX
+    };
+    let _ = send_close_within(&mut sink, code, &reason, close_ms_max).await;
     if code == 1009 {
         if let Ok(ws) = stream.reunite(sink) {
             linger(ws).await;
