@@ -4,7 +4,7 @@
 use crate::yjs::{FieldKey, Received, YjsFields};
 use roomlab_protocol::{
     merge_patch, AssetInfo, BucketName, ClientId, ClientMessage, DocId, DocSnapshot, ErrorBody, ErrorCode,
-    Mutation, Query, ServerMessage, SubId, Target, PROTOCOL_VERSION,
+    ListDiff, Mutation, Query, ServerMessage, SubId, Target, PROTOCOL_VERSION,
 };
 use roomlab_protocol::{FieldName, YjsFrame};
 use serde_json::Value;
@@ -491,6 +491,9 @@ impl Core {
                 self.seen(&doc.id, doc.seq, "doc:snapshot");
                 self.set_view(&sub, |view| *view = View::Doc(doc));
             }
+            ServerMessage::DocDiff { sub, doc, base, seq, lists } => {
+                self.doc_diff(&sub, &doc, base, seq, &lists)
+            }
             ServerMessage::DocDeleted { sub, seq, .. } => {
                 self.set_view(&sub, |view| *view = View::Deleted(seq))
             }
@@ -509,6 +512,60 @@ impl Core {
                 self.set_view(&sub, |view| *view = View::Assets(assets));
             }
             _ => {}
+        }
+    }
+
+    /// Applies a `doc:diff` to the document the subscription shows. A diff whose base is not that
+    /// document cannot be placed: it is a violation, and the subscription starts over to get a
+    /// whole snapshot.
+    fn doc_diff(
+        &mut self,
+        sub: &SubId,
+        doc: &DocId,
+        base: u64,
+        seq: u64,
+        lists: &BTreeMap<FieldName, ListDiff>,
+    ) {
+        let Some(key) = self.sub_keys.get(sub).cloned() else { return };
+        self.seen(doc, seq, "doc:diff");
+        let view = &mut self.subscriptions.get_mut(&key).expect("sub keys follow subscriptions").view;
+        match view {
+            View::Doc(shown) if shown.id == *doc && shown.seq == base => {
+                for (name, diff) in lists {
+                    let items = shown.lists.entry(name.clone()).or_default();
+                    diff.apply(items);
+                    if items.is_empty() {
+                        shown.lists.remove(name);
+                    }
+                }
+                shown.seq = seq;
+                self.answered(sub);
+            }
+            _ => {
+                let shown = match view {
+                    View::Doc(shown) => format!("{} at seq {}", shown.id, shown.seq),
+                    _ => "no document".to_string(),
+                };
+                self.violations
+                    .push(format!("doc:diff for {doc} from seq {base} reached a view showing {shown}"));
+                self.restart_subscription(&key);
+            }
+        }
+    }
+
+    /// Ends a subscription on the server and starts it again under a new id, for a fresh answer.
+    fn restart_subscription(&mut self, key: &str) {
+        let id = SubId::new(format!("s{}", self.next_sub)).expect("valid sub id");
+        self.next_sub += 1;
+        let subscription = self.subscriptions.get_mut(key).expect("restarted subscriptions exist");
+        let old = std::mem::replace(&mut subscription.id, id.clone());
+        subscription.view = View::Waiting;
+        let target = subscription.target.clone();
+        self.sub_keys.remove(&old);
+        self.sub_keys.insert(id.clone(), key.to_string());
+        if self.is_live() {
+            self.send(ClientMessage::Unsubscribe { sub: old });
+            self.send(ClientMessage::Subscribe { sub: id, target });
         }
     }
 
@@ -585,17 +642,22 @@ fn apply_diff(
     let View::Query { seq: view_seq, docs } = view else { return };
     *view_seq = seq;
     docs.retain(|doc| !removed.contains(&doc.id));
+    let order = |a: &DocSnapshot, b: &DocSnapshot| match query {
+        Some(query) => query.compare(a, b),
+        None => a.id.cmp(&b.id),
+    };
+    // The view is in query order; each new document is placed by a binary search instead of
+    // sorting the whole result again (query.converges: the client recomputes the order).
     for doc in added.into_iter().chain(changed) {
-        match docs.iter_mut().find(|old| old.id == doc.id) {
+        if let Some(at) = docs.iter().position(|old| old.id == doc.id) {
             // client.cache.ordering: never replace a document with an older one.
-            Some(old) if old.seq <= doc.seq => *old = doc,
-            Some(_) => {}
-            None => docs.push(doc),
+            if docs[at].seq > doc.seq {
+                continue;
+            }
+            docs.remove(at);
         }
-    }
-    match query {
-        Some(query) => docs.sort_by(|a, b| query.compare(a, b)),
-        None => docs.sort_by(|a, b| a.id.cmp(&b.id)),
+        let at = docs.partition_point(|old| order(old, &doc) == std::cmp::Ordering::Less);
+        docs.insert(at, doc);
     }
 }
 
@@ -727,5 +789,58 @@ mod tests {
         let order: Vec<(String, u64)> = docs.iter().map(|d| (d.id.to_string(), d.seq)).collect();
         assert_eq!((seq, order), (4, vec![("c".into(), 4), ("a".into(), 2), ("b".into(), 3)]));
         assert_eq!(core.violations(), ["query:diff: b went back from seq 3 to 1"]);
+    }
+
+    /// Sends `frames` to a fresh core watching document `a`, then answers what the view shows
+    /// (the list `l` as `id@key=value`, or the view's kind), the violations, and what was sent.
+    fn check_doc_diffs(frames: &[&str]) -> (String, Vec<String>, Vec<String>) {
+        let mut core = core();
+        core.connected();
+        core.receive(welcome(0));
+        core.subscribe(doc("a"));
+        sent(&mut core);
+        for frame in frames {
+            receive(&mut core, frame);
+        }
+        let shown = match core.view(&doc("a")).unwrap() {
+            View::Doc(shown) => {
+                let items = shown.lists.get(&FieldName::new("l").unwrap()).cloned().unwrap_or_default();
+                let items: Vec<String> =
+                    items.iter().map(|item| format!("{}@{}={}", item.id, item.key, item.value)).collect();
+                format!("seq {}: {}", shown.seq, items.join(" "))
+            }
+            other => format!("{other:?}"),
+        };
+        (shown, core.violations().to_vec(), sent(&mut core))
+    }
+
+    #[test]
+    fn doc_diffs_apply_to_the_shown_document_or_restart_the_subscription() {
+        let snapshot = r#"{"type":"doc:snapshot","sub":"s1","doc":{"id":"a","doc_type":"t","seq":3,"owner":"u","data":{},"lists":{"l":[{"id":"x","key":"a0","value":1},{"id":"y","key":"a1","value":2}]}}}"#;
+        // An insert between, a move to the front (ties broken by id), an update, a removal.
+        let (shown, violations, _) = check_doc_diffs(&[
+            snapshot,
+            r#"{"type":"doc:diff","sub":"s1","doc":"a","base":3,"seq":5,"lists":{"l":{"put":[{"id":"m","key":"a0V","value":3}]}}}"#,
+            r#"{"type":"doc:diff","sub":"s1","doc":"a","base":5,"seq":6,"lists":{"l":{"put":[{"id":"b","key":"a0","value":4},{"id":"y","key":"a0","value":5}],"removed":["x"]}}}"#,
+        ]);
+        assert_eq!(shown, "seq 6: b@a0=4 y@a0=5 m@a0V=3");
+        assert!(violations.is_empty(), "{violations:?}");
+        // The last item removed: the list goes, as in a snapshot.
+        let (shown, _, _) = check_doc_diffs(&[
+            snapshot,
+            r#"{"type":"doc:diff","sub":"s1","doc":"a","base":3,"seq":4,"lists":{"l":{"removed":["x","y"]}}}"#,
+        ]);
+        assert_eq!(shown, "seq 4: ");
+        // A diff from a sequence the view does not show cannot be placed.
+        let (shown, violations, sent) = check_doc_diffs(&[
+            snapshot,
+            r#"{"type":"doc:diff","sub":"s1","doc":"a","base":2,"seq":4,"lists":{"l":{"removed":["x"]}}}"#,
+        ]);
+        assert_eq!(shown, "Waiting");
+        assert_eq!(violations, ["doc:diff for a from seq 2 reached a view showing a at seq 3"]);
+        assert_eq!(
+            sent,
+            [r#"{"type":"unsubscribe","sub":"s1"}"#, r#"{"type":"subscribe","sub":"s2","doc":"a"}"#]
+        );
     }
 }

@@ -2,15 +2,15 @@
 //! in-memory state, then the pushes (docs/PROTOCOL.md ack.after-commit, quota.check).
 
 use crate::room::{
-    ConnId, Effect, Identity, Lifecycle, Peer, Refusal, ReplayWindow, Room, Subscription, SystemView,
+    ConnId, Effect, Identity, Lifecycle, Peer, Refusal, ReplayWindow, Room, Subscription, SystemView, ViewKey,
 };
 use crate::schema::Schema;
 use crate::state::{Bucket, Document, Session, Team, UserRecord};
 use crate::storage::{self, DocumentRow, ItemRow, StagedRow};
 use crate::watch::WatchKey;
 use roomlab_protocol::{
-    BucketName, DocId, DocSnapshot, DocType, ErrorBody, ErrorCode, FieldName, ItemId, Mutant, ObjectKey,
-    ServerMessage, SubId, TeamId, UserId,
+    BucketName, DocId, DocSnapshot, DocType, ErrorBody, ErrorCode, FieldName, ItemId, ListDiff, ListItem,
+    Mutant, ObjectKey, ServerMessage, SubId, TeamId, UserId,
 };
 use rusqlite::Transaction;
 use std::collections::{BTreeMap, BTreeSet};
@@ -98,6 +98,10 @@ pub(crate) struct Touched {
     pub readers: BTreeSet<UserId>,
     /// What the changed documents touched, before and after the change.
     pub keys: BTreeSet<WatchKey>,
+    /// Documents this change altered in their lists and nothing else, each with its sequence
+    /// before the change and the diff of every list that changed (docs/PROTOCOL.md
+    /// docs.subscribe.list-diff).
+    pub lists: BTreeMap<DocId, (u64, BTreeMap<FieldName, ListDiff>)>,
 }
 
 impl Touched {
@@ -359,7 +363,18 @@ impl Room {
     }
 
     fn apply_doc(&mut self, write: DocWrite, touched: &mut Touched) {
-        let DocWrite { id, document, lifecycle, .. } = write;
+        let DocWrite { id, document, lifecycle, items } = write;
+        // A document written twice in one change (a staged session's commit) is pushed whole.
+        let diff = match (self.docs.get(&id), &document) {
+            (Some(old), Some(new)) if lifecycle.is_none() && !touched.docs.contains(&id) => {
+                list_only_diff(&id, old, new, &items)
+            }
+            _ => None,
+        };
+        match diff {
+            Some(diff) => touched.lists.insert(id.clone(), diff),
+            None => touched.lists.remove(&id),
+        };
         if let Some(old) = self.docs.get(&id) {
             self.watchers.doc_keys(&id, old, &mut touched.keys);
         }
@@ -471,6 +486,9 @@ impl Room {
                 if !affected {
                     return None;
                 }
+                if let Some(message) = self.list_push(sub, doc, last, touched, reader) {
+                    return Some(message);
+                }
                 let (message, key) = self.doc_message(sub, doc, reader);
                 let synthesized = doc.is_system() && doc.schema_for().is_none();
                 if key == *last && !synthesized {
@@ -486,6 +504,32 @@ impl Room {
             }
             Subscription::Bucket { .. } => None,
         }
+    }
+
+    /// A `doc:diff` when the change altered only the document's lists and the subscription shows
+    /// the document as it was just before, and the reader may still read it; `None` when the
+    /// subscription needs the whole document.
+    fn list_push(
+        &self,
+        sub: &SubId,
+        doc: &DocId,
+        last: &mut ViewKey,
+        touched: &Touched,
+        reader: &Identity,
+    ) -> Option<ServerMessage> {
+        let (base, lists) = touched.lists.get(doc)?;
+        let document = self.docs.get(doc)?;
+        if *last != ViewKey::Snapshot(*base) || !self.can_read(reader, doc, document) {
+            return None;
+        }
+        *last = ViewKey::Snapshot(document.seq);
+        Some(ServerMessage::DocDiff {
+            sub: sub.clone(),
+            doc: doc.clone(),
+            base: *base,
+            seq: document.seq,
+            lists: lists.clone(),
+        })
     }
 
     /// What a bucket subscription of `backend` shows after a change to the bucket: the value or
@@ -585,8 +629,47 @@ impl Room {
         snapshot: &'s Option<DocSnapshot>,
     ) -> Option<&'s DocSnapshot> {
         let readable = self.docs.get(id).is_some_and(|d| self.can_read(reader, id, d));
-        snapshot.as_ref().filter(|s| readable && query.matches(s))
+        snapshot.as_ref().filter(|s| readable && query.matches(*s))
     }
+}
+
+/// The sequence of `old` and the diff of its lists when `new` differs from it only in its lists
+/// (the items named in `items` are all that can have changed); `None` when anything else changed.
+fn list_only_diff(
+    id: &DocId,
+    old: &Document,
+    new: &Document,
+    items: &[(FieldName, ItemId)],
+) -> Option<(u64, BTreeMap<FieldName, ListDiff>)> {
+    let same = !id.is_system()
+        && old.deleted.is_none()
+        && new.deleted.is_none()
+        && old.doc_type == new.doc_type
+        && old.owner == new.owner
+        && old.data() == new.data();
+    if !same {
+        return None;
+    }
+    let mut lists: BTreeMap<FieldName, ListDiff> = BTreeMap::new();
+    let items: BTreeSet<&(FieldName, ItemId)> = items.iter().collect();
+    for (list, id) in items {
+        let before = old.list(list).and_then(|items| items.get(id));
+        let after = new.list(list).and_then(|items| items.get(id));
+        match (before, after) {
+            (Some(b), Some(a)) if b.key == a.key && b.value == a.value => {}
+            (_, Some(a)) => lists.entry(list.clone()).or_default().put.push(ListItem {
+                id: id.clone(),
+                key: a.key.clone(),
+                value: a.value.clone(),
+            }),
+            (Some(_), None) => lists.entry(list.clone()).or_default().removed.push(id.clone()),
+            (None, None) => {}
+        }
+    }
+    for diff in lists.values_mut() {
+        ListItem::sort(&mut diff.put);
+    }
+    Some((old.seq, lists))
 }
 
 /// The `query:diff` that turns `result` into `fresh`, updating `result`; `None` when nothing changed.

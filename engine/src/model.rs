@@ -9,11 +9,11 @@ use crate::room::{Config, ConnId, Effect, Identity};
 use crate::state::canonical_len;
 use roomlab_protocol::{
     merge_patch, Backend, BucketName, ClientId, ClientMessage, Contract, DocId, DocSnapshot, DocType,
-    ErrorBody, ErrorCode, FieldName, ItemId, ListItem, ListKey, Mutation, Plan, Query, Role, RoomId,
-    ServerMessage, SubId, Target, UserId, PROTOCOL_VERSION,
+    ErrorBody, ErrorCode, FieldName, ItemId, ListDiff, ListItem, ListKey, Mutation, Plan, Query, Role,
+    RoomId, ServerMessage, SubId, Target, UserId, PROTOCOL_VERSION,
 };
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A document in the model.
 #[derive(Debug, Clone, PartialEq)]
@@ -431,7 +431,11 @@ impl Model {
                     (ServerMessage::DocMissing { .. }, ServerMessage::DocMissing { .. }) => true,
                     (before, after) => before == after,
                 };
-                (!same).then(|| (after.clone(), Shown::Doc(doc.clone(), after)))
+                if same {
+                    return None;
+                }
+                let message = list_diff(before, &after).unwrap_or_else(|| after.clone());
+                Some((message, Shown::Doc(doc.clone(), after)))
             }
             Shown::Bucket(name, before) => {
                 // A JSON subscription sees a bucket bound for assets as deleted (bucket.subscribe.kind).
@@ -949,4 +953,31 @@ pub fn check_script(path: &std::path::Path, config: Config, input: &[u8]) -> usi
     }
     twin.finish();
     ran
+}
+
+/// A `doc:diff` from the document a subscription showed to the one it shows now, when only lists
+/// changed (docs/PROTOCOL.md docs.subscribe.list-diff); system documents are always sent whole.
+fn list_diff(before: &ServerMessage, after: &ServerMessage) -> Option<ServerMessage> {
+    let (ServerMessage::DocSnapshot { doc: old, .. }, ServerMessage::DocSnapshot { sub, doc: new }) =
+        (before, after)
+    else {
+        return None;
+    };
+    let same = !new.id.is_system()
+        && old.id == new.id
+        && old.doc_type == new.doc_type
+        && old.owner == new.owner
+        && old.data == new.data;
+    if !same {
+        return None;
+    }
+    let names: BTreeSet<&FieldName> = old.lists.keys().chain(new.lists.keys()).collect();
+    let lists = names
+        .into_iter()
+        .filter_map(|name| {
+            let items = |doc: &DocSnapshot| doc.lists.get(name).cloned().unwrap_or_default();
+            ListDiff::between(&items(old), &items(new)).map(|diff| (name.clone(), diff))
+        })
+        .collect();
+    Some(ServerMessage::DocDiff { sub: sub.clone(), doc: new.id.clone(), base: old.seq, seq: new.seq, lists })
 }

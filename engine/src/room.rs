@@ -1,7 +1,9 @@
 //! The room state machine: messages in, effects out; one SQLite transaction per accepted change.
 
 use crate::schema::Schema;
-use crate::state::{Bucket, Document, Item, Membership, Quotas, Session, Staged, Team, Teams, UserRecord};
+use crate::state::{
+    Bucket, Document, Item, Membership, Quotas, Session, Staged, Stored, Team, Teams, UserRecord,
+};
 use crate::storage;
 use crate::watch::Watchers;
 use crate::yjs::Yjs;
@@ -661,15 +663,15 @@ impl Room {
 
     /// The documents a reader sees for `query`, in order.
     pub(crate) fn query_result(&self, query: &Query, reader: &Identity) -> Vec<DocSnapshot> {
-        // Only documents of the query's collection are copied into snapshots for the filter.
-        let candidates: Vec<DocSnapshot> = self
+        // Filtered and ordered in place: only the documents of the result are copied into snapshots.
+        let candidates: Vec<Stored<'_>> = self
             .docs
             .iter()
             .filter(|(id, d)| d.doc_type == query.collection && d.deleted.is_none() && !id.is_system())
             .filter(|(id, d)| self.can_read(reader, id, d))
-            .map(|(id, d)| d.snapshot(id))
+            .map(|(id, document)| Stored { id, document })
             .collect();
-        query.evaluate(&candidates).into_iter().cloned().collect()
+        query.evaluate(&candidates).into_iter().map(|s| s.document.snapshot(s.id)).collect()
     }
 
     /// What a document subscription shows a reader now, as a message and as a key.

@@ -42,6 +42,35 @@ pub(crate) struct Document {
     list_bytes: u64,
 }
 
+/// A stored document as a query reads it, borrowed: queries filter and order these and only the
+/// documents of the result become snapshots.
+pub(crate) struct Stored<'d> {
+    pub id: &'d DocId,
+    pub document: &'d Document,
+}
+
+impl roomlab_protocol::Record for Stored<'_> {
+    fn id(&self) -> &DocId {
+        self.id
+    }
+
+    fn doc_type(&self) -> &DocType {
+        &self.document.doc_type
+    }
+
+    fn seq(&self) -> u64 {
+        self.document.seq
+    }
+
+    fn owner(&self) -> &UserId {
+        &self.document.owner
+    }
+
+    fn data(&self) -> &Value {
+        &self.document.data
+    }
+}
+
 impl Document {
     pub fn new(doc_type: DocType, seq: u64, owner: UserId, data: Value) -> Document {
         let data_bytes = canonical_len(&data);

@@ -320,6 +320,7 @@ fn ordered_lists() {
         1 {"type":"mutate","mid":2,"op":"list_insert","doc":"board","list":"cards","item":"c2","key":"a1","value":{"t":"second"}}
         2 {"type":"mutate","mid":1,"op":"list_insert","doc":"board","list":"cards","item":"b9","key":"a0V","value":{"t":"tie b"}}
         1 {"type":"mutate","mid":3,"op":"list_insert","doc":"board","list":"cards","item":"a9","key":"a0V","value":{"t":"tie a"}}
+        2 {"type":"subscribe","sub":"ties","doc":"board"}
         1 {"type":"mutate","mid":4,"op":"list_insert","doc":"board","list":"cards","item":"c1","key":"a0","value":{"t":"first"}}
         1 {"type":"mutate","mid":5,"op":"list_insert","doc":"board","list":"cards","item":"c2","key":"a2","value":{}}
         1 {"type":"mutate","mid":6,"op":"list_move","doc":"board","list":"cards","item":"a9","key":"a2"}

@@ -28,8 +28,8 @@ pub use ids::{
     TeamId, UserId,
 };
 pub use message::{
-    merge_patch, AssetInfo, Backend, ClientMessage, Contract, DocSnapshot, ErrorBody, Limits, ListItem,
-    Mutation, Plan, Role, ServerMessage, Target, PROTOCOL_VERSION,
+    merge_patch, AssetInfo, Backend, ClientMessage, Contract, DocSnapshot, ErrorBody, Limits, ListDiff,
+    ListItem, Mutation, Plan, Role, ServerMessage, Target, PROTOCOL_VERSION,
 };
 pub use mutant::Mutant;
-pub use query::{Direction, Field, Op, Order, Query, QueryError, Where};
+pub use query::{Direction, Field, Op, Order, Query, QueryError, Record, Where};

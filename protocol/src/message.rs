@@ -70,6 +70,46 @@ pub struct ListItem {
     pub value: Value,
 }
 
+/// The change to one list in a `doc:diff`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListDiff {
+    /// Items that are new or whose key or value changed, whole, in list order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub put: Vec<ListItem>,
+    /// Ids of items that left the list, in byte order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<ItemId>,
+}
+
+impl ListDiff {
+    /// The diff that turns `before` into `after` (both in list order); `None` when they are equal.
+    pub fn between(before: &[ListItem], after: &[ListItem]) -> Option<ListDiff> {
+        let old: BTreeMap<&ItemId, &ListItem> = before.iter().map(|item| (&item.id, item)).collect();
+        let new: BTreeMap<&ItemId, &ListItem> = after.iter().map(|item| (&item.id, item)).collect();
+        let put: Vec<ListItem> =
+            after.iter().filter(|item| old.get(&item.id) != Some(item)).cloned().collect();
+        let removed: Vec<ItemId> =
+            old.keys().filter(|id| !new.contains_key(**id)).map(|id| (*id).clone()).collect();
+        (!put.is_empty() || !removed.is_empty()).then_some(ListDiff { put, removed })
+    }
+
+    /// Applies the diff to a list in list order, keeping that order.
+    pub fn apply(&self, items: &mut Vec<ListItem>) {
+        // A diff names a few items of a list that may hold thousands: find each one instead of
+        // re-sorting the list.
+        for id in self.removed.iter().chain(self.put.iter().map(|item| &item.id)) {
+            if let Some(at) = items.iter().position(|item| &item.id == id) {
+                items.remove(at);
+            }
+        }
+        for item in &self.put {
+            let place = (item.key.as_str(), item.id.as_str());
+            let at = items.partition_point(|old| (old.key.as_str(), old.id.as_str()) < place);
+            items.insert(at, item.clone());
+        }
+    }
+}
+
 impl ListItem {
     /// Sorts a list into its one order, by (key, item id), both byte-wise (docs/PROTOCOL.md
     /// list.order).
@@ -505,6 +545,22 @@ pub enum ServerMessage {
         sub: SubId,
         /// The document.
         doc: DocSnapshot,
+    },
+    /// A change to the lists of a document the subscription shows, and to nothing else: the
+    /// document at `base` with these list changes is the document at `seq` (docs/PROTOCOL.md
+    /// docs.subscribe.list-diff).
+    #[serde(rename = "doc:diff")]
+    DocDiff {
+        /// The subscription.
+        sub: SubId,
+        /// The document.
+        doc: DocId,
+        /// The document's sequence the diff applies to: the one the subscription last showed.
+        base: u64,
+        /// The document's new sequence.
+        seq: u64,
+        /// The changed lists; a list absent here did not change.
+        lists: BTreeMap<FieldName, ListDiff>,
     },
     /// The document is soft-deleted (first answer, or pushed when a delete commits).
     #[serde(rename = "doc:deleted")]

@@ -1,11 +1,49 @@
 //! Live queries: a collection, a `where` filter, an order and a limit, with the one evaluation that
 //! servers, clients and the reference model all share.
 
-use crate::ids::DocType;
+use crate::ids::{DocId, DocType, UserId};
 use crate::message::DocSnapshot;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::borrow::Cow;
 use std::cmp::Ordering;
+
+/// What a query reads of a document. [`DocSnapshot`] is one; a server implements it for the records
+/// it holds, so that it can filter and order them without copying each into a snapshot first.
+pub trait Record {
+    /// The document id.
+    fn id(&self) -> &DocId;
+    /// The document type (collection).
+    fn doc_type(&self) -> &DocType;
+    /// The sequence of the document's last change.
+    fn seq(&self) -> u64;
+    /// The user who created it.
+    fn owner(&self) -> &UserId;
+    /// The JSON payload.
+    fn data(&self) -> &Value;
+}
+
+impl Record for DocSnapshot {
+    fn id(&self) -> &DocId {
+        &self.id
+    }
+
+    fn doc_type(&self) -> &DocType {
+        &self.doc_type
+    }
+
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    fn owner(&self) -> &UserId {
+        &self.owner
+    }
+
+    fn data(&self) -> &Value {
+        &self.data
+    }
+}
 
 /// Limits on the size of a query, so that evaluating one is bounded.
 pub mod limits {
@@ -48,13 +86,15 @@ pub enum Op {
 pub struct Field(pub String);
 
 impl Field {
-    /// The field's value in `doc`; a missing data field is `null`.
-    pub fn value_in(&self, doc: &DocSnapshot) -> Value {
+    /// The field's value in `doc`; a missing data field is `null`. Data fields are borrowed, so
+    /// that ordering a result does not copy the values it compares.
+    pub fn value_in<'r>(&self, doc: &'r impl Record) -> Cow<'r, Value> {
+        const NULL: Value = Value::Null;
         match self.0.as_str() {
-            "$id" => Value::String(doc.id.to_string()),
-            "$seq" => Value::from(doc.seq),
-            "$owner" => Value::String(doc.owner.to_string()),
-            name => doc.data.get(name).cloned().unwrap_or(Value::Null),
+            "$id" => Cow::Owned(Value::String(doc.id().to_string())),
+            "$seq" => Cow::Owned(Value::from(doc.seq())),
+            "$owner" => Cow::Owned(Value::String(doc.owner().to_string())),
+            name => Cow::Borrowed(doc.data().get(name).unwrap_or(&NULL)),
         }
     }
 }
@@ -168,12 +208,12 @@ impl Query {
     }
 
     /// Whether `doc` belongs to the collection and passes the filter (access is checked elsewhere).
-    pub fn matches(&self, doc: &DocSnapshot) -> bool {
-        doc.doc_type == self.collection && self.filter.as_ref().is_none_or(|w| w.matches(doc))
+    pub fn matches(&self, doc: &impl Record) -> bool {
+        *doc.doc_type() == self.collection && self.filter.as_ref().is_none_or(|w| w.matches(doc))
     }
 
     /// The order of two documents in this query's result: the order fields, then the id.
-    pub fn compare(&self, left: &DocSnapshot, right: &DocSnapshot) -> Ordering {
+    pub fn compare<R: Record>(&self, left: &R, right: &R) -> Ordering {
         for order in &self.order_by {
             let ordering = total_order(&order.field.value_in(left), &order.field.value_in(right));
             let ordering = match order.dir {
@@ -184,13 +224,13 @@ impl Query {
                 return ordering;
             }
         }
-        left.id.cmp(&right.id)
+        left.id().cmp(right.id())
     }
 
     /// The query's answer over `docs`: the matching ones, ordered, cut at the limit.
-    pub fn evaluate<'d>(&self, docs: impl IntoIterator<Item = &'d DocSnapshot>) -> Vec<&'d DocSnapshot> {
-        let mut result: Vec<&DocSnapshot> = docs.into_iter().filter(|d| self.matches(d)).collect();
-        result.sort_by(|a, b| self.compare(a, b));
+    pub fn evaluate<'d, R: Record + 'd>(&self, docs: impl IntoIterator<Item = &'d R>) -> Vec<&'d R> {
+        let mut result: Vec<&R> = docs.into_iter().filter(|d| self.matches(*d)).collect();
+        result.sort_by(|a, b| self.compare(*a, *b));
         if let Some(limit) = self.limit {
             result.truncate(limit as usize);
         }
@@ -231,7 +271,7 @@ impl Where {
     }
 
     /// Whether `doc` passes this filter.
-    pub fn matches(&self, doc: &DocSnapshot) -> bool {
+    pub fn matches(&self, doc: &impl Record) -> bool {
         match self {
             Where::And { and } => and.iter().all(|w| w.matches(doc)),
             Where::Or { or } => or.iter().any(|w| w.matches(doc)),

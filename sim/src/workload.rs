@@ -342,8 +342,9 @@ impl Actor {
 
     fn list_op(&mut self) -> Option<Mutation> {
         let items = self.board_items();
-        // Past BOARD_ITEMS_MAX items, removes win: every list change pushes the whole board to
-        // every subscriber, so an ever-growing board would make the run measure JSON, not races.
+        // Past BOARD_ITEMS_MAX items, removes win: a list change reaches the board's watchers as a
+        // small doc:diff, but every first answer, resubscription and query push carries the whole
+        // board, so an ever-growing board would make the run measure JSON, not races.
         let choice = if items.len() > BOARD_ITEMS_MAX { 99 } else { self.below(100) };
         if choice < 60 || items.is_empty() {
             self.made += 1;
