@@ -171,10 +171,6 @@ pub enum ClientError {
 pub(crate) struct Control {
     pub stopped: bool,
     pub kill: bool,
-    /// A stall ordered but not started: the connection loop turns it into `stalled_until` on its
-    /// own clock. `stall` may be called from outside the client's runtime (a simulation's fault
-    /// injector), where `Instant::now()` reads the wall clock, not the simulated one.
-    pub stall_ordered: Option<Duration>,
     pub stalled_until: Option<Instant>,
     pub refused: Option<u16>,
 }
@@ -387,7 +383,7 @@ impl Client {
 
     /// Stops reading from the socket for `duration`, as a slow consumer would.
     pub fn stall(&self, duration: Duration) {
-        self.shared.order(|control| control.stall_ordered = Some(duration));
+        self.shared.order(|control| control.stalled_until = Some(Instant::now() + duration));
     }
 
     /// Closes the connection for good.
