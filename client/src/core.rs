@@ -216,6 +216,13 @@ impl Core {
         self.outcomes.get(&mid)
     }
 
+    /// A subscription id this client has not used before.
+    fn next_sub_id(&mut self) -> SubId {
+        let id = SubId::new(format!("s{}", self.next_sub)).expect("valid sub id");
+        self.next_sub += 1;
+        id
+    }
+
     /// Adds a reference to a subscription, starting it when it is the first; returns its id.
     pub(crate) fn subscribe(&mut self, target: Target) -> SubId {
         let key = target_key(&target);
@@ -223,8 +230,7 @@ impl Core {
             existing.refs += 1;
             return existing.id.clone();
         }
-        let id = SubId::new(format!("s{}", self.next_sub)).expect("valid sub id");
-        self.next_sub += 1;
+        let id = self.next_sub_id();
         self.subscriptions_made += 1;
         if self.is_live() {
             self.send(ClientMessage::Subscribe { sub: id.clone(), target: target.clone() });
@@ -555,8 +561,7 @@ impl Core {
 
     /// Ends a subscription on the server and starts it again under a new id, for a fresh answer.
     fn restart_subscription(&mut self, key: &str) {
-        let id = SubId::new(format!("s{}", self.next_sub)).expect("valid sub id");
-        self.next_sub += 1;
+        let id = self.next_sub_id();
         let subscription = self.subscriptions.get_mut(key).expect("restarted subscriptions exist");
         let old = std::mem::replace(&mut subscription.id, id.clone());
         subscription.view = View::Waiting;

@@ -423,14 +423,20 @@ impl Room {
         if targets.is_empty() {
             return Vec::new();
         }
-        // Snapshots of the changed documents, made once for every query that tests them.
+        // Snapshots of the changed documents, made once for every query that tests them, and only
+        // when a query is among the targets: a list op watched by document subscriptions alone is
+        // pushed as a doc:diff and needs no copy of the whole document.
+        let queried = targets.iter().any(|(conn, sub)| {
+            matches!(self.connections[conn].subscriptions.get(sub), Some(Subscription::Query { .. }))
+        });
         let changed: Vec<(DocId, Option<DocSnapshot>, Option<DocType>)> = touched
             .docs
             .iter()
             .map(|id| {
                 let document = self.docs.get(id);
-                let live =
-                    document.filter(|d| d.deleted.is_none() && !id.is_system()).map(|d| d.snapshot(id));
+                let live = document
+                    .filter(|d| queried && d.deleted.is_none() && !id.is_system())
+                    .map(|d| d.snapshot(id));
                 (id.clone(), live, document.map(|d| d.doc_type.clone()))
             })
             .collect();

@@ -163,6 +163,18 @@ fn step(twin: &mut Twin, next_mid: &mut [u64], op: Op) {
     twin.handle(conn, message);
 }
 
+/// Runs `ops` on the engine and the model side by side; the twin asserts that every reply, every
+/// push and the final state agree.
+fn check(ops: Vec<Op>) {
+    let directory = tempfile::tempdir().unwrap();
+    let mut twin = Twin::new(&directory.path().join("room.sqlite"), config());
+    let mut next_mid = vec![1; PEOPLE.len()];
+    for op in ops {
+        step(&mut twin, &mut next_mid, op);
+    }
+    twin.finish();
+}
+
 fn sub_id(sub: usize) -> SubId {
     SubId::new(format!("s{sub}")).unwrap()
 }
@@ -172,13 +184,7 @@ proptest! {
 
     #[test]
     fn engine_agrees_with_the_model(ops in prop::collection::vec(op(), 1..80)) {
-        let directory = tempfile::tempdir().unwrap();
-        let mut twin = Twin::new(&directory.path().join("room.sqlite"), config());
-        let mut next_mid = vec![1; PEOPLE.len()];
-        for op in ops {
-            step(&mut twin, &mut next_mid, op);
-        }
-        twin.finish();
+        check(ops);
     }
 }
 
@@ -217,12 +223,6 @@ proptest! {
 
     #[test]
     fn list_diffs_agree_with_the_model(ops in prop::collection::vec(list_op(), 1..60)) {
-        let directory = tempfile::tempdir().unwrap();
-        let mut twin = Twin::new(&directory.path().join("room.sqlite"), config());
-        let mut next_mid = vec![1; PEOPLE.len()];
-        for op in ops {
-            step(&mut twin, &mut next_mid, op);
-        }
-        twin.finish();
+        check(ops);
     }
 }

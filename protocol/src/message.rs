@@ -103,8 +103,7 @@ impl ListDiff {
             }
         }
         for item in &self.put {
-            let place = (item.key.as_str(), item.id.as_str());
-            let at = items.partition_point(|old| (old.key.as_str(), old.id.as_str()) < place);
+            let at = items.partition_point(|old| old.place() < item.place());
             items.insert(at, item.clone());
         }
     }
@@ -114,7 +113,12 @@ impl ListItem {
     /// Sorts a list into its one order, by (key, item id), both byte-wise (docs/PROTOCOL.md
     /// list.order).
     pub fn sort(items: &mut [ListItem]) {
-        items.sort_by(|a, b| (a.key.as_str(), a.id.as_str()).cmp(&(b.key.as_str(), b.id.as_str())));
+        items.sort_by(|a, b| a.place().cmp(&b.place()));
+    }
+
+    /// Where the item stands in its list: (key, item id), compared byte-wise.
+    fn place(&self) -> (&str, &str) {
+        (self.key.as_str(), self.id.as_str())
     }
 }
 
