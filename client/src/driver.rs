@@ -174,7 +174,13 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut ws: Web
         if let Some(end) = control_end(shared, &mut ws).await {
             return end;
         }
-        let stalled_until = shared.control().stalled_until.filter(|until| *until > Instant::now());
+        let stalled_until = {
+            let mut control = shared.control();
+            if let Some(duration) = control.stall_ordered.take() {
+                control.stalled_until = Some(Instant::now() + duration);
+            }
+            control.stalled_until.filter(|until| *until > Instant::now())
+        };
         let greeting = matches!(shared.core().link, crate::core::Link::Greeting);
         if flush(shared, &mut ws).await.is_err() {
             return End::Dropped { resynced };

@@ -171,6 +171,10 @@ pub enum ClientError {
 pub(crate) struct Control {
     pub stopped: bool,
     pub kill: bool,
+    /// A stall ordered but not started: the connection loop turns it into `stalled_until` on its
+    /// own clock. `stall` may be called from outside the client's runtime (a simulation's fault
+    /// injector), where `Instant::now()` reads the wall clock, not the simulated one.
+    pub stall_ordered: Option<Duration>,
     pub stalled_until: Option<Instant>,
     pub refused: Option<u16>,
 }
@@ -383,7 +387,22 @@ impl Client {
 
     /// Stops reading from the socket for `duration`, as a slow consumer would.
     pub fn stall(&self, duration: Duration) {
-        self.shared.order(|control| control.stalled_until = Some(Instant::now() + duration));
+        self.shared.order(|control| control.stall_ordered = Some(duration));
+    }
+
+    /// Ends a stall early (or cancels one not yet started): the client reads from its socket again.
+    pub fn resume(&self) {
+        // Waking the connection loop of a client that is not stalled would only reorder its work.
+        let stalled = {
+            let control = self.shared.control();
+            control.stall_ordered.is_some() || control.stalled_until.is_some()
+        };
+        if stalled {
+            self.shared.order(|control| {
+                control.stall_ordered = None;
+                control.stalled_until = None;
+            });
+        }
     }
 
     /// Closes the connection for good.

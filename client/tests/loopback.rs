@@ -93,6 +93,25 @@ async fn writes_are_confirmed_pushed_and_survive_a_reconnect() {
 }
 
 #[tokio::test]
+async fn a_stalled_client_reads_nothing_until_it_resumes() {
+    let world = world().await;
+    let alice = client(&world, "alice", Role::Member, "c-alice");
+    let bob = client(&world, "bob", Role::Member, "c-bob");
+    let watched = bob.subscribe(Target::Doc(doc("t1")));
+    bob.wait_resynced(Duration::from_secs(5)).await.unwrap();
+    bob.stall(Duration::from_secs(60));
+    let ack = alice.mutate_confirmed(create("t1", json!({"title": "one"}))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(matches!(watched.view(), View::Missing(_)), "a stalled client read a push: {:?}", watched.view());
+    bob.resume();
+    eventually(
+        "bob sees t1 after resuming",
+        || matches!(watched.view(), View::Doc(ref d) if d.seq == ack.seq),
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn viewers_cannot_write_and_bad_tokens_are_refused() {
     let world = world().await;
     let val = client(&world, "val", Role::Viewer, "c-val");

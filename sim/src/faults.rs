@@ -202,9 +202,12 @@ impl FaultDriver {
         }
     }
 
-    /// Ends every fault: the liveness phase starts from a healthy network and a running server.
+    /// Ends every fault: the liveness phase starts from a healthy network, a running server and
+    /// clients that read their sockets (a stall ordered late in the fault phase would otherwise
+    /// outlast it).
     pub fn heal(&mut self, sim: &mut turmoil::Sim<'_>, _slot: &ServerSlot, world: &World<'_>, now_ms: u64) {
         self.expire(sim, world, now_ms, true);
+        world.for_each_client(|client| client.resume());
         sim.set_max_message_latency(Duration::from_millis(5));
     }
 }
