@@ -1,7 +1,9 @@
 //! The engine's hot paths, each beside its baseline measured in the same run:
 //! - `mutations`: confirmed creates in one file-backed WAL room, against raw rusqlite doing the same
 //!   inserts one transaction each (target: at least 50 % of the raw rate), with SQLite's default
-//!   page size and, for comparison, with the room's 1 KiB pages;
+//!   page size and, for comparison, with the room's 1 KiB pages; then the same creates in commit
+//!   groups of 8 (as a busy server commits them), beside raw rusqlite with 8 inserts per
+//!   transaction;
 //! - `fanout`: one write with 1,000 and 10,000 live query subscriptions, 100 of which match (target:
 //!   the cost follows the 100, not the total);
 //! - `lists`: moving one item of a 9,000-item list, against the same move in a 10-item list (target:
@@ -30,6 +32,15 @@ fn join(room: &mut Room, conn: u64, user: &str) {
     room.handle(ConnId(conn), message(&format!(r#"{{"type":"hello","protocol":1,"client":"c{conn}"}}"#)), 0);
 }
 
+/// Creates per commit group in the grouped arms of `mutations`.
+const GROUP: u64 = 8;
+
+fn create_frame(mid: u64) -> ClientMessage {
+    message(&format!(
+        r#"{{"type":"mutate","mid":{mid},"op":"create","doc":"d{mid}","doc_type":"t","data":{{"title":"task {mid}","n":{mid}}}}}"#
+    ))
+}
+
 fn mutations(c: &mut Criterion) {
     let mut group = c.benchmark_group("mutations");
     group.throughput(Throughput::Elements(1)).measurement_time(Duration::from_secs(5));
@@ -45,29 +56,46 @@ fn mutations(c: &mut Criterion) {
     group.bench_function("room confirmed create", |b| {
         b.iter(|| {
             mid += 1;
-            let frame = format!(
-                r#"{{"type":"mutate","mid":{mid},"op":"create","doc":"d{mid}","doc_type":"t","data":{{"title":"task {mid}","n":{mid}}}}}"#
-            );
-            let effects = room.handle(ConnId(1), message(&frame), mid);
+            let effects = room.handle(ConnId(1), create_frame(mid), mid);
             assert_eq!(effects.len(), 1);
         })
     });
-    raw_inserts(&mut group, &directory.path().join("raw.sqlite"), None, "raw rusqlite insert (baseline)");
+    let raw = |name: &str| directory.path().join(name);
+    raw_inserts(&mut group, &raw("raw.sqlite"), (None, 1), "raw rusqlite insert (baseline)");
     raw_inserts(
         &mut group,
-        &directory.path().join("raw-1k.sqlite"),
-        Some(1024),
+        &raw("raw-1k.sqlite"),
+        (Some(1024), 1),
         "raw rusqlite insert, 1 KiB pages like the room",
+    );
+    group.throughput(Throughput::Elements(GROUP));
+    group.bench_function("room confirmed creates, commit groups of 8", |b| {
+        b.iter(|| {
+            room.begin_group().unwrap();
+            for _ in 0..GROUP {
+                mid += 1;
+                let effects = room.handle(ConnId(1), create_frame(mid), mid);
+                assert_eq!(effects.len(), 1);
+            }
+            room.commit_group().unwrap();
+        })
+    });
+    raw_inserts(
+        &mut group,
+        &raw("raw-1k-8.sqlite"),
+        (Some(1024), GROUP),
+        "raw rusqlite, 8 inserts per transaction, 1 KiB pages",
     );
     group.finish();
 }
 
-/// Raw rusqlite inserting the same rows one transaction each, with the room's pragmas (WAL,
-/// `synchronous=NORMAL`, exclusive locking) and SQLite's default page size unless one is given.
+/// Raw rusqlite inserting the same rows, `per_transaction` to a transaction, with the room's
+/// pragmas (WAL, `synchronous=NORMAL`, exclusive locking) and SQLite's default page size unless one
+/// is given.
 fn raw_inserts(
     group: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
     path: &std::path::Path,
-    page_bytes: Option<i64>,
+    (page_bytes, per_transaction): (Option<i64>, u64),
     name: &str,
 ) {
     let raw = rusqlite::Connection::open(path).unwrap();
@@ -84,19 +112,21 @@ fn raw_inserts(
     let mut n = 0u64;
     group.bench_function(name, |b| {
         b.iter(|| {
-            n += 1;
             let transaction = raw.unchecked_transaction().unwrap();
-            transaction
-                .prepare_cached(
-                    "INSERT INTO documents (id, doc_type, seq, owner, data) VALUES (?1, 't', ?2, 'alice', ?3)",
-                )
-                .unwrap()
-                .execute(rusqlite::params![
-                    format!("d{n}"),
-                    n as i64,
-                    format!(r#"{{"title":"task {n}","n":{n}}}"#)
-                ])
-                .unwrap();
+            for _ in 0..per_transaction {
+                n += 1;
+                transaction
+                    .prepare_cached(
+                        "INSERT INTO documents (id, doc_type, seq, owner, data) VALUES (?1, 't', ?2, 'alice', ?3)",
+                    )
+                    .unwrap()
+                    .execute(rusqlite::params![
+                        format!("d{n}"),
+                        n as i64,
+                        format!(r#"{{"title":"task {n}","n":{n}}}"#)
+                    ])
+                    .unwrap();
+            }
             transaction.commit().unwrap();
         })
     });

@@ -8,11 +8,12 @@ use crate::schema::Schema;
 use crate::state::{Bucket, Document, Session, Team, UserRecord};
 use crate::storage::{self, DocumentRow, ItemRow, StagedRow};
 use crate::watch::WatchKey;
+use crate::EngineError;
 use roomlab_protocol::{
     BucketName, DocId, DocSnapshot, DocType, ErrorBody, ErrorCode, FieldName, ItemId, ListDiff, ListItem,
     Mutant, ObjectKey, ServerMessage, SubId, TeamId, UserId,
 };
-use rusqlite::Transaction;
+use rusqlite::Connection;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A document written by a change.
@@ -176,6 +177,53 @@ impl Room {
         effects
     }
 
+    /// Opens a commit group: the changes handled until [`Room::commit_group`] share one SQLite
+    /// transaction, each in its own savepoint, so each is still all or nothing and a refused or
+    /// failed one is rolled back alone. The effects returned meanwhile describe changes that are
+    /// not yet durable: the host must hold every one of them (acks, pushes, answers) until
+    /// `commit_group` succeeds (docs/PROTOCOL.md ack.group-commit). Without a group, every change
+    /// commits on its own.
+    pub fn begin_group(&mut self) -> Result<(), EngineError> {
+        assert!(self.group.is_none(), "a commit group is already open");
+        if Mutant::AckBeforeCommit.planted(self.config.mutant) {
+            // The planted bug leaves its own transaction open for the next message to commit;
+            // a group around it would commit it first and hide the bug.
+            return Ok(());
+        }
+        self.db.execute_batch("BEGIN")?;
+        self.group = Some(0);
+        Ok(())
+    }
+
+    /// Whether a commit group is open.
+    pub fn group_open(&self) -> bool {
+        self.group.is_some()
+    }
+
+    /// Commits the open commit group (nothing when none is open). On failure nothing of the group
+    /// is kept: the transaction rolls back and the room reloads its committed state, which forgets
+    /// every connection, so the host must drop the group's effects and close every connection
+    /// (its clients reconnect, subscribe again and resend what was never acknowledged).
+    pub fn commit_group(&mut self) -> Result<(), EngineError> {
+        let Some(changes) = self.group.take() else { return Ok(()) };
+        // A group of one change was already asked at its savepoint; asking again would make
+        // storage faults twice as likely for a lone write.
+        let failed = if changes > 1 && self.config.storage_faults.commit_fails(&self.id) {
+            Err(EngineError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+                Some("the group's commit failed (BUGGIFY storage fault)".into()),
+            )))
+        } else {
+            self.db.execute_batch("COMMIT").map_err(EngineError::from)
+        };
+        let Err(error) = failed else { return Ok(()) };
+        // The room's memory holds the group's changes; only the database knows what is committed.
+        let _ = self.db.execute_batch("ROLLBACK");
+        let db = std::mem::replace(&mut self.db, Connection::open_in_memory()?);
+        *self = Room::load(self.id.clone(), db, self.config.clone())?;
+        Err(error)
+    }
+
     /// Commits the transaction the `ack-before-commit` mutant left open, before the room takes its
     /// next input; if that fails, the effects that close `conn`.
     pub(crate) fn commit_deferred(&mut self, conn: ConnId) -> Option<Vec<Effect>> {
@@ -195,7 +243,7 @@ impl Room {
         mid: u64,
     ) -> rusqlite::Result<()> {
         let Some((key, forget)) = remembered else { return Ok(()) };
-        let transaction = self.db.transaction()?;
+        let transaction = self.db.savepoint()?;
         let text = serde_json::to_string(answer).expect("answers serialize");
         storage::remember_answer(&transaction, key, mid, &text, forget)?;
         transaction.commit()
@@ -233,7 +281,7 @@ impl Room {
             })
             .collect();
         let memory: BTreeMap<&UserId, u64> = deltas.keys().map(|user| (user, self.usage(user))).collect();
-        let transaction = self.db.transaction()?;
+        let transaction = self.db.savepoint()?;
         if change.advances {
             storage::set_sequence(&transaction, seq)?;
         }
@@ -292,6 +340,9 @@ impl Room {
             return Ok(Ok((answer, deltas)));
         }
         transaction.commit()?;
+        if let Some(changes) = &mut self.group {
+            *changes += 1;
+        }
         Ok(Ok((answer, deltas)))
     }
 
@@ -704,7 +755,7 @@ fn diff(
     Some(ServerMessage::QueryDiff { sub: sub.clone(), seq, added, changed, removed })
 }
 
-fn write_docs(transaction: &Transaction, docs: &[DocWrite], seq: u64, now_ms: u64) -> rusqlite::Result<()> {
+fn write_docs(transaction: &Connection, docs: &[DocWrite], seq: u64, now_ms: u64) -> rusqlite::Result<()> {
     for write in docs {
         let id = write.id.as_str();
         match &write.document {
@@ -744,7 +795,7 @@ fn write_docs(transaction: &Transaction, docs: &[DocWrite], seq: u64, now_ms: u6
     Ok(())
 }
 
-fn write_rest(transaction: &Transaction, change: &Change, seq: u64) -> rusqlite::Result<()> {
+fn write_rest(transaction: &Connection, change: &Change, seq: u64) -> rusqlite::Result<()> {
     for write in &change.buckets {
         let name = write.name.as_str();
         let Some(bucket) = &write.bucket else {

@@ -876,8 +876,21 @@ impl Twin {
         self.join(conn);
     }
 
-    /// The room crashes and reopens its database; everyone reconnects.
+    /// Opens a commit group in the room, or commits the open one. The model has no groups: a
+    /// group that commits must change nothing anyone sees.
+    pub fn toggle_group(&mut self) {
+        let room = self.room.as_mut().expect("open");
+        if room.group_open() {
+            room.commit_group().expect("the group commits");
+        } else {
+            room.begin_group().expect("a group opens");
+        }
+    }
+
+    /// The room crashes and reopens its database; everyone reconnects. A host commits a group
+    /// before it takes its next input, so a crash never lands inside one.
     pub fn crash(&mut self) {
+        self.room.as_mut().expect("open").commit_group().expect("the group commits");
         self.room = None;
         let room = crate::Room::open(RoomId::new("r").expect("valid"), Some(&self.path), self.config.clone());
         self.room = Some(room.expect("room reopens"));
@@ -889,6 +902,7 @@ impl Twin {
 
     /// Asserts that the room and the model hold the same state.
     pub fn finish(&mut self) {
+        self.room.as_mut().expect("open").commit_group().expect("the group commits");
         let room = self.room.as_ref().expect("open");
         assert_eq!(room.export(), self.model.export(), "engine and model end in different states");
     }

@@ -192,6 +192,8 @@ pub struct Room {
     pub(crate) teams_seq: u64,
     /// A transaction the `ack-before-commit` mutant left open; never set otherwise.
     pub(crate) deferred_commit: bool,
+    /// The open commit group: how many changes it holds (see [`Room::begin_group`]).
+    pub(crate) group: Option<usize>,
     /// The replay windows of the (user, client id)s that mutated since the room opened, read from
     /// storage on first use and kept in step with every commit, so a fresh mutation needs no
     /// lookup and the window's trim needs no count.
@@ -229,7 +231,11 @@ fn parse_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, EngineErr
 impl Room {
     /// Opens the room's database (in memory when `path` is `None`) and loads its committed state.
     pub fn open(id: RoomId, path: Option<&Path>, config: Config) -> Result<Room, EngineError> {
-        let db = storage::open(path)?;
+        Room::load(id, storage::open(path)?, config)
+    }
+
+    /// Loads the committed state of an open database.
+    pub(crate) fn load(id: RoomId, db: Connection, config: Config) -> Result<Room, EngineError> {
         let seq = storage::sequence(&db)?;
         let mut room = Room {
             id,
@@ -249,6 +255,7 @@ impl Room {
             users_seq: storage::meta(&db, "users_seq")?,
             teams_seq: storage::meta(&db, "teams_seq")?,
             deferred_commit: false,
+            group: None,
             replays: BTreeMap::new(),
             db,
         };
@@ -399,7 +406,7 @@ impl Room {
         let changes_view = effective_before != Some(record.role.unwrap_or(record.token_role));
         let seq = self.seq + u64::from(changes_view);
         let written = (|| {
-            let transaction = self.db.transaction()?;
+            let transaction = self.db.savepoint()?;
             storage::write_user(&transaction, &user_row(&identity.user, &record), now_ms)?;
             if changes_view {
                 storage::set_sequence(&transaction, seq)?;

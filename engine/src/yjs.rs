@@ -174,7 +174,7 @@ impl Room {
             .apply_update(update)
             .map_err(|e| refuse(ErrorCode::Invalid, format!("the update does not apply: {e}")))?;
         let persisted = (|| {
-            let transaction = self.db.transaction()?;
+            let transaction = self.db.savepoint()?;
             let count = storage::append_yjs(&transaction, key.0.as_str(), key.1.as_str(), bytes)?;
             if count > YJS_UPDATES_MAX {
                 let state = doc.transact().encode_state_as_update_v1(&StateVector::default());

@@ -24,12 +24,30 @@ fn config() -> Config {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Mutate { conn: usize, mutation: Mutation, replay_back: Option<u64> },
-    Subscribe { conn: usize, sub: usize, target: Target },
-    Unsubscribe { conn: usize, sub: usize },
-    BucketGet { conn: usize, if_version: Option<u64> },
-    Reconnect { conn: usize },
+    Mutate {
+        conn: usize,
+        mutation: Mutation,
+        replay_back: Option<u64>,
+    },
+    Subscribe {
+        conn: usize,
+        sub: usize,
+        target: Target,
+    },
+    Unsubscribe {
+        conn: usize,
+        sub: usize,
+    },
+    BucketGet {
+        conn: usize,
+        if_version: Option<u64>,
+    },
+    Reconnect {
+        conn: usize,
+    },
     Crash,
+    /// Opens a commit group, or commits the open one.
+    Group,
 }
 
 fn doc_id() -> impl Strategy<Value = DocId> {
@@ -136,6 +154,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (conn(), prop::option::of(0..3u64)).prop_map(|(conn, if_version)| Op::BucketGet { conn, if_version }),
         1 => conn().prop_map(|conn| Op::Reconnect { conn }),
         1 => Just(Op::Crash),
+        1 => Just(Op::Group),
     ]
 }
 
@@ -143,6 +162,7 @@ fn op() -> impl Strategy<Value = Op> {
 fn step(twin: &mut Twin, next_mid: &mut [u64], op: Op) {
     let (conn, message) = match op {
         Op::Crash => return twin.crash(),
+        Op::Group => return twin.toggle_group(),
         Op::Reconnect { conn } => return twin.reconnect(conn),
         Op::Mutate { conn, mutation, replay_back } => {
             let mid = match replay_back {
@@ -215,6 +235,7 @@ fn list_op() -> impl Strategy<Value = Op> {
         1 => (conn(), 0..2usize).prop_map(|(conn, sub)| Op::Unsubscribe { conn, sub }),
         1 => conn().prop_map(|conn| Op::Reconnect { conn }),
         1 => Just(Op::Crash),
+        1 => Just(Op::Group),
     ]
 }
 

@@ -2,8 +2,10 @@
 //!
 //! Script lines are `<conn> <frame JSON>`, `connect <conn> <user> <role> [free|pro] [addons]`,
 //! `disconnect <conn>`, `reopen` (drop the room and open its database again, as after a crash,
-//! and reconnect the connections that were open), and `disk fails` / `disk works` (every commit
-//! from then on fails, as the engine's storage fault point makes it, or succeeds again).
+//! and reconnect the connections that were open), `disk fails` / `disk works` (every commit
+//! from then on fails, as the engine's storage fault point makes it, or succeeds again), and
+//! `group begin` / `group commit` (a commit group; a failed group commit reloads the room, which
+//! forgets its connections, so the script's connections connect again).
 
 use roomlab_engine::{Config, ConnId, Effect, Identity, Quotas, Room, StorageFaults};
 use roomlab_protocol::{decode, encode_server, Limits, Plan, Role, RoomId, UserId};
@@ -95,15 +97,27 @@ fn check(script: &str) -> String {
                 transcript.push_str(&format!("> {line}\n"));
                 continue;
             }
+            ["group", "begin"] => {
+                room.begin_group().expect("a commit group opens");
+                transcript.push_str(&format!("> {line}\n"));
+                continue;
+            }
+            ["group", "commit"] => match room.commit_group() {
+                Ok(()) => {
+                    transcript.push_str(&format!("> {line}\n  = committed\n"));
+                    continue;
+                }
+                Err(e) => {
+                    transcript.push_str(&format!("> {line}\n  = failed: {e}\n"));
+                    let effects = reconnect(&mut room, &connections, now_ms);
+                    render(&mut transcript, effects);
+                    continue;
+                }
+            },
             ["reopen"] => {
                 drop(room);
                 room = open(&path, &disk_fails);
-                let mut effects = Vec::new();
-                for (conn, words) in &connections {
-                    let words: Vec<&str> = words.iter().map(String::as_str).collect();
-                    effects.extend(room.connect(*conn, identity(&words), now_ms));
-                }
-                effects
+                reconnect(&mut room, &connections, now_ms)
             }
             [conn, frame] => {
                 let message = decode(frame.as_bytes(), 1 << 20).unwrap_or_else(|e| panic!("{line}: {e}"));
@@ -116,6 +130,16 @@ fn check(script: &str) -> String {
         render(&mut transcript, effects);
     }
     transcript
+}
+
+/// Connects the script's connections again, after the room forgot them.
+fn reconnect(room: &mut Room, connections: &[(ConnId, Vec<String>)], now_ms: u64) -> Vec<Effect> {
+    let mut effects = Vec::new();
+    for (conn, words) in connections {
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        effects.extend(room.connect(*conn, identity(&words), now_ms));
+    }
+    effects
 }
 
 const HELLO: &str = r#"
@@ -226,6 +250,43 @@ fn failed_commits_roll_back() {
         usage alice
         "#
     )));
+}
+
+/// A commit group (docs/PROTOCOL.md ack.group-commit): its changes share one transaction, each
+/// in its own savepoint, so a quota refusal inside the group takes back only its own change. When
+/// the group's commit fails, none of its changes is kept: the room reloads what was committed
+/// (the first group's documents and usage), forgets its connections, and remembers none of the
+/// group's `mid`s, so sending one again executes it afresh.
+#[test]
+fn commit_groups_commit_or_roll_back_whole() {
+    let big = "x".repeat(300);
+    let script = format!(
+        r#"
+        2 {{"type":"subscribe","sub":"q","query":{{"collection":"notes"}}}}
+        group begin
+        1 {{"type":"mutate","mid":1,"op":"create","doc":"a","doc_type":"notes","data":{{"n":1}}}}
+        1 {{"type":"mutate","mid":2,"op":"create","doc":"big","doc_type":"notes","data":{{"s":"{big}"}}}}
+        1 {{"type":"mutate","mid":3,"op":"create","doc":"b","doc_type":"notes","data":{{"n":2}}}}
+        group commit
+        usage alice
+        group begin
+        1 {{"type":"mutate","mid":4,"op":"create","doc":"c","doc_type":"notes","data":{{"n":3}}}}
+        1 {{"type":"mutate","mid":5,"op":"put","doc":"a","data":{{"n":4}}}}
+        disk fails
+        group commit
+        disk works
+        usage alice
+        1 {{"type":"hello","protocol":1,"client":"ca"}}
+        2 {{"type":"hello","protocol":1,"client":"cb"}}
+        2 {{"type":"subscribe","sub":"q","query":{{"collection":"notes"}}}}
+        1 {{"type":"mutate","mid":4,"op":"create","doc":"c","doc_type":"notes","data":{{"n":3}}}}
+        reopen
+        2 {{"type":"hello","protocol":1,"client":"cb"}}
+        2 {{"type":"subscribe","sub":"q","query":{{"collection":"notes"}}}}
+        usage alice
+        "#
+    );
+    insta::assert_snapshot!(check(&format!("{HELLO}{script}")));
 }
 
 /// `sys:index` and `sys:trash` each carry the sequence of their own last change, and keep it across a

@@ -50,6 +50,10 @@ pub struct ServerConfig {
     pub seed: u64,
     /// Inputs queued to one room before connections wait for it.
     pub room_queue_max: usize,
+    /// Queued inputs a room handles in one commit group (one SQLite transaction, every answer
+    /// and push held until it commits; docs/PROTOCOL.md ack.group-commit). 1 commits every
+    /// change on its own.
+    pub group_commit_max: usize,
     /// A room with no connections for this long is closed.
     pub idle_close_ms: u64,
     /// WebSocket pings go out this often (conn.heartbeat).
@@ -76,6 +80,7 @@ impl ServerConfig {
             epoch_ms: 0,
             seed: 0,
             room_queue_max: 4096,
+            group_commit_max: 64,
             idle_close_ms: 60_000,
             ping_interval_ms: 15_000,
             silence_close_ms: 30_000,

@@ -82,6 +82,9 @@ pub(crate) enum Input {
     },
 }
 
+/// Answers to HTTP mutations, each with where it goes, held until their commit group commits.
+type Replies = Vec<(tokio::sync::oneshot::Sender<ServerMessage>, ServerMessage)>;
+
 /// A shared view of one open room, for asset downloads and for the simulation's snapshots.
 pub type SharedRoom = Arc<Mutex<Room>>;
 
@@ -130,6 +133,7 @@ impl Registry {
             clock: clock.clone(),
             registry: self.clone(),
             idle_close_ms: config.idle_close_ms,
+            group_commit_max: config.group_commit_max.max(1),
             stopping,
             buggify: config.buggify.clone(),
         };
@@ -180,6 +184,7 @@ struct Actor {
     clock: Clock,
     registry: Arc<Registry>,
     idle_close_ms: u64,
+    group_commit_max: usize,
     /// The server's shutdown signal: a room without connections closes at once when it is set.
     stopping: watch::Receiver<bool>,
     /// Fault points a simulation turned on.
@@ -209,7 +214,16 @@ impl Actor {
                 let stall_ms = 1 + buggify.below(300);
                 tokio::time::sleep(std::time::Duration::from_millis(stall_ms)).await;
             }
-            self.handle(input);
+            // Whatever else is already queued joins this input's commit group, so a busy room
+            // pays for one SQLite commit per group instead of one per change.
+            let mut group = vec![input];
+            while group.len() < self.group_commit_max {
+                match inputs.try_recv() {
+                    Ok(input) => group.push(input),
+                    Err(_) => break,
+                }
+            }
+            self.handle_group(group);
         }
         // Closing the queue first makes late senders reopen the room instead of waiting on it.
         inputs.close();
@@ -217,36 +231,77 @@ impl Actor {
         tracing::debug!(room = %self.id, "room closed");
     }
 
-    fn handle(&mut self, input: Input) {
+    /// Handles a group of inputs in one commit group and carries out their effects once it has
+    /// committed; a failed group commit closes every connection instead (the room reloaded its
+    /// committed state and forgot them).
+    fn handle_group(&mut self, group: Vec<Input>) {
         let now_ms = self.clock.now_ms();
-        let effects = {
-            let mut room = self.room.lock().expect("room lock");
-            match input {
-                Input::Connect { conn, identity, outbox } => {
-                    self.outboxes.insert(conn, outbox);
-                    room.connect(conn, identity, now_ms)
-                }
-                Input::Message { conn, message } => {
-                    let mutation = matches!(message, ClientMessage::Mutate { .. });
-                    let mut effects = room.handle(conn, message, now_ms);
-                    if mutation {
-                        self.maybe_lose_ack(conn, &mut effects);
-                    }
-                    effects
-                }
-                Input::Yjs { conn, frame } => room.handle_yjs(conn, frame, &mut self.rng),
-                Input::Disconnect { conn } => {
-                    self.outboxes.remove(&conn);
-                    room.disconnect(conn);
-                    Vec::new()
-                }
-                Input::Detached { conn, identity, mutation, reply } => {
-                    let (answer, effects) = room.mutate_detached(conn, identity, mutation, now_ms);
-                    let _ = reply.send(answer);
-                    effects
-                }
+        let mut held = Vec::new();
+        let mut replies = Vec::new();
+        let committed = {
+            let shared = self.room.clone();
+            let mut room = shared.lock().expect("room lock");
+            let grouped = group.len() > 1;
+            let begun = if grouped { room.begin_group() } else { Ok(()) };
+            if let Err(e) = begun {
+                tracing::warn!(room = %self.id, "cannot open a commit group: {e}");
             }
+            for input in group {
+                held.push(self.handle(&mut room, input, now_ms, &mut replies));
+            }
+            room.commit_group()
         };
+        if let Err(e) = committed {
+            tracing::warn!(room = %self.id, "group commit failed; closing every connection: {e}");
+            let reason = format!("storage failed: {e}");
+            for outbox in std::mem::take(&mut self.outboxes).values() {
+                outbox.order_close(1011, &reason);
+            }
+            for (reply, _) in replies {
+                let body = roomlab_protocol::ErrorBody::new(ErrorCode::Internal, reason.clone());
+                let _ = reply.send(ServerMessage::Error(body));
+            }
+            return;
+        }
+        for (reply, answer) in replies {
+            let _ = reply.send(answer);
+        }
+        for effects in held {
+            self.carry_out_all(effects);
+        }
+    }
+
+    /// Handles one input; answers to HTTP mutations are added to `replies`, to be sent once the
+    /// group commits.
+    fn handle(&mut self, room: &mut Room, input: Input, now_ms: u64, replies: &mut Replies) -> Vec<Effect> {
+        match input {
+            Input::Connect { conn, identity, outbox } => {
+                self.outboxes.insert(conn, outbox);
+                room.connect(conn, identity, now_ms)
+            }
+            Input::Message { conn, message } => {
+                let mutation = matches!(message, ClientMessage::Mutate { .. });
+                let mut effects = room.handle(conn, message, now_ms);
+                if mutation {
+                    self.maybe_lose_ack(conn, &mut effects);
+                }
+                effects
+            }
+            Input::Yjs { conn, frame } => room.handle_yjs(conn, frame, &mut self.rng),
+            Input::Disconnect { conn } => {
+                self.outboxes.remove(&conn);
+                room.disconnect(conn);
+                Vec::new()
+            }
+            Input::Detached { conn, identity, mutation, reply } => {
+                let (answer, effects) = room.mutate_detached(conn, identity, mutation, now_ms);
+                replies.push((reply, answer));
+                effects
+            }
+        }
+    }
+
+    fn carry_out_all(&mut self, effects: Vec<Effect>) {
         let reorder = self.buggify.as_ref().is_some_and(|b| b.fire(FaultPoint::BroadcastReorder));
         if reorder {
             let keyed: Vec<(ConnId, Effect)> =
