@@ -220,7 +220,11 @@ impl Room {
         // The room's memory holds the group's changes; only the database knows what is committed.
         let _ = self.db.execute_batch("ROLLBACK");
         let db = std::mem::replace(&mut self.db, Connection::open_in_memory()?);
-        *self = Room::load(self.id.clone(), db, self.config.clone())?;
+        match Room::load(self.id.clone(), db, self.config.clone()) {
+            Ok(room) => *self = room,
+            // A room left on the placeholder would answer from memory and write nowhere durable.
+            Err(reload) => panic!("room {}: the committed state does not reload after a failed group commit ({error}): {reload}", self.id),
+        }
         Err(error)
     }
 

@@ -20,7 +20,7 @@ mod workload;
 mod world;
 
 pub use scenario::{Faults, QuotaLimits, Scenario, ScenarioError, Workload, NAMES};
-pub use shrink::{shrink, Shrunk, SHRINK_SEEDS_PER_CANDIDATE};
+pub use shrink::{shrink, Shrunk, SHRINK_SEEDS_PER_CANDIDATE, SHRINK_STEP_SEEDS_PER_CANDIDATE};
 pub use trace::{first_divergence, perfetto_json, Event};
 pub use world::{run, Report, RunConfig};
 

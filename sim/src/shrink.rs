@@ -2,8 +2,8 @@
 //! failure can be read in a few dozen client operations instead of thousands.
 //!
 //! A run depends on its whole scenario, so a smaller scenario is a different run: each candidate
-//! is tried on the seed that failed and on a few seeds after it, and the first that fails is kept
-//! (the way swarm testers shrink). A first pass walks the candidates: a shorter safety phase,
+//! is tried on the seed that failed and on a few seeds after it (more in the step-bound pass), and
+//! the first that fails is kept (the way swarm testers shrink). A first pass walks the candidates: a shorter safety phase,
 //! fewer operations per second, viewers and free users among fewer users, a few clients as busy
 //! in all as the many were, half the clients, a workload kind or a fault kind turned off, fewer
 //! shared documents; before them, the BUGGIFY points that fired are pinned, so every later run
@@ -14,8 +14,13 @@
 use crate::scenario::{Faults, Workload};
 use crate::{run, Report, RunConfig, Scenario};
 
-/// Seeds tried per candidate: the current one and this many after it.
+/// Seeds tried per candidate of the first pass: the current one and this many after it.
 pub const SHRINK_SEEDS_PER_CANDIDATE: u64 = 4;
+
+/// Seeds tried per candidate of the second pass. A bound on each client's steps keeps a prefix of
+/// the run that failed, but a bug that needs a rare interleaving (two clients inserting at one
+/// spot at once) shows within fewer steps on fewer seeds, so these candidates get more of them.
+pub const SHRINK_STEP_SEEDS_PER_CANDIDATE: u64 = 8;
 
 /// The smallest failing run found.
 #[derive(Debug, Clone)]
@@ -127,6 +132,9 @@ fn step_candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
     }
     candidates.out
 }
+
+/// A pass's candidates for the best run so far.
+type Pass<'a> = &'a dyn Fn(&Shrunk) -> Vec<(String, Scenario)>;
 
 /// The first pass's candidates for the best run so far: its BUGGIFY points pinned, then
 /// [`candidates`].
@@ -254,9 +262,13 @@ pub fn shrink(
     let mut best = Shrunk { scenario: scenario.clone(), seed, report: first, runs: 1 };
     best.scenario.name = format!("{}-shrunk", scenario.name);
     let first_pass_runs = runs_max.saturating_sub(STEP_PASS_RUNS_MIN).max(runs_max / 2);
-    descend(&mut best, &first_pass, first_pass_runs, &attempt, progress);
-    if descend(&mut best, &second_pass, runs_max, &attempt, progress) {
-        descend(&mut best, &first_pass, runs_max, &attempt, progress);
+    let (first, second) = (
+        (&first_pass as Pass, SHRINK_SEEDS_PER_CANDIDATE),
+        (&second_pass as Pass, SHRINK_STEP_SEEDS_PER_CANDIDATE),
+    );
+    descend(&mut best, first, first_pass_runs, &attempt, progress);
+    if descend(&mut best, second, runs_max, &attempt, progress) {
+        descend(&mut best, first, runs_max, &attempt, progress);
     }
     Some(best)
 }
@@ -268,7 +280,7 @@ pub fn shrink(
 /// whether any was taken.
 fn descend(
     best: &mut Shrunk,
-    candidates: &dyn Fn(&Shrunk) -> Vec<(String, Scenario)>,
+    (candidates, seeds): (Pass, u64),
     runs_max: usize,
     attempt: &dyn Fn(&Scenario, u64) -> Report,
     progress: &mut dyn FnMut(&str, &Report),
@@ -281,7 +293,7 @@ fn descend(
             if best.runs >= runs_max {
                 return taken;
             }
-            match try_seeds(best, &list[index].1, runs_max, attempt) {
+            match try_seeds(best, (&list[index].1, seeds), runs_max, attempt) {
                 Some((seed, report)) => {
                     let (what, candidate) = list.swap_remove(index);
                     progress(&what, &report);
@@ -299,15 +311,15 @@ fn descend(
     }
 }
 
-/// Runs `candidate` on the best run's seed and a few after it; the first seed that fails, with
+/// Runs `candidate` on the best run's seed and `seeds` after it; the first seed that fails, with
 /// its report.
 fn try_seeds(
     best: &mut Shrunk,
-    candidate: &Scenario,
+    (candidate, seeds): (&Scenario, u64),
     runs_max: usize,
     attempt: &dyn Fn(&Scenario, u64) -> Report,
 ) -> Option<(u64, Report)> {
-    for seed in best.seed..=best.seed + SHRINK_SEEDS_PER_CANDIDATE {
+    for seed in best.seed..=best.seed + seeds {
         if best.runs >= runs_max {
             return None;
         }
