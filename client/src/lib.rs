@@ -392,7 +392,8 @@ impl Client {
 
     /// Ends a stall early (or cancels one not yet started): the client reads from its socket again.
     pub fn resume(&self) {
-        // Waking the connection loop of a client that is not stalled would only reorder its work.
+        // A client never stalled is left alone: waking its connection loop would only reorder its
+        // work. One whose stall already ran out still holds its end time and is woken, harmlessly.
         let stalled = {
             let control = self.shared.control();
             control.stall_ordered.is_some() || control.stalled_until.is_some()
