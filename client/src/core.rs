@@ -394,7 +394,12 @@ impl Core {
     }
 
     fn seen(&mut self, doc: &DocId, seq: u64, context: &str) {
-        let previous = self.doc_seq_seen.entry(doc.clone()).or_insert(0);
+        // Looked up before inserting: nearly every push names a document already seen, and an
+        // entry would copy its id every time.
+        let previous = match self.doc_seq_seen.get_mut(doc) {
+            Some(previous) => previous,
+            None => self.doc_seq_seen.entry(doc.clone()).or_insert(0),
+        };
         if seq < *previous {
             let violation = format!("{context}: {doc} went back from seq {previous} to {seq}");
             self.violations.push(violation);
@@ -490,8 +495,14 @@ impl Core {
                 for doc in added.iter().chain(&changed) {
                     self.seen(&doc.id, doc.seq, "query:diff");
                 }
-                let query = self.query_of(&sub);
-                self.set_view(&sub, |view| apply_diff(view, query.as_ref(), seq, added, changed, &removed));
+                let Some(key) = self.sub_keys.get(&sub) else { return };
+                let subscription = self.subscriptions.get_mut(key).expect("sub keys follow subscriptions");
+                let query = match &subscription.target {
+                    Target::Query(query) => Some(query),
+                    _ => None,
+                };
+                apply_diff(&mut subscription.view, query, seq, added, changed, &removed);
+                self.answered(&sub);
             }
             ServerMessage::DocSnapshot { sub, doc } => {
                 self.seen(&doc.id, doc.seq, "doc:snapshot");
@@ -571,14 +582,6 @@ impl Core {
         if self.is_live() {
             self.send(ClientMessage::Unsubscribe { sub: old });
             self.send(ClientMessage::Subscribe { sub: id, target });
-        }
-    }
-
-    fn query_of(&self, sub: &SubId) -> Option<Query> {
-        let key = self.sub_keys.get(sub)?;
-        match &self.subscriptions[key].target {
-            Target::Query(query) => Some(query.clone()),
-            _ => None,
         }
     }
 

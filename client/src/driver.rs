@@ -137,7 +137,7 @@ async fn connect<C: Connector>(
     let limits = WebSocketConfig::default()
         // tungstenite zero-fills its whole read buffer on every read; 128 KiB by default made
         // that fill most of the CPU time of a room with many small frames.
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(config.read_buffer_bytes)
         .max_message_size(Some(config.frame_bytes_max))
         .max_frame_size(Some(config.frame_bytes_max));
     let url = format!("ws://{host}:{port}{}", config.path);
@@ -168,6 +168,12 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut ws: Web
     let mut heard = Instant::now();
     let mut pinged = heard;
     let mut nonce = 0u64;
+    // One heartbeat timer for the whole session. Every frame heard moves the beat later, and a
+    // timer made afresh for each frame costs a timer-wheel insertion and removal per frame;
+    // instead the timer keeps an earlier deadline and, when it fires early, is set again to the
+    // beat as it now stands (the beat only ever moves later, so the timer never fires after it).
+    let beat = tokio::time::sleep_until(heard + ping_every.min(silence_max));
+    tokio::pin!(beat);
     loop {
         let wake = shared.wake.notified();
         let control_changed = shared.control_changed.notified();
@@ -179,7 +185,9 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut ws: Web
             if let Some(duration) = control.stall_ordered.take() {
                 control.stalled_until = Some(Instant::now() + duration);
             }
-            control.stalled_until.filter(|until| *until > Instant::now())
+            // A stall that ran out is over: forgotten, so that only a stalled client holds one.
+            control.stalled_until = control.stalled_until.filter(|until| *until > Instant::now());
+            control.stalled_until
         };
         let greeting = matches!(shared.core().link, crate::core::Link::Greeting);
         if flush(shared, &mut ws).await.is_err() {
@@ -192,13 +200,18 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut ws: Web
             biased;
             _ = control_changed => continue,
             _ = wake => continue,
-            _ = tokio::time::sleep_until(next_beat) => {
+            _ = &mut beat => {
+                if Instant::now() < next_beat {
+                    beat.as_mut().reset(next_beat);
+                    continue;
+                }
                 if heard.elapsed() >= silence_max {
                     shared.tap(TapEvent::Disconnected { reason: "server silent; reconnecting" });
                     return End::Dropped { resynced };
                 }
                 nonce += 1;
                 pinged = Instant::now();
+                beat.as_mut().reset((heard.max(pinged) + ping_every).min(heard + silence_max));
                 if send(shared, &mut ws, encode(&roomlab_protocol::ClientMessage::Ping { nonce })).await.is_err() {
                     return End::Dropped { resynced };
                 }

@@ -103,6 +103,10 @@ pub struct ClientConfig {
     pub outcomes_max: usize,
     /// Events kept until drained.
     pub events_max: usize,
+    /// Bytes the WebSocket reader asks of the socket at a time. tungstenite zero-fills this much
+    /// before every read, so a simulated socket, where a read costs no system call, reads best in
+    /// small pieces; a real one in large pieces.
+    pub read_buffer_bytes: usize,
     /// An observer of frames and connection changes.
     pub tap: Option<Tap>,
     /// Spawn the connection task on the current `LocalSet` (as a deterministic simulation needs)
@@ -137,6 +141,7 @@ impl ClientConfig {
             frame_bytes_max: 1 << 20,
             outcomes_max: 1 << 20,
             events_max: 4096,
+            read_buffer_bytes: 8 * 1024,
             tap: None,
             local_tasks: false,
             mutant: None,
@@ -392,8 +397,8 @@ impl Client {
 
     /// Ends a stall early (or cancels one not yet started): the client reads from its socket again.
     pub fn resume(&self) {
-        // A client never stalled is left alone: waking its connection loop would only reorder its
-        // work. One whose stall already ran out still holds its end time and is woken, harmlessly.
+        // A client not stalled is left alone: waking its connection loop would only reorder its
+        // work. (The loop forgets a stall once it runs out.)
         let stalled = {
             let control = self.shared.control();
             control.stall_ordered.is_some() || control.stalled_until.is_some()

@@ -192,3 +192,43 @@ async fn rich_text_converges_survives_reconnects_and_refuses_a_viewer() {
     assert!(!missing.is_synced());
     drop(world.server);
 }
+
+/// client.heartbeat against a server that accepts the WebSocket and then says nothing: the client
+/// pings once a ping interval has passed in silence, and drops and reconnects once the silence
+/// reaches its maximum.
+#[tokio::test]
+async fn a_silent_server_is_pinged_then_dropped_and_reconnected() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            // Keep every socket open and unread: the silence must come from the server, not a close.
+            held.push(tokio_tungstenite::accept_async(stream).await.unwrap());
+        }
+    });
+    let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut config = ClientConfig::new("127.0.0.1", port, "/ws/r1", ClientId::new("c1").unwrap());
+    (config.ping_interval_ms, config.silence_ms_max, config.backoff_initial_ms) = (100, 450, 10);
+    let log = events.clone();
+    config.tap = Some(std::sync::Arc::new(move |event: roomlab_client::TapEvent<'_>| {
+        let line = match event {
+            roomlab_client::TapEvent::Connecting { attempt } => format!("connecting {attempt}"),
+            roomlab_client::TapEvent::Sent(text) => format!("> {text}"),
+            roomlab_client::TapEvent::Disconnected { reason } => format!("disconnected: {reason}"),
+            _ => return,
+        };
+        log.lock().unwrap().push(line);
+    }));
+    let _client = Client::start(config, TokioConnector);
+    let reconnected = || events.lock().unwrap().iter().filter(|e| e.starts_with("connecting")).count() >= 2;
+    eventually("a reconnect after the silence", reconnected).await;
+    let events = events.lock().unwrap().clone();
+    let dropped = events.iter().position(|e| e == "disconnected: server silent; reconnecting");
+    let dropped = dropped.unwrap_or_else(|| panic!("no drop for silence in {events:?}"));
+    let pings = events[..dropped].iter().filter(|e| e.starts_with(r#"> {"type":"ping""#)).count();
+    // Pings at 100, 200, 300 and 400 ms of silence, then the drop at 450 ms; a late timer (a busy
+    // machine) moves the later pings on, so fewer may fit, never more.
+    assert!((1..=4).contains(&pings), "pings before the drop: {events:?}");
+    assert!(events[dropped + 1..].iter().any(|e| e.starts_with("connecting")), "{events:?}");
+}

@@ -12,7 +12,76 @@ pub fn decode(frame: &[u8], frame_bytes_max: usize) -> Result<ClientMessage, Dec
 
 /// Decodes a server's text frame, refusing frames longer than `frame_bytes_max`.
 pub fn decode_server(frame: &[u8], frame_bytes_max: usize) -> Result<ServerMessage, DecodeError> {
+    check_size(frame, frame_bytes_max)?;
+    if let Some(message) = hot::decode(frame) {
+        return Ok(message);
+    }
     decode_json(frame, frame_bytes_max)
+}
+
+/// The pushes a client receives most (`query:diff` and `doc:diff`, each change fanned out to every
+/// subscriber), decoded straight into their fields. serde reads an internally tagged enum by first
+/// copying the whole message into an intermediate tree, to find the tag wherever it stands; that
+/// copy cost more than the decoding itself. A frame whose tag comes first (as every roomlab server
+/// writes it) skips the copy; any other frame, and any frame this path cannot read, takes the
+/// general path, which also names the error.
+mod hot {
+    use crate::ids::{DocId, FieldName, SubId};
+    use crate::message::{DocSnapshot, ListDiff, ServerMessage};
+    use serde::de::IgnoredAny;
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
+
+    const QUERY_DIFF: &[u8] = br#"{"type":"query:diff","#;
+    const DOC_DIFF: &[u8] = br#"{"type":"doc:diff","#;
+
+    /// `ServerMessage::QueryDiff`'s fields, as its serde attributes read them.
+    #[derive(Deserialize)]
+    struct QueryDiff {
+        /// A second tag: the general path refuses the frame, so this one must not read it.
+        #[serde(rename = "type", default)]
+        tag: Option<IgnoredAny>,
+        sub: SubId,
+        seq: u64,
+        #[serde(default)]
+        added: Vec<DocSnapshot>,
+        #[serde(default)]
+        changed: Vec<DocSnapshot>,
+        #[serde(default)]
+        removed: Vec<DocId>,
+    }
+
+    /// `ServerMessage::DocDiff`'s fields, as its serde attributes read them.
+    #[derive(Deserialize)]
+    struct DocDiff {
+        #[serde(rename = "type", default)]
+        tag: Option<IgnoredAny>,
+        sub: SubId,
+        doc: DocId,
+        base: u64,
+        seq: u64,
+        lists: BTreeMap<FieldName, ListDiff>,
+    }
+
+    pub(super) fn decode(frame: &[u8]) -> Option<ServerMessage> {
+        let (rest, query) = match frame {
+            _ if frame.starts_with(QUERY_DIFF) => (&frame[QUERY_DIFF.len()..], true),
+            _ if frame.starts_with(DOC_DIFF) => (&frame[DOC_DIFF.len()..], false),
+            _ => return None,
+        };
+        // The fields after the tag, as an object of their own.
+        let mut object = Vec::with_capacity(rest.len() + 1);
+        object.push(b'{');
+        object.extend_from_slice(rest);
+        if query {
+            let QueryDiff { tag, sub, seq, added, changed, removed } =
+                serde_json::from_slice(&object).ok()?;
+            tag.is_none().then_some(ServerMessage::QueryDiff { sub, seq, added, changed, removed })
+        } else {
+            let DocDiff { tag, sub, doc, base, seq, lists } = serde_json::from_slice(&object).ok()?;
+            tag.is_none().then_some(ServerMessage::DocDiff { sub, doc, base, seq, lists })
+        }
+    }
 }
 
 fn decode_json<T: DeserializeOwned>(frame: &[u8], max: usize) -> Result<T, DecodeError> {
@@ -232,5 +301,46 @@ mod y_sync_tests {
         check(&[2], Err(DecodeError::MalformedBinary("unknown y-protocols message type")));
         check(&[0, 0, 5, 1], Err(DecodeError::MalformedBinary("length runs past the frame")));
         check(&[], Err(DecodeError::MalformedBinary("frame too short")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fast path reads `frame` exactly as the general path does, or leaves it to it; `taken`
+    /// says which is expected.
+    fn check(frame: &str, taken: bool) {
+        let general = serde_json::from_slice::<ServerMessage>(frame.as_bytes()).ok();
+        let hot = hot::decode(frame.as_bytes());
+        assert_eq!(hot.is_some(), taken, "fast path taken for {frame}");
+        if let Some(hot) = hot {
+            assert_eq!(Some(hot), general, "fast and general paths disagree on {frame}");
+        }
+        let decoded = decode_server(frame.as_bytes(), 1 << 20).ok();
+        assert_eq!(decoded, general, "decode_server must answer as the general path on {frame}");
+    }
+
+    #[test]
+    fn hot_pushes_decode_as_the_general_path_does() {
+        let doc = r#"{"id":"t1","doc_type":"tasks","seq":3,"owner":"u1","data":{"a":[1,"x\"y"]}}"#;
+        let cases: &[(String, bool)] = &[
+            (format!(r#"{{"type":"query:diff","sub":"s1","seq":4,"added":[{doc}],"removed":["t2"]}}"#), true),
+            (r#"{"type":"query:diff","sub":"s1","seq":4}"#.into(), true),
+            (format!(r#"{{"type":"query:diff","seq":4,"changed":[{doc}],"sub":"s1","extra":1}}"#), true),
+            (r#"{"type":"doc:diff","sub":"s1","doc":"b","base":1,"seq":2,"lists":{"cards":{"removed":["c1"]}}}"#.into(), true),
+            (r#"{"type":"doc:diff","sub":"s1","doc":"b","base":1,"seq":2,"lists":{"cards":{"put":[{"id":"c1","key":"a0","value":null}]}}}"#.into(), true),
+            // A second tag, a tag not first, spaces, a missing field, a bad id, a truncated frame.
+            (r#"{"type":"query:diff","type":"ack","sub":"s1","seq":4}"#.into(), false),
+            (r#"{"sub":"s1","type":"query:diff","seq":4}"#.into(), false),
+            (r#"{ "type":"query:diff","sub":"s1","seq":4}"#.into(), false),
+            (r#"{"type":"doc:diff","sub":"s1","doc":"b","seq":2,"lists":{}}"#.into(), false),
+            (r#"{"type":"doc:diff","sub":"","doc":"b","base":1,"seq":2,"lists":{}}"#.into(), false),
+            (r#"{"type":"query:diff","sub":"s1","seq":4"#.into(), false),
+            (r#"{"type":"ack","mid":"m1","seq":4}"#.into(), false),
+        ];
+        for (frame, taken) in cases {
+            check(frame, *taken);
+        }
     }
 }

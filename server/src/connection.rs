@@ -30,6 +30,10 @@ pub(crate) enum Endpoint {
 /// How long a close frame may take to leave before the socket is dropped anyway.
 const CLOSE_SEND_MS_MAX: u64 = 1_000;
 
+/// How many queued frames one socket write may carry. Bounded so a connection with a long queue
+/// still notices a close order between writes.
+const WRITE_BATCH_FRAMES_MAX: usize = 64;
+
 /// How long the close frame of a slow consumer may wait to leave. Its socket buffers are full
 /// when the queue overflows, so the frame leaves only once the peer reads again; a peer that does
 /// within this time learns why it was closed (4008) instead of seeing the stream end. The queue is
@@ -156,7 +160,7 @@ async fn flush<S>(
 /// y-websocket peer could not read.
 fn to_message(frame: Outbound, endpoint: &Endpoint) -> Option<Message> {
     Some(match (frame, endpoint) {
-        (Outbound::Text(text), Endpoint::Protocol) => Message::text(text),
+        (Outbound::Text(text), Endpoint::Protocol) => Message::Text(text),
         (Outbound::Text(_), Endpoint::Yjs { .. }) => return None,
         (Outbound::Yjs(frame), Endpoint::Protocol) => Message::binary(frame.encode()),
         (Outbound::Yjs(frame), Endpoint::Yjs { .. }) => Message::binary(frame.payload),
@@ -264,14 +268,37 @@ async fn write_loop<S>(
                 None => return,
             },
         };
-        let Some(message) = to_message(frame, endpoint) else { continue };
-        // A peer that stops reading blocks this send; a close order still ends the connection.
+        // Every frame already queued goes out with this one in a single write: a change that
+        // reaches a connection as several pushes costs one socket write, not one per push.
+        let mut batch: Vec<Message> = to_message(frame, endpoint).into_iter().collect();
+        while batch.len() < WRITE_BATCH_FRAMES_MAX {
+            let Ok(frame) = outbound.try_recv() else { break };
+            batch.extend(to_message(frame, endpoint));
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        // A peer that stops reading blocks this write; a close order still ends the connection.
         tokio::select! {
             biased;
             _ = close_orders.changed() => return,
-            sent = sink.send(message) => if sent.is_err() { return },
+            sent = send_all(sink, batch) => if sent.is_err() { return },
         }
     }
+}
+
+/// Buffers every message, then flushes them to the socket together.
+async fn send_all<S>(
+    sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
+    batch: Vec<Message>,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    for message in batch {
+        sink.feed(message).await?;
+    }
+    sink.flush().await
 }
 
 /// Sends a close frame, giving up after `CLOSE_SEND_MS_MAX`.

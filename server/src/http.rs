@@ -279,7 +279,7 @@ fn upgrade(
     let config = WebSocketConfig::default()
         // tungstenite zero-fills its whole read buffer on every read; 128 KiB by default made
         // that fill most of the CPU time of a room with many small frames.
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(server.config().read_buffer_bytes)
         .max_message_size(Some(limits.frame_bytes_max))
         .max_frame_size(Some(limits.frame_bytes_max));
     let spawner = server.clone();

@@ -62,6 +62,10 @@ pub struct ServerConfig {
     pub silence_close_ms: u64,
     /// Open connections at once; further upgrades are answered 503.
     pub connections_max: usize,
+    /// Bytes the WebSocket reader asks of the socket at a time. tungstenite zero-fills this much
+    /// before every read, so a simulated socket, where a read costs no system call, reads best in
+    /// small pieces; a real one in large pieces.
+    pub read_buffer_bytes: usize,
     /// Spawn the server's tasks on the current `LocalSet` instead of the runtime. A simulation
     /// needs this: tokio files runtime tasks in shards by a process-wide task id, so the order in
     /// which a crash drops connections would depend on other threads; a `LocalSet` keeps one list.
@@ -85,6 +89,7 @@ impl ServerConfig {
             ping_interval_ms: 15_000,
             silence_close_ms: 30_000,
             connections_max: 100_000,
+            read_buffer_bytes: 8 * 1024,
             local_tasks: false,
             buggify: None,
         }

@@ -10,12 +10,13 @@ use roomlab_protocol::{encode_server, ClientMessage, ErrorCode, RoomId, ServerMe
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// A frame on its way to one connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outbound {
-    /// A JSON message.
-    Text(String),
+    /// A JSON message, shared by every connection that receives the same one.
+    Text(Utf8Bytes),
     /// A Yjs envelope.
     Yjs(YjsFrame),
     /// A WebSocket ping (conn.heartbeat).
@@ -302,17 +303,18 @@ impl Actor {
     }
 
     fn carry_out_all(&mut self, effects: Vec<Effect>) {
+        let mut encodings = Encodings::default();
         let reorder = self.buggify.as_ref().is_some_and(|b| b.fire(FaultPoint::BroadcastReorder));
         if reorder {
             let keyed: Vec<(ConnId, Effect)> =
                 effects.into_iter().map(|effect| (effect.conn(), effect)).collect();
             for (_, effect) in reorder_by_connection(keyed) {
-                self.carry_out(effect);
+                self.carry_out(effect, &mut encodings);
             }
             return;
         }
         for effect in effects {
-            self.carry_out(effect);
+            self.carry_out(effect, &mut encodings);
         }
     }
 
@@ -327,9 +329,9 @@ impl Actor {
         }
     }
 
-    fn carry_out(&mut self, effect: Effect) {
+    fn carry_out(&mut self, effect: Effect, encodings: &mut Encodings) {
         let (conn, frame) = match effect {
-            Effect::Send { conn, message } => (conn, Outbound::Text(encode_server(&message))),
+            Effect::Send { conn, message } => (conn, Outbound::Text(encodings.encode(message))),
             Effect::Yjs { conn, frame } => (conn, Outbound::Yjs(frame)),
             Effect::Close { conn, code, reason } => {
                 if let Some(outbox) = self.outboxes.get(&conn) {
@@ -344,15 +346,65 @@ impl Actor {
     }
 }
 
+/// The frames of the messages sent lately. A change reaches every subscriber as its own message,
+/// yet most are byte for byte the same (clients number their subscriptions alike, so the `sub`
+/// ids agree); each is encoded once and its frame shared.
+#[derive(Default)]
+struct Encodings {
+    recent: std::collections::VecDeque<(ServerMessage, Utf8Bytes)>,
+}
+
+impl Encodings {
+    /// Distinct messages remembered; a change's pushes alternate among a few.
+    const RECENT_MAX: usize = 8;
+
+    fn encode(&mut self, message: ServerMessage) -> Utf8Bytes {
+        if let Some((_, frame)) = self.recent.iter().find(|(sent, _)| *sent == message) {
+            return frame.clone();
+        }
+        let frame = Utf8Bytes::from(encode_server(&message));
+        if self.recent.len() == Self::RECENT_MAX {
+            self.recent.pop_back();
+        }
+        self.recent.push_front((message, frame.clone()));
+        frame
+    }
+}
+
 /// The error frame a connection answers itself, without its room (bad frames, for example).
 pub(crate) fn error_frame(code: ErrorCode, message: &str) -> Outbound {
     let body = roomlab_protocol::ErrorBody::new(code, message);
-    Outbound::Text(encode_server(&roomlab_protocol::ServerMessage::Error(body)))
+    Outbound::Text(encode_server(&roomlab_protocol::ServerMessage::Error(body)).into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn equal_messages_share_one_encoding_and_others_get_their_own() {
+        let pong = |nonce: u64| ServerMessage::Pong { nonce };
+        let mut encodings = Encodings::default();
+        let mut check = |message: ServerMessage, shared_with: Option<&Utf8Bytes>| {
+            let frame = encodings.encode(message.clone());
+            assert_eq!(frame.as_str(), encode_server(&message), "the frame is the message's encoding");
+            if let Some(earlier) = shared_with {
+                assert_eq!(frame.as_str().as_ptr(), earlier.as_str().as_ptr(), "{message:?} was not shared");
+            }
+            frame
+        };
+        let first = check(pong(1), None);
+        let second = check(pong(2), None);
+        assert_ne!(first.as_str().as_ptr(), second.as_str().as_ptr());
+        check(pong(1), Some(&first));
+        check(pong(2), Some(&second));
+        // Past the remembered few, the oldest is encoded afresh (and still correctly).
+        for nonce in 3..3 + Encodings::RECENT_MAX as u64 {
+            check(pong(nonce), None);
+        }
+        let again = check(pong(1), None);
+        assert_ne!(again.as_str().as_ptr(), first.as_str().as_ptr(), "pong 1 should have been forgotten");
+    }
 
     #[test]
     fn room_file_names_are_unique_and_plain() {

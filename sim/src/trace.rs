@@ -51,13 +51,20 @@ impl Trace {
 
     /// Records an event.
     pub fn record(&mut self, time_ms: u64, actor: &str, text: &str) {
+        self.record_prefixed(time_ms, actor, "", text);
+    }
+
+    /// Records the event `prefix` + `text`, without joining them unless the events are kept (a
+    /// frame is recorded as "< " or "> " and the frame; most runs keep only the hash).
+    pub fn record_prefixed(&mut self, time_ms: u64, actor: &str, prefix: &str, text: &str) {
         self.hash = fnv(self.hash, &time_ms.to_le_bytes());
         self.hash = fnv(self.hash, actor.as_bytes());
-        self.hash = fnv(fnv(self.hash, &[0]), text.as_bytes());
+        self.hash = fnv(fnv(fnv(self.hash, &[0]), prefix.as_bytes()), text.as_bytes());
         self.count += 1;
         if self.keep {
             self.checkpoints.push(self.hash);
-            self.events.push(Event { time_ms, actor: actor.to_string(), text: text.to_string() });
+            let text = format!("{prefix}{text}");
+            self.events.push(Event { time_ms, actor: actor.to_string(), text });
         }
     }
 
@@ -147,6 +154,11 @@ mod tests {
         };
         let (a, b, c) = (run(&["> x", "< y"]), run(&["> x", "< y"]), run(&["> x", "< z"]));
         assert_eq!(a.hash(), b.hash());
+        // A frame recorded with its direction apart is the same event as the joined text.
+        let mut parts = Trace::new(true);
+        parts.record_prefixed(0, "c1", "> ", "x");
+        parts.record_prefixed(1, "c1", "< ", "y");
+        assert_eq!((parts.hash(), parts.events()), (a.hash(), a.events()));
         assert_ne!(a.hash(), c.hash());
         assert_eq!(first_divergence(a.events(), b.events()), None);
         let (index, left, _) = first_divergence(a.events(), c.events()).unwrap();

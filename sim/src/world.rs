@@ -28,6 +28,9 @@ const PORT: u16 = 8787;
 const EPOCH_S: u64 = 1_767_225_600;
 /// How often the world looks at liveness and takes checkpoints, in simulated milliseconds.
 const POLL_MS: u64 = 100;
+/// What the simulated sockets read at a time: most frames are a few hundred bytes, and a
+/// simulated read costs no system call, so small reads zero-fill less (see `read_buffer_bytes`).
+const READ_BUFFER_BYTES: usize = 1024;
 const CHECKPOINT_MS: u64 = 5_000;
 /// How long everything must stay settled before the final checks.
 const QUIET_MS: u64 = 2_000;
@@ -210,6 +213,7 @@ fn server_config(
     config.seed = seed;
     config.idle_close_ms = 3_600_000;
     config.local_tasks = true;
+    config.read_buffer_bytes = READ_BUFFER_BYTES;
     config.buggify = buggify;
     config
 }
@@ -219,14 +223,18 @@ fn tap(trace: &SharedTrace, index: usize, user: UserId) -> roomlab_client::Tap {
     let actor = format!("c{index}");
     Arc::new(move |event: TapEvent<'_>| {
         let time_ms = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
+        // Frames, nearly every event, are recorded without a copy.
+        let frame = |prefix: &str, text: &str| {
+            trace.lock().expect("trace lock").record_prefixed(time_ms, &actor, prefix, text);
+        };
         let text = match event {
-            TapEvent::Connecting { attempt } => format!("connecting (attempt {attempt})"),
-            TapEvent::Connected => "connected".to_string(),
-            TapEvent::Sent(text) => format!("> {text}"),
+            TapEvent::Sent(text) => return frame("> ", text),
             TapEvent::Received(text) => {
                 check::private_leak(&user, text, &trace, &actor);
-                format!("< {text}")
+                return frame("< ", text);
             }
+            TapEvent::Connecting { attempt } => format!("connecting (attempt {attempt})"),
+            TapEvent::Connected => "connected".to_string(),
             TapEvent::SentYjs(frame) => format!("> {}", yjs_line(frame)),
             TapEvent::ReceivedYjs(frame) => format!("< {}", yjs_line(frame)),
             TapEvent::Disconnected { reason } => format!("disconnected: {reason}"),
@@ -272,6 +280,7 @@ fn client_config(
     config.seed = seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     config.tap = Some(tap(trace, index, identity.user.clone()));
     config.local_tasks = true;
+    config.read_buffer_bytes = READ_BUFFER_BYTES;
     config.mutant = mutant;
     config
 }
