@@ -306,7 +306,9 @@ impl Client {
         timeout: Duration,
         mut ready: impl FnMut(&Core) -> Option<T>,
     ) -> Result<T, ClientError> {
-        let deadline = Instant::now() + timeout;
+        // One timer for the whole wait, not one per change seen while waiting.
+        let expired = tokio::time::sleep_until(Instant::now() + timeout);
+        tokio::pin!(expired);
         loop {
             let changed = self.shared.changed.notified();
             if let Some(value) = ready(&self.shared.core()) {
@@ -318,7 +320,7 @@ impl Client {
             tokio::select! {
                 biased;
                 _ = changed => {}
-                _ = tokio::time::sleep_until(deadline) => return Err(ClientError::Timeout),
+                _ = &mut expired => return Err(ClientError::Timeout),
             }
         }
     }
@@ -471,7 +473,8 @@ impl YjsText {
         timeout: Duration,
         mut ready: impl FnMut(&str) -> bool,
     ) -> Result<String, ClientError> {
-        let deadline = Instant::now() + timeout;
+        let expired = tokio::time::sleep_until(Instant::now() + timeout);
+        tokio::pin!(expired);
         loop {
             let changed = self.shared.changed.notified();
             if self.is_synced() {
@@ -483,7 +486,7 @@ impl YjsText {
             tokio::select! {
                 biased;
                 _ = changed => {}
-                _ = tokio::time::sleep_until(deadline) => return Err(ClientError::Timeout),
+                _ = &mut expired => return Err(ClientError::Timeout),
             }
         }
     }

@@ -56,15 +56,21 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     panic!("{what} did not happen within 5 s");
 }
 
-#[tokio::test]
-async fn writes_are_confirmed_pushed_and_survive_a_reconnect() {
+/// A room with two members: alice writes, bob watches `t1` (not yet created) and is resynced.
+async fn watching_pair() -> (World, Client, Client, roomlab_client::Subscription) {
     let world = world().await;
     let alice = client(&world, "alice", Role::Member, "c-alice");
     let bob = client(&world, "bob", Role::Member, "c-bob");
     let watched = bob.subscribe(Target::Doc(doc("t1")));
-    let again = bob.subscribe(Target::Doc(doc("t1")));
     bob.wait_resynced(Duration::from_secs(5)).await.unwrap();
     assert!(matches!(watched.view(), View::Missing(_)), "{:?}", watched.view());
+    (world, alice, bob, watched)
+}
+
+#[tokio::test]
+async fn writes_are_confirmed_pushed_and_survive_a_reconnect() {
+    let (world, alice, bob, watched) = watching_pair().await;
+    let again = bob.subscribe(Target::Doc(doc("t1")));
 
     let ack = alice.mutate_confirmed(create("t1", json!({"title": "one"}))).await.unwrap();
     eventually("bob sees t1", || matches!(watched.view(), View::Doc(ref d) if d.seq == ack.seq)).await;
@@ -94,11 +100,7 @@ async fn writes_are_confirmed_pushed_and_survive_a_reconnect() {
 
 #[tokio::test]
 async fn a_stalled_client_reads_nothing_until_it_resumes() {
-    let world = world().await;
-    let alice = client(&world, "alice", Role::Member, "c-alice");
-    let bob = client(&world, "bob", Role::Member, "c-bob");
-    let watched = bob.subscribe(Target::Doc(doc("t1")));
-    bob.wait_resynced(Duration::from_secs(5)).await.unwrap();
+    let (_world, alice, bob, watched) = watching_pair().await;
     bob.stall(Duration::from_secs(60));
     let ack = alice.mutate_confirmed(create("t1", json!({"title": "one"}))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
