@@ -61,11 +61,12 @@ fn mutations(c: &mut Criterion) {
         })
     });
     let raw = |name: &str| directory.path().join(name);
-    raw_inserts(&mut group, &raw("raw.sqlite"), (None, 1), "raw rusqlite insert (baseline)");
+    raw_inserts(&mut group, &raw("raw.sqlite"), None, 1, "raw rusqlite insert (baseline)");
     raw_inserts(
         &mut group,
         &raw("raw-1k.sqlite"),
-        (Some(1024), 1),
+        Some(1024),
+        1,
         "raw rusqlite insert, 1 KiB pages like the room",
     );
     group.throughput(Throughput::Elements(GROUP));
@@ -83,7 +84,8 @@ fn mutations(c: &mut Criterion) {
     raw_inserts(
         &mut group,
         &raw("raw-1k-8.sqlite"),
-        (Some(1024), GROUP),
+        Some(1024),
+        GROUP,
         "raw rusqlite, 8 inserts per transaction, 1 KiB pages",
     );
     group.finish();
@@ -95,7 +97,8 @@ fn mutations(c: &mut Criterion) {
 fn raw_inserts(
     group: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
     path: &std::path::Path,
-    (page_bytes, per_transaction): (Option<i64>, u64),
+    page_bytes: Option<i64>,
+    per_transaction: u64,
     name: &str,
 ) {
     let raw = rusqlite::Connection::open(path).unwrap();

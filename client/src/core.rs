@@ -465,7 +465,7 @@ impl Core {
         } else if let Some(req) = body.req {
             self.answers.insert(req, ServerMessage::Error(body));
         } else if let Some(sub) = body.sub.clone() {
-            self.set_view(&sub, |view| *view = View::Refused(body));
+            self.set_view(&sub, |view, _| *view = View::Refused(body));
         } else if let (Some(doc), Some(field)) = (body.doc.clone(), body.field.as_deref()) {
             // docs/PROTOCOL.md §19: a refused Yjs frame is answered with its doc and field.
             if let Ok(field) = FieldName::new(field) {
@@ -476,10 +476,12 @@ impl Core {
         }
     }
 
-    fn set_view(&mut self, sub: &SubId, change: impl FnOnce(&mut View)) {
+    /// Changes the view of the subscription `sub` names (given its target, which a query diff
+    /// needs for the order), and announces the change.
+    fn set_view(&mut self, sub: &SubId, change: impl FnOnce(&mut View, &Target)) {
         let Some(key) = self.sub_keys.get(sub) else { return };
         let subscription = self.subscriptions.get_mut(key).expect("sub keys follow subscriptions");
-        change(&mut subscription.view);
+        change(&mut subscription.view, &subscription.target);
         self.answered(sub);
     }
 
@@ -489,44 +491,43 @@ impl Core {
                 for doc in &docs {
                     self.seen(&doc.id, doc.seq, "query:result");
                 }
-                self.set_view(&sub, |view| *view = View::Query { seq, docs });
+                self.set_view(&sub, |view, _| *view = View::Query { seq, docs });
             }
             ServerMessage::QueryDiff { sub, seq, added, changed, removed } => {
                 for doc in added.iter().chain(&changed) {
                     self.seen(&doc.id, doc.seq, "query:diff");
                 }
-                let Some(key) = self.sub_keys.get(&sub) else { return };
-                let subscription = self.subscriptions.get_mut(key).expect("sub keys follow subscriptions");
-                let query = match &subscription.target {
-                    Target::Query(query) => Some(query),
-                    _ => None,
-                };
-                apply_diff(&mut subscription.view, query, seq, added, changed, &removed);
-                self.answered(&sub);
+                self.set_view(&sub, |view, target| {
+                    let query = match target {
+                        Target::Query(query) => Some(query),
+                        _ => None,
+                    };
+                    apply_diff(view, query, seq, added, changed, &removed);
+                });
             }
             ServerMessage::DocSnapshot { sub, doc } => {
                 self.seen(&doc.id, doc.seq, "doc:snapshot");
-                self.set_view(&sub, |view| *view = View::Doc(doc));
+                self.set_view(&sub, |view, _| *view = View::Doc(doc));
             }
             ServerMessage::DocDiff { sub, doc, base, seq, lists } => {
                 self.doc_diff(&sub, &doc, base, seq, &lists)
             }
             ServerMessage::DocDeleted { sub, seq, .. } => {
-                self.set_view(&sub, |view| *view = View::Deleted(seq))
+                self.set_view(&sub, |view, _| *view = View::Deleted(seq))
             }
             ServerMessage::DocMissing { sub, seq, .. } => {
-                self.set_view(&sub, |view| *view = View::Missing(seq))
+                self.set_view(&sub, |view, _| *view = View::Missing(seq))
             }
             ServerMessage::BucketValue { sub: Some(sub), bucket, version, value, .. } => {
                 self.buckets.insert(bucket, (version, value.clone()));
-                self.set_view(&sub, |view| *view = View::Bucket { version, value });
+                self.set_view(&sub, |view, _| *view = View::Bucket { version, value });
             }
             ServerMessage::BucketDeleted { sub, seq, bucket } => {
                 self.buckets.remove(&bucket);
-                self.set_view(&sub, |view| *view = View::BucketDeleted(seq));
+                self.set_view(&sub, |view, _| *view = View::BucketDeleted(seq));
             }
             ServerMessage::AssetsList { sub: Some(sub), assets, .. } => {
-                self.set_view(&sub, |view| *view = View::Assets(assets));
+                self.set_view(&sub, |view, _| *view = View::Assets(assets));
             }
             _ => {}
         }

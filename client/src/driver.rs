@@ -172,7 +172,8 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut ws: Web
     // timer made afresh for each frame costs a timer-wheel insertion and removal per frame;
     // instead the timer keeps an earlier deadline and, when it fires early, is set again to the
     // beat as it now stands (the beat only ever moves later, so the timer never fires after it).
-    let beat = tokio::time::sleep_until(heard + ping_every.min(silence_max));
+    let beat_at = |heard: Instant, pinged: Instant| (heard.max(pinged) + ping_every).min(heard + silence_max);
+    let beat = tokio::time::sleep_until(beat_at(heard, pinged));
     tokio::pin!(beat);
     loop {
         let wake = shared.wake.notified();
@@ -195,7 +196,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut ws: Web
         }
         // client.heartbeat: a connection can die without a close reaching us (a half-open TCP
         // connection behind a partition); silence first earns a ping, then a reconnect.
-        let next_beat = (heard.max(pinged) + ping_every).min(heard + silence_max);
+        let next_beat = beat_at(heard, pinged);
         let frame = tokio::select! {
             biased;
             _ = control_changed => continue,
@@ -211,7 +212,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut ws: Web
                 }
                 nonce += 1;
                 pinged = Instant::now();
-                beat.as_mut().reset((heard.max(pinged) + ping_every).min(heard + silence_max));
+                beat.as_mut().reset(beat_at(heard, pinged));
                 if send(shared, &mut ws, encode(&roomlab_protocol::ClientMessage::Ping { nonce })).await.is_err() {
                     return End::Dropped { resynced };
                 }

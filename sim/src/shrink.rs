@@ -133,8 +133,12 @@ fn step_candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
     candidates.out
 }
 
-/// A pass's candidates for the best run so far.
-type Pass<'a> = &'a dyn Fn(&Shrunk) -> Vec<(String, Scenario)>;
+/// A pass: its candidates for the best run so far, and the seeds each candidate is tried on after
+/// the best run's own.
+struct Pass<'a> {
+    candidates: &'a dyn Fn(&Shrunk) -> Vec<(String, Scenario)>,
+    seeds: u64,
+}
 
 /// The first pass's candidates for the best run so far: its BUGGIFY points pinned, then
 /// [`candidates`].
@@ -262,13 +266,11 @@ pub fn shrink(
     let mut best = Shrunk { scenario: scenario.clone(), seed, report: first, runs: 1 };
     best.scenario.name = format!("{}-shrunk", scenario.name);
     let first_pass_runs = runs_max.saturating_sub(STEP_PASS_RUNS_MIN).max(runs_max / 2);
-    let (first, second) = (
-        (&first_pass as Pass, SHRINK_SEEDS_PER_CANDIDATE),
-        (&second_pass as Pass, SHRINK_STEP_SEEDS_PER_CANDIDATE),
-    );
-    descend(&mut best, first, first_pass_runs, &attempt, progress);
-    if descend(&mut best, second, runs_max, &attempt, progress) {
-        descend(&mut best, first, runs_max, &attempt, progress);
+    let first = Pass { candidates: &first_pass, seeds: SHRINK_SEEDS_PER_CANDIDATE };
+    let second = Pass { candidates: &second_pass, seeds: SHRINK_STEP_SEEDS_PER_CANDIDATE };
+    descend(&mut best, &first, first_pass_runs, &attempt, progress);
+    if descend(&mut best, &second, runs_max, &attempt, progress) {
+        descend(&mut best, &first, runs_max, &attempt, progress);
     }
     Some(best)
 }
@@ -280,7 +282,7 @@ pub fn shrink(
 /// whether any was taken.
 fn descend(
     best: &mut Shrunk,
-    (candidates, seeds): (Pass, u64),
+    pass: &Pass,
     runs_max: usize,
     attempt: &dyn Fn(&Scenario, u64) -> Report,
     progress: &mut dyn FnMut(&str, &Report),
@@ -288,18 +290,18 @@ fn descend(
     let mut taken = false;
     loop {
         let mut taken_in_pass = false;
-        let (mut list, mut index) = (candidates(best), 0);
+        let (mut list, mut index) = ((pass.candidates)(best), 0);
         while index < list.len() {
             if best.runs >= runs_max {
                 return taken;
             }
-            match try_seeds(best, (&list[index].1, seeds), runs_max, attempt) {
+            match try_seeds(best, &list[index].1, pass.seeds, runs_max, attempt) {
                 Some((seed, report)) => {
                     let (what, candidate) = list.swap_remove(index);
                     progress(&what, &report);
                     *best = Shrunk { scenario: candidate, seed, report, runs: best.runs };
                     taken_in_pass = true;
-                    list = candidates(best);
+                    list = (pass.candidates)(best);
                 }
                 None => index += 1,
             }
@@ -315,7 +317,8 @@ fn descend(
 /// its report.
 fn try_seeds(
     best: &mut Shrunk,
-    (candidate, seeds): (&Scenario, u64),
+    candidate: &Scenario,
+    seeds: u64,
     runs_max: usize,
     attempt: &dyn Fn(&Scenario, u64) -> Report,
 ) -> Option<(u64, Report)> {
