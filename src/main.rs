@@ -311,3 +311,10 @@ fn main() -> Result<()> {
         Command::Frame { frame_bytes_max, server } => run_frame(frame_bytes_max, server),
     }
 }
+
+/// mimalloc instead of the system allocator: a simulated run allocates a JSON tree for every
+/// document of every frame each virtual client receives, and glibc's malloc and free took a fifth
+/// of its time (BENCHMARKS.md). The allocator does not change what a run computes, so a seed's
+/// trace is the same under either.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

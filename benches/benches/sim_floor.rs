@@ -13,6 +13,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 use tokio_tungstenite::tungstenite::Message;
 
+/// The allocator `roomlab sim` runs with (see src/main.rs), for the floor and the simulation alike.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const CLIENTS: usize = 100;
 const CLIENT_HOSTS: usize = 4;
 const SIMULATED_S: u64 = 60;

@@ -82,6 +82,44 @@ impl Change {
     }
 }
 
+/// One change on its way to the subscriptions: what it touched, snapshots of its changed documents
+/// (with their types), and the query answers worked out so far.
+struct Pushing<'t> {
+    touched: &'t Touched,
+    changed: &'t [(DocId, Option<DocSnapshot>, Option<DocType>)],
+    answers: Answers,
+}
+
+/// Query answers worked out while one change is pushed. Subscribers who run the same query with
+/// the same read access (`Room::read_access`) see the same answer, so it is worked out once for all
+/// of them: in a room whose clients watch alike, a change otherwise re-evaluated one query for
+/// every subscriber.
+#[derive(Default)]
+struct Answers {
+    known: Vec<Answer>,
+}
+
+struct Answer {
+    query: roomlab_protocol::Query,
+    role: roomlab_protocol::Role,
+    owner: Option<UserId>,
+    documents: Vec<DocSnapshot>,
+}
+
+impl Answers {
+    fn answer(&mut self, room: &Room, query: &roomlab_protocol::Query, reader: &Identity) -> &[DocSnapshot] {
+        let (role, owner) = room.read_access(&query.collection, reader);
+        let found =
+            self.known.iter().position(|a| a.role == role && a.owner.as_ref() == owner && a.query == *query);
+        let index = found.unwrap_or_else(|| {
+            let documents = room.query_result(query, reader);
+            self.known.push(Answer { query: query.clone(), role, owner: owner.cloned(), documents });
+            self.known.len() - 1
+        });
+        &self.known[index].documents
+    }
+}
+
 /// What a committed change touched, to find the subscriptions it may affect.
 #[derive(Default)]
 pub(crate) struct Touched {
@@ -497,12 +535,13 @@ impl Room {
             .collect();
         let mut connections = std::mem::take(&mut self.connections);
         let mut effects = Vec::new();
+        let mut pushing = Pushing { touched, changed: &changed, answers: Answers::default() };
         for (conn, sub) in targets {
             let peer = connections.get_mut(&conn).expect("watchers name live connections");
             let reader = self.effective(&peer.identity);
             let Peer { subscriptions, .. } = peer;
             let subscription = subscriptions.get_mut(&sub).expect("watchers name live subscriptions");
-            let pushed = self.push_one(&sub, subscription, touched, &changed, &reader);
+            let pushed = self.push_one(&sub, subscription, &mut pushing, &reader);
             effects.extend(pushed.map(|message| Effect::Send { conn, message }));
         }
         self.connections = connections;
@@ -513,21 +552,13 @@ impl Room {
         &self,
         sub: &SubId,
         subscription: &mut Subscription,
-        touched: &Touched,
-        changed: &[(DocId, Option<DocSnapshot>, Option<DocType>)],
+        pushing: &mut Pushing<'_>,
         reader: &Identity,
     ) -> Option<ServerMessage> {
+        let touched = pushing.touched;
         let reread = touched.readers.contains(&reader.user);
         match subscription {
-            Subscription::Query { query, result } => {
-                let full = reread || touched.schemas.contains(&query.collection);
-                let relevant: Vec<_> =
-                    changed.iter().filter(|(_, _, t)| t.as_ref() == Some(&query.collection)).collect();
-                if !full && relevant.is_empty() {
-                    return None;
-                }
-                self.query_push(sub, query, result, &relevant, full, reader)
-            }
+            Subscription::Query { query, result } => self.query_push(sub, query, result, reader, pushing),
             Subscription::Doc { doc, last } => {
                 let affected = match doc.as_str() {
                     "sys:index" => touched.index,
@@ -638,10 +669,16 @@ impl Room {
         sub: &SubId,
         query: &roomlab_protocol::Query,
         result: &mut BTreeMap<DocId, u64>,
-        changed: &[&(DocId, Option<DocSnapshot>, Option<DocType>)],
-        full: bool,
         reader: &Identity,
+        pushing: &mut Pushing<'_>,
     ) -> Option<ServerMessage> {
+        let full = pushing.touched.readers.contains(&reader.user)
+            || pushing.touched.schemas.contains(&query.collection);
+        let changed: Vec<_> =
+            pushing.changed.iter().filter(|(_, _, t)| t.as_ref() == Some(&query.collection)).collect();
+        if !full && changed.is_empty() {
+            return None;
+        }
         let visible = |id, snapshot| self.visible(query, reader, id, snapshot);
         let windowed = query.limit.is_some();
         let needs_full = full
@@ -650,7 +687,7 @@ impl Room {
                     .iter()
                     .any(|(id, snapshot, _)| result.contains_key(id) || visible(id, snapshot).is_some()));
         if needs_full {
-            return diff(sub, self.seq, result, self.query_result(query, reader));
+            return diff(sub, self.seq, result, pushing.answers.answer(self, query, reader));
         }
         let (mut added, mut changed_docs, mut removed) = (Vec::new(), Vec::new(), Vec::new());
         for (id, snapshot) in changed.iter().map(|(id, snapshot, _)| (id, snapshot)) {
@@ -738,7 +775,7 @@ fn diff(
     sub: &SubId,
     seq: u64,
     result: &mut BTreeMap<DocId, u64>,
-    fresh: Vec<DocSnapshot>,
+    fresh: &[DocSnapshot],
 ) -> Option<ServerMessage> {
     let mut added = Vec::new();
     let mut changed = Vec::new();

@@ -520,6 +520,16 @@ impl Room {
         self.schemas.get(doc_type).unwrap_or_else(|| DEFAULT.get_or_init(Schema::default))
     }
 
+    /// What of `reader` decides which stored documents of `doc_type` they may read (see `can_read`):
+    /// their role, and who they are where only owners read. Readers alike in this read alike.
+    pub(crate) fn read_access<'r>(
+        &self,
+        doc_type: &DocType,
+        reader: &'r Identity,
+    ) -> (Role, Option<&'r UserId>) {
+        (reader.role, self.schema(doc_type).reads_by_owner().then_some(&reader.user))
+    }
+
     /// Whether `reader` may read `document` (docs/PROTOCOL.md access.*). Schemas are read by everyone.
     pub(crate) fn can_read(&self, reader: &Identity, id: &DocId, document: &Document) -> bool {
         id.schema_for().is_some()

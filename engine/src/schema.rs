@@ -149,6 +149,11 @@ impl Schema {
         admits(self.access.read, role, is_owner)
     }
 
+    /// Whether reading depends on who owns the document (owner-read collections), not on the role alone.
+    pub fn reads_by_owner(&self) -> bool {
+        self.access.read.role().is_none()
+    }
+
     /// Whether a writer may write an existing document (`is_owner` known) or create one (`None`).
     /// A viewer never writes; creating in an owner-write collection needs member.
     pub fn can_write(&self, role: Role, is_owner: Option<bool>) -> bool {

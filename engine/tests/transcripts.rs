@@ -205,6 +205,42 @@ fn queries_push_diffs() {
     )));
 }
 
+/// One change re-evaluates a limited query once for every reader who reads alike, and only for
+/// them: owners of an owner-read collection each get their own answer, a viewer where members read
+/// gets none, and two connections of one user get the same (docs/PROTOCOL.md query.access).
+#[test]
+fn limited_queries_answer_each_reader_by_their_access() {
+    insta::assert_snapshot!(check(
+        r#"
+        connect 1 ada admin
+        connect 2 bob member
+        connect 3 bob member
+        connect 4 cat member
+        connect 5 val viewer
+        1 {"type":"hello","protocol":1,"client":"ca"}
+        2 {"type":"hello","protocol":1,"client":"cb"}
+        3 {"type":"hello","protocol":1,"client":"cb2"}
+        4 {"type":"hello","protocol":1,"client":"cc"}
+        5 {"type":"hello","protocol":1,"client":"cv"}
+        1 {"type":"mutate","mid":1,"op":"create","doc":"sys:schema:notes","doc_type":"sys","data":{"access":{"read":"owner","write":"owner"}}}
+        1 {"type":"mutate","mid":2,"op":"create","doc":"sys:schema:tasks","doc_type":"sys","data":{"access":{"read":"member","write":"member"}}}
+        2 {"type":"subscribe","sub":"n","query":{"collection":"notes","order_by":[{"field":"rank"}],"limit":2}}
+        3 {"type":"subscribe","sub":"n","query":{"collection":"notes","order_by":[{"field":"rank"}],"limit":2}}
+        4 {"type":"subscribe","sub":"n","query":{"collection":"notes","order_by":[{"field":"rank"}],"limit":2}}
+        1 {"type":"subscribe","sub":"t","query":{"collection":"tasks","order_by":[{"field":"rank"}],"limit":2}}
+        4 {"type":"subscribe","sub":"t","query":{"collection":"tasks","order_by":[{"field":"rank"}],"limit":2}}
+        5 {"type":"subscribe","sub":"t","query":{"collection":"tasks","order_by":[{"field":"rank"}],"limit":2}}
+        2 {"type":"mutate","mid":1,"op":"create","doc":"n1","doc_type":"notes","data":{"rank":2}}
+        4 {"type":"mutate","mid":1,"op":"create","doc":"n2","doc_type":"notes","data":{"rank":1}}
+        2 {"type":"mutate","mid":2,"op":"create","doc":"t1","doc_type":"tasks","data":{"rank":2}}
+        4 {"type":"mutate","mid":3,"op":"create","doc":"t2","doc_type":"tasks","data":{"rank":1}}
+        1 {"type":"mutate","mid":3,"op":"put","doc":"sys:schema:tasks","data":{"access":{"read":"viewer","write":"member"}}}
+        1 {"type":"mutate","mid":4,"op":"put","doc":"sys:schema:notes","data":{"access":{"read":"owner","write":"owner"},"fields":{"rank":{"type":"number"}}}}
+        3 {"type":"mutate","mid":1,"op":"patch","doc":"n1","data":{"rank":3}}
+        "#
+    ));
+}
+
 #[test]
 fn guards_replay_and_crash_recovery() {
     insta::assert_snapshot!(check(&format!(

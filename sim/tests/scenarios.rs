@@ -9,6 +9,10 @@
 use roomlab_sim::{check_determinism, repro_line, run, Report, RunConfig, Scenario, NAMES};
 use std::fmt::Write;
 
+/// The allocator `roomlab sim` runs with (see src/main.rs), so these runs cost what the command's do.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn seeds() -> u64 {
     std::env::var("ROOMLAB_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(50)
 }
