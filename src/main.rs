@@ -313,8 +313,8 @@ fn main() -> Result<()> {
 }
 
 /// mimalloc instead of the system allocator: a simulated run allocates a JSON tree for every
-/// document of every frame each virtual client receives, and glibc's malloc and free took a fifth
-/// of its time (BENCHMARKS.md). The allocator does not change what a run computes, so a seed's
+/// document of every frame each virtual client receives, and glibc's malloc and free took about
+/// 13 % of its time (BENCHMARKS.md). The allocator does not change what a run computes, so a seed's
 /// trace is the same under either.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
