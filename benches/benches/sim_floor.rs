@@ -3,8 +3,9 @@
 //! against the full simulation (the real server and clients, faults, every invariant checked).
 //!
 //! `cargo bench -p roomlab-benches --bench sim_floor` prints, for each, client operations per wall
-//! second and simulated seconds per wall second. Not a criterion bench: one run of each is a whole
-//! simulated world, and the figures are the ones BENCHMARKS.md compares.
+//! second and simulated seconds per wall second, in rounds (`ROOMLAB_FLOOR_ROUNDS`, default 3), each
+//! scenario beside the floor of its own round, then the medians. Not a criterion bench: one run of
+//! each is a whole simulated world, and the figures are the ones BENCHMARKS.md compares.
 
 use futures_util::{SinkExt, StreamExt};
 use roomlab_sim::{run, RunConfig, Scenario};
@@ -88,37 +89,100 @@ fn floor(seed: u64) -> (u64, Duration) {
     (operations.get(), started.elapsed())
 }
 
+/// One round's figures for one world: client operations, simulated seconds and wall seconds.
+#[derive(Clone, Copy)]
+struct Figures {
+    operations: u64,
+    simulated_s: f64,
+    wall_s: f64,
+}
+
+impl Figures {
+    fn per_wall_second(self) -> f64 {
+        self.operations as f64 / self.wall_s
+    }
+
+    fn speed(self) -> f64 {
+        self.simulated_s / self.wall_s
+    }
+}
+
+/// Three seeds of an embedded scenario through the whole simulation.
+fn simulation(name: &str) -> Figures {
+    let scenario = Scenario::load(name).expect("an embedded scenario");
+    let mut figures = Figures { operations: 0, simulated_s: 0.0, wall_s: 0.0 };
+    for seed in 0..3 {
+        let started = Instant::now();
+        let report = run(&RunConfig { scenario: scenario.clone(), seed, keep_trace: false, mutant: None });
+        figures.wall_s += started.elapsed().as_secs_f64();
+        figures.operations += report.operations;
+        figures.simulated_s += report.sim_ms as f64 / 1_000.0;
+        assert!(report.passed(), "{name} seed {seed}: {:?}", report.failures);
+    }
+    figures
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Rounds of the floor and both scenarios, one after another (`ROOMLAB_FLOOR_ROUNDS`, default 3).
+/// This machine's speed can swing by a third within minutes, so each scenario is compared with the
+/// floor of its own round, and the summary gives the medians over rounds.
+fn rounds() -> usize {
+    std::env::var("ROOMLAB_FLOOR_ROUNDS").ok().and_then(|r| r.parse().ok()).filter(|r| *r > 0).unwrap_or(3)
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; anything else (cargo test's harness flags) runs nothing.
     if !std::env::args().any(|arg| arg == "--bench") {
         return;
     }
-    let (operations, wall) = floor(1);
-    println!(
-        "floor (turmoil + tungstenite + one SQLite insert, {CLIENTS} clients, {SIMULATED_S} simulated s): \
-         {operations} operations in {:.2} s wall: {:.0} operations per wall second, {:.1}x real time",
-        wall.as_secs_f64(),
-        operations as f64 / wall.as_secs_f64(),
-        SIMULATED_S as f64 / wall.as_secs_f64()
-    );
-    for name in ["swarm", "crash-recovery"] {
-        let scenario = Scenario::load(name).expect("an embedded scenario");
-        let (mut operations, mut simulated_ms, mut wall_s) = (0, 0, 0.0);
-        for seed in 0..3 {
-            let started = Instant::now();
-            let report =
-                run(&RunConfig { scenario: scenario.clone(), seed, keep_trace: false, mutant: None });
-            wall_s += started.elapsed().as_secs_f64();
-            operations += report.operations;
-            simulated_ms += report.sim_ms;
-            assert!(report.passed(), "{name} seed {seed}: {:?}", report.failures);
-        }
+    const NAMES: [&str; 2] = ["swarm", "crash-recovery"];
+    // Per round: the floor, then each scenario.
+    let mut measured: Vec<[Figures; 3]> = Vec::new();
+    for round in 1..=rounds() {
+        let (operations, wall) = floor(1);
+        let floor = Figures { operations, simulated_s: SIMULATED_S as f64, wall_s: wall.as_secs_f64() };
         println!(
-            "simulation {name} ({} clients, 3 seeds, every invariant checked): {operations} operations in \
-             {wall_s:.2} s wall: {:.0} operations per wall second, {:.1}x real time",
-            scenario.clients,
-            operations as f64 / wall_s,
-            simulated_ms as f64 / 1_000.0 / wall_s
+            "round {round}: floor (turmoil + tungstenite + one SQLite insert, {CLIENTS} clients, {SIMULATED_S} \
+             simulated s): {operations} operations in {:.2} s wall: {:.0} operations per wall second, {:.1}x real time",
+            floor.wall_s,
+            floor.per_wall_second(),
+            floor.speed()
+        );
+        let scenarios = NAMES.map(|name| {
+            let figures = simulation(name);
+            println!(
+                "round {round}: simulation {name} (3 seeds, every invariant checked): {} operations in {:.2} s \
+                 wall: {:.0} operations per wall second ({:.1} % of this round's floor), {:.1}x real time",
+                figures.operations,
+                figures.wall_s,
+                figures.per_wall_second(),
+                100.0 * figures.per_wall_second() / floor.per_wall_second(),
+                figures.speed()
+            );
+            figures
+        });
+        measured.push([floor, scenarios[0], scenarios[1]]);
+    }
+    let over_rounds = |figure: &dyn Fn(&[Figures; 3]) -> f64| median(measured.iter().map(figure).collect());
+    println!(
+        "medians over {} rounds: floor {:.0} operations per wall second, {:.1}x real time",
+        measured.len(),
+        over_rounds(&|round| round[0].per_wall_second()),
+        over_rounds(&|round| round[0].speed())
+    );
+    for (index, name) in NAMES.into_iter().enumerate() {
+        let at = index + 1;
+        println!(
+            "medians over {} rounds: {name} {:.0} operations per wall second, {:.1} % of its round's floor, \
+             {:.1}x real time",
+            measured.len(),
+            over_rounds(&|round| round[at].per_wall_second()),
+            over_rounds(&|round| 100.0 * round[at].per_wall_second() / round[0].per_wall_second()),
+            over_rounds(&|round| round[at].speed())
         );
     }
 }
