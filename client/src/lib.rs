@@ -197,6 +197,30 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Waits until `answer` gives the wait's outcome, looking again after every change the
+    /// connection makes; `Timeout` after `timeout`. One timer serves the whole wait, not one per
+    /// change seen while waiting.
+    async fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        mut answer: impl FnMut() -> Option<Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let expired = tokio::time::sleep_until(Instant::now() + timeout);
+        tokio::pin!(expired);
+        loop {
+            // Registered before looking, so a change made between the look and the wait still wakes it.
+            let changed = self.changed.notified();
+            if let Some(outcome) = answer() {
+                return outcome;
+            }
+            tokio::select! {
+                biased;
+                _ = changed => {}
+                _ = &mut expired => return Err(ClientError::Timeout),
+            }
+        }
+    }
+
     pub fn core(&self) -> MutexGuard<'_, core::Core> {
         self.core.lock().expect("client core lock")
     }
@@ -306,23 +330,13 @@ impl Client {
         timeout: Duration,
         mut ready: impl FnMut(&Core) -> Option<T>,
     ) -> Result<T, ClientError> {
-        // One timer for the whole wait, not one per change seen while waiting.
-        let expired = tokio::time::sleep_until(Instant::now() + timeout);
-        tokio::pin!(expired);
-        loop {
-            let changed = self.shared.changed.notified();
-            if let Some(value) = ready(&self.shared.core()) {
-                return Ok(value);
-            }
-            if let Some(code) = self.shared.control().refused {
-                return Err(ClientError::ConnectionRefused(code));
-            }
-            tokio::select! {
-                biased;
-                _ = changed => {}
-                _ = &mut expired => return Err(ClientError::Timeout),
-            }
-        }
+        let shared = &self.shared;
+        shared
+            .wait_until(timeout, || match ready(&shared.core()) {
+                Some(value) => Some(Ok(value)),
+                None => shared.control().refused.map(|code| Err(ClientError::ConnectionRefused(code))),
+            })
+            .await
     }
 
     /// Subscribes to `target`; identical subscriptions share one server subscription.
@@ -473,22 +487,8 @@ impl YjsText {
         timeout: Duration,
         mut ready: impl FnMut(&str) -> bool,
     ) -> Result<String, ClientError> {
-        let expired = tokio::time::sleep_until(Instant::now() + timeout);
-        tokio::pin!(expired);
-        loop {
-            let changed = self.shared.changed.notified();
-            if self.is_synced() {
-                let text = self.text();
-                if ready(&text) {
-                    return Ok(text);
-                }
-            }
-            tokio::select! {
-                biased;
-                _ = changed => {}
-                _ = &mut expired => return Err(ClientError::Timeout),
-            }
-        }
+        let answer = || self.is_synced().then(|| self.text()).filter(|text| ready(text)).map(Ok);
+        self.shared.wait_until(timeout, answer).await
     }
 }
 

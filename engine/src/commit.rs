@@ -556,7 +556,6 @@ impl Room {
         reader: &Identity,
     ) -> Option<ServerMessage> {
         let touched = pushing.touched;
-        let reread = touched.readers.contains(&reader.user);
         match subscription {
             Subscription::Query { query, result } => self.query_push(sub, query, result, reader, pushing),
             Subscription::Doc { doc, last } => {
@@ -572,7 +571,7 @@ impl Room {
                     _ => {
                         let of_type =
                             self.docs.get(doc).is_some_and(|d| touched.schemas.contains(&d.doc_type));
-                        touched.docs.contains(doc) || reread || of_type
+                        touched.docs.contains(doc) || touched.readers.contains(&reader.user) || of_type
                     }
                 };
                 if !affected {

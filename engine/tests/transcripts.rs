@@ -207,7 +207,7 @@ fn queries_push_diffs() {
 
 /// One change re-evaluates a limited query once for every reader who reads alike, and only for
 /// them: owners of an owner-read collection each get their own answer, a viewer where members read
-/// gets none, and two connections of one user get the same (docs/PROTOCOL.md query.access).
+/// gets none, and two connections of one user get the same (docs/PROTOCOL.md query.read-access).
 #[test]
 fn limited_queries_answer_each_reader_by_their_access() {
     insta::assert_snapshot!(check(
