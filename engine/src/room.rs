@@ -454,7 +454,10 @@ impl Room {
             ClientMessage::Ping { nonce } => reply(ServerMessage::Pong { nonce }),
             ClientMessage::Subscribe { sub, target } => self.subscribe(conn, sub, target),
             ClientMessage::Unsubscribe { sub } => self.unsubscribe(conn, sub),
-            ClientMessage::Mutate { mid, mutation } => self.mutate(conn, mid, mutation, now_ms),
+            ClientMessage::Mutate { mid, mutation } => {
+                let effects = self.mutate(conn, mid, mutation, now_ms);
+                self.close_after_internal(conn, effects)
+            }
             ClientMessage::BucketGet { req, bucket, if_version } => {
                 reply(self.bucket_get(conn, req, bucket, if_version))
             }
@@ -471,6 +474,25 @@ impl Room {
                 Vec::new()
             }
         }
+    }
+
+    /// After a mutation answered `internal`, closes its connection with 1011 and forgets it, so the
+    /// room processes nothing more the connection sent (docs/PROTOCOL.md
+    /// mutation.replay.internal-not-remembered). The failed `mid` is not remembered; had a later
+    /// `mid` of the same connection been processed, the failed one would fall below the client's
+    /// newest processed id, and a client whose `internal` answer was lost would get
+    /// `replay_expired` for it on its next connection instead of running it afresh.
+    fn close_after_internal(&mut self, conn: ConnId, mut effects: Vec<Effect>) -> Vec<Effect> {
+        let internal = |effect: &Effect| {
+            matches!(effect, Effect::Send { conn: to, message: ServerMessage::Error(body) }
+                if *to == conn && body.code == ErrorCode::Internal)
+        };
+        if effects.iter().any(internal) {
+            self.disconnect(conn);
+            let reason = "the room failed to process a mutation".to_string();
+            effects.push(Effect::Close { conn, code: 1011, reason });
+        }
+        effects
     }
 
     fn hello(&mut self, conn: ConnId, protocol: u32, client: ClientId) -> Vec<Effect> {

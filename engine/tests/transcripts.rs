@@ -125,6 +125,13 @@ fn check(script: &str) -> String {
             }
             _ => panic!("bad script line {line}"),
         };
+        // A closed connection is gone, as the server would report it once its socket closes.
+        for effect in &effects {
+            if let Effect::Close { conn, .. } = effect {
+                room.disconnect(*conn);
+                connections.retain(|(c, _)| c != conn);
+            }
+        }
         room.check_invariants();
         transcript.push_str(&format!("> {line}\n"));
         render(&mut transcript, effects);
@@ -263,8 +270,10 @@ fn guards_replay_and_crash_recovery() {
 
 /// A commit the disk refuses (the engine's BUGGIFY storage fault) rolls the change back: the
 /// writer is answered `internal`, nobody is pushed anything, usage does not move, and the `mid` is
-/// not remembered, so sending it again once the disk works executes it afresh
-/// (docs/PROTOCOL.md mutation.replay.internal-not-remembered). After a restart the room holds
+/// not remembered (docs/PROTOCOL.md mutation.replay.internal-not-remembered). The room closes the
+/// writer's connection with 1011 and ignores what it sent after the failed `mid` (here once the
+/// disk works again), so on the next connection the failed `mid` executes afresh instead of falling
+/// below a newer processed one, and the one after it executes too. After a restart the room holds
 /// only what was committed.
 #[test]
 fn failed_commits_roll_back() {
@@ -275,10 +284,13 @@ fn failed_commits_roll_back() {
         1 {"type":"mutate","mid":1,"op":"create","doc":"a","doc_type":"notes","data":{"n":1}}
         disk fails
         1 {"type":"mutate","mid":2,"op":"create","doc":"b","doc_type":"notes","data":{"n":2}}
+        disk works
         1 {"type":"mutate","mid":3,"op":"put","doc":"a","data":{"n":3}}
         usage alice
-        disk works
-        1 {"type":"mutate","mid":2,"op":"create","doc":"b","doc_type":"notes","data":{"n":2}}
+        connect 3 alice member
+        3 {"type":"hello","protocol":1,"client":"ca"}
+        3 {"type":"mutate","mid":2,"op":"create","doc":"b","doc_type":"notes","data":{"n":2}}
+        3 {"type":"mutate","mid":3,"op":"put","doc":"a","data":{"n":3}}
         usage alice
         reopen
         2 {"type":"hello","protocol":1,"client":"cb"}
