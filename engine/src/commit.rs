@@ -108,12 +108,15 @@ struct Answer {
 
 impl Answers {
     fn answer(&mut self, room: &Room, query: &roomlab_protocol::Query, reader: &Identity) -> &[DocSnapshot] {
-        let (role, owner) = room.read_access(&query.collection, reader);
-        let found =
-            self.known.iter().position(|a| a.role == role && a.owner.as_ref() == owner && a.query == *query);
+        let access = room.read_access(&query.collection, reader);
+        let found = self
+            .known
+            .iter()
+            .position(|a| a.role == access.role && a.owner.as_ref() == access.owner && a.query == *query);
         let index = found.unwrap_or_else(|| {
-            let documents = room.query_result(query, reader);
-            self.known.push(Answer { query: query.clone(), role, owner: owner.cloned(), documents });
+            let documents = room.query_result(query, access);
+            let owner = access.owner.cloned();
+            self.known.push(Answer { query: query.clone(), role: access.role, owner, documents });
             self.known.len() - 1
         });
         &self.known[index].documents

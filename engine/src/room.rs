@@ -154,6 +154,14 @@ pub(crate) enum Subscription {
     Bucket { name: BucketName, backend: Backend, shown: bool },
 }
 
+/// A reader's access to one collection (`Room::read_access`): all that read checks look at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReadAccess<'r> {
+    pub role: Role,
+    /// The reader, where only owners read; `None` where the role alone decides.
+    pub owner: Option<&'r UserId>,
+}
+
 /// One connected peer: who it is, its client id once greeted, and its subscriptions.
 #[derive(Debug)]
 pub(crate) struct Peer {
@@ -542,21 +550,24 @@ impl Room {
         self.schemas.get(doc_type).unwrap_or_else(|| DEFAULT.get_or_init(Schema::default))
     }
 
-    /// What of `reader` decides which stored documents of `doc_type` they may read (see `can_read`):
-    /// their role, and who they are where only owners read. Readers alike in this read alike.
-    pub(crate) fn read_access<'r>(
-        &self,
-        doc_type: &DocType,
-        reader: &'r Identity,
-    ) -> (Role, Option<&'r UserId>) {
-        (reader.role, self.schema(doc_type).reads_by_owner().then_some(&reader.user))
+    /// Everything of `reader` that decides which stored documents of `doc_type` they may read:
+    /// their role, and who they are where only owners read. Every read check goes through it, so
+    /// readers with equal access read alike, and an answer worked out for one serves the others.
+    pub(crate) fn read_access<'r>(&self, doc_type: &DocType, reader: &'r Identity) -> ReadAccess<'r> {
+        let owner = self.schema(doc_type).reads_by_owner().then_some(&reader.user);
+        ReadAccess { role: reader.role, owner }
     }
 
     /// Whether `reader` may read `document` (docs/PROTOCOL.md access.*). Schemas are read by everyone.
     pub(crate) fn can_read(&self, reader: &Identity, id: &DocId, document: &Document) -> bool {
+        self.admits_read(self.read_access(&document.doc_type, reader), id, document)
+    }
+
+    /// Whether a reader with `access` to the document's type may read it.
+    fn admits_read(&self, access: ReadAccess<'_>, id: &DocId, document: &Document) -> bool {
         id.schema_for().is_some()
-            || self.schema(&document.doc_type).can_read(reader.role, reader.user == document.owner)
-            || (Mutant::OwnerReadByAdmin.planted(self.config.mutant) && reader.role == Role::Admin)
+            || self.schema(&document.doc_type).can_read(access.role, access.owner == Some(&document.owner))
+            || (Mutant::OwnerReadByAdmin.planted(self.config.mutant) && access.role == Role::Admin)
     }
 
     fn subscribe(&mut self, conn: ConnId, sub: SubId, target: Target) -> Vec<Effect> {
@@ -609,7 +620,8 @@ impl Room {
         Ok(match target {
             Target::Query(query) => {
                 query.check().map_err(|e| refuse(ErrorCode::Invalid, e.to_string()))?;
-                let docs: Vec<DocSnapshot> = self.query_result(&query, reader);
+                let docs: Vec<DocSnapshot> =
+                    self.query_result(&query, self.read_access(&query.collection, reader));
                 let result = docs.iter().map(|d| (d.id.clone(), d.seq)).collect();
                 let first = ServerMessage::QueryResult { sub: sub.clone(), seq: self.seq, docs };
                 (Subscription::Query { query, result }, first)
@@ -701,13 +713,13 @@ impl Room {
     }
 
     /// The documents a reader sees for `query`, in order.
-    pub(crate) fn query_result(&self, query: &Query, reader: &Identity) -> Vec<DocSnapshot> {
+    pub(crate) fn query_result(&self, query: &Query, access: ReadAccess<'_>) -> Vec<DocSnapshot> {
         // Filtered and ordered in place: only the documents of the result are copied into snapshots.
         let candidates: Vec<Stored<'_>> = self
             .docs
             .iter()
             .filter(|(id, d)| d.doc_type == query.collection && d.deleted.is_none() && !id.is_system())
-            .filter(|(id, d)| self.can_read(reader, id, d))
+            .filter(|(id, d)| self.admits_read(access, id, d))
             .map(|(id, document)| Stored { id, document })
             .collect();
         query.evaluate(&candidates).into_iter().map(|s| s.document.snapshot(s.id)).collect()
