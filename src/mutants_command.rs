@@ -49,6 +49,7 @@ pub fn scenario_for(mutant: Mutant) -> &'static str {
         Mutant::PurgeKeepsUsage | Mutant::QuotaCheckedBeforeWrite => "quota-pressure",
         Mutant::QuotaEdgeRefused => "quota-pressure",
         Mutant::AckBeforeCommit | Mutant::CommitErrorIgnored => "crash-recovery",
+        Mutant::InternalKeepsConnection => "crash-recovery",
         Mutant::CreateDeletedAnswersExists => "quota-pressure",
         Mutant::ListTiesByArrival => "fracdex-contention",
         Mutant::BucketGuardIgnored => "bucket-contracts",

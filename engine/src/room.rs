@@ -495,7 +495,7 @@ impl Room {
             matches!(effect, Effect::Send { conn: to, message: ServerMessage::Error(body) }
                 if *to == conn && body.code == ErrorCode::Internal)
         };
-        if effects.iter().any(internal) {
+        if effects.iter().any(internal) && !Mutant::InternalKeepsConnection.planted(self.config.mutant) {
             self.disconnect(conn);
             let reason = "the room failed to process a mutation".to_string();
             effects.push(Effect::Close { conn, code: 1011, reason });

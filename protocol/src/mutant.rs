@@ -47,11 +47,14 @@ pub enum Mutant {
     /// on, though the disk took nothing (docs/PROTOCOL.md ack.after-commit and
     /// mutation.replay.internal-not-remembered).
     CommitErrorIgnored,
+    /// After a mutation answered `internal` the connection stays open and the room goes on with
+    /// what it sent next (docs/PROTOCOL.md mutation.replay.internal-not-remembered).
+    InternalKeepsConnection,
 }
 
 impl Mutant {
     /// Every mutant, in catalogue order.
-    pub const ALL: [Mutant; 16] = [
+    pub const ALL: [Mutant; 17] = [
         Mutant::SkipResubscribe,
         Mutant::NoDocDeletedPush,
         Mutant::RestoreBumpsSeq,
@@ -68,6 +71,7 @@ impl Mutant {
         Mutant::ViewerYjsApplied,
         Mutant::QuotaEdgeRefused,
         Mutant::CommitErrorIgnored,
+        Mutant::InternalKeepsConnection,
     ];
 
     /// Whether this build can plant mutants (the `mutants` feature).
@@ -92,6 +96,7 @@ impl Mutant {
             Mutant::ViewerYjsApplied => "viewer-yjs-applied",
             Mutant::QuotaEdgeRefused => "quota-edge-refused",
             Mutant::CommitErrorIgnored => "commit-error-ignored",
+            Mutant::InternalKeepsConnection => "internal-keeps-connection",
         }
     }
 
@@ -105,7 +110,7 @@ impl Mutant {
         match self {
             Mutant::SkipResubscribe | Mutant::ReplayAppliedTwice | Mutant::OwnerReadByAdmin => 'R',
             Mutant::ViewerCanWrite | Mutant::AckBeforeCommit | Mutant::ViewerYjsApplied => 'R',
-            Mutant::CommitErrorIgnored => 'R',
+            Mutant::CommitErrorIgnored | Mutant::InternalKeepsConnection => 'R',
             Mutant::NoDocDeletedPush | Mutant::RestoreBumpsSeq | Mutant::CreateDeletedAnswersExists => 'D',
             Mutant::ListTiesByArrival | Mutant::SysDocRemovable => 'D',
             Mutant::PurgeKeepsUsage | Mutant::QuotaCheckedBeforeWrite | Mutant::BucketGuardIgnored => 'S',

@@ -59,15 +59,53 @@ pub(crate) fn private_leak(user: &UserId, text: &str, trace: &SharedTrace, actor
                 "LEAK {actor} (user {user}) received private document {} owned by {}",
                 doc.id, doc.owner
             );
-            trace.lock().expect("trace lock").record_leak(text);
+            trace.lock().expect("trace lock").record_wire_failure(format!("access: {text}"));
         }
+    }
+}
+
+/// What one client's connection has shown of docs/PROTOCOL.md mutation.replay.internal-not-remembered:
+/// after answering a mutation `internal` the server closes the connection and processes nothing
+/// more it sent, so no frame may follow that answer on the same connection.
+#[derive(Default)]
+pub(crate) struct AfterInternal {
+    /// The mutation answered `internal` on the current connection, if one was.
+    failed_mid: std::sync::Mutex<Option<u64>>,
+}
+
+impl AfterInternal {
+    /// A frame (text, or `None` for a Yjs frame) arrived.
+    pub fn received(&self, text: Option<&str>, trace: &SharedTrace, actor: &str) {
+        let mut failed_mid = self.failed_mid.lock().expect("after-internal lock");
+        if let Some(mid) = *failed_mid {
+            let frame = text.map_or_else(|| "a Yjs frame".to_string(), |t| t.chars().take(160).collect());
+            let text = format!(
+                "close: {actor} received {frame} after mutation {mid} was answered internal on the same \
+                 connection (the server must close it: mutation.replay.internal-not-remembered)"
+            );
+            trace.lock().expect("trace lock").record_wire_failure(text);
+            *failed_mid = None;
+            return;
+        }
+        // Cheap test first: nearly no frame is an internal error.
+        let Some(text) = text.filter(|t| t.contains("\"internal\"")) else { return };
+        if let Ok(ServerMessage::Error(body)) = roomlab_protocol::decode_server(text.as_bytes(), usize::MAX) {
+            if body.code == ErrorCode::Internal {
+                *failed_mid = body.mid;
+            }
+        }
+    }
+
+    /// The connection ended (or a new one began).
+    pub fn connection_ended(&self) {
+        *self.failed_mid.lock().expect("after-internal lock") = None;
     }
 }
 
 /// Checks that hold at any moment: the room's own invariants (usage equals what is stored) and
 /// that no user's usage is past their limit.
 pub(crate) fn checkpoint(world: &World<'_>, now_ms: u64) -> Vec<String> {
-    let mut failures = world.trace.lock().expect("trace lock").leaks().to_vec();
+    let mut failures = world.trace.lock().expect("trace lock").wire_failures().to_vec();
     let Some(room) = world.room() else { return failures };
     // A room that panicked while holding its lock (an engine assertion) is a finding, and its
     // half-updated state cannot be checked further.
@@ -622,4 +660,42 @@ fn first_difference(a: &roomlab_engine::model::Export, b: &roomlab_engine::model
         return ": buckets differ".into();
     }
     String::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds one connection's events (`< FRAME`, `< yjs`, `closed`) to the after-internal watch and
+    /// returns the failures it recorded.
+    fn check(events: &[&str]) -> Vec<String> {
+        let trace: SharedTrace = std::sync::Arc::new(std::sync::Mutex::new(crate::trace::Trace::new(false)));
+        let watch = AfterInternal::default();
+        for event in events {
+            match *event {
+                "closed" => watch.connection_ended(),
+                "< yjs" => watch.received(None, &trace, "c1"),
+                frame => watch.received(Some(frame.strip_prefix("< ").expect("a frame")), &trace, "c1"),
+            }
+        }
+        let failures = trace.lock().unwrap().wire_failures().to_vec();
+        failures
+    }
+
+    const INTERNAL: &str = r#"< {"type":"error","code":"internal","message":"storage failed","mid":4}"#;
+    const ACK: &str = r#"< {"type":"ack","mid":5,"seq":9}"#;
+
+    #[test]
+    fn nothing_may_follow_an_internal_answer_on_its_connection() {
+        assert_eq!(check(&[ACK, INTERNAL, "closed", ACK]), Vec::<String>::new());
+        let failures = check(&[INTERNAL, ACK]);
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(failures[0].starts_with(r#"close: c1 received {"type":"ack","mid":5"#), "{failures:?}");
+        assert!(failures[0].contains("after mutation 4 was answered internal"), "{failures:?}");
+        assert_eq!(check(&[INTERNAL, "< yjs"]).len(), 1);
+        // A refused Yjs frame answered `internal` names no mutation and keeps the connection.
+        let yjs_refused =
+            r#"< {"type":"error","code":"internal","message":"storage failed","doc":"d","field":"f"}"#;
+        assert_eq!(check(&[yjs_refused, ACK]), Vec::<String>::new());
+    }
 }

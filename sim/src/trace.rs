@@ -23,12 +23,13 @@ pub struct Trace {
     events: Vec<Event>,
     /// Rolling hashes after each event, to find the first divergence between two runs.
     checkpoints: Vec<u64>,
-    /// Private documents delivered to users who may not read them (bounded).
-    leaks: Vec<String>,
+    /// Broken rules seen on the wire as frames arrived, each a sentence (bounded): private
+    /// documents delivered to users who may not read them, frames after an `internal` answer.
+    wire_failures: Vec<String>,
 }
 
-/// Leaks remembered at most.
-const LEAKS_MAX: usize = 10;
+/// Wire failures remembered at most.
+const WIRE_FAILURES_MAX: usize = 10;
 
 /// A trace shared by every client's tap and the world.
 pub type SharedTrace = Arc<Mutex<Trace>>;
@@ -68,16 +69,16 @@ impl Trace {
         }
     }
 
-    /// Records a private document delivered to someone who may not read it.
-    pub(crate) fn record_leak(&mut self, text: String) {
-        if self.leaks.len() < LEAKS_MAX {
-            self.leaks.push(format!("access: {text}"));
+    /// Records a rule broken on the wire, as a sentence naming its kind.
+    pub(crate) fn record_wire_failure(&mut self, text: String) {
+        if self.wire_failures.len() < WIRE_FAILURES_MAX {
+            self.wire_failures.push(text);
         }
     }
 
-    /// The leaks seen so far.
-    pub(crate) fn leaks(&self) -> &[String] {
-        &self.leaks
+    /// The rules seen broken on the wire so far.
+    pub(crate) fn wire_failures(&self) -> &[String] {
+        &self.wire_failures
     }
 
     /// The hash of every event so far.

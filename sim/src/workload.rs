@@ -50,6 +50,8 @@ pub(crate) struct Actor {
     pub shared_docs: u64,
     pub users: usize,
     pub phase: Arc<AtomicU8>,
+    /// Set by the first client once its setup is done; the others start their workload after it.
+    pub setup_done: Rc<Cell<bool>>,
     pub subscriptions: Vec<(Target, Subscription)>,
     pub made: u64,
     pub viewer: bool,
@@ -198,6 +200,15 @@ impl Actor {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.setup().await;
+        // Every check assumes the setup came first: a private document written before the
+        // owner-only schema exists is readable by everyone (swarm seed 130 once wrote one while
+        // a storage fault made the admin reconnect and send the schema again).
+        if self.index == 0 {
+            self.setup_done.set(true);
+        }
+        while !self.setup_done.get() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mean_ms = (1000.0 / self.rate_per_s) as u64;
         let mut steps = 0;
         while self.phase.load(Ordering::Relaxed) == PHASE_SAFETY && Some(steps) != self.steps_max {

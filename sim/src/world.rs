@@ -221,6 +221,7 @@ fn server_config(
 fn tap(trace: &SharedTrace, index: usize, user: UserId) -> roomlab_client::Tap {
     let trace = trace.clone();
     let actor = format!("c{index}");
+    let after_internal = check::AfterInternal::default();
     Arc::new(move |event: TapEvent<'_>| {
         let time_ms = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
         // Frames, nearly every event, are recorded without a copy.
@@ -231,13 +232,23 @@ fn tap(trace: &SharedTrace, index: usize, user: UserId) -> roomlab_client::Tap {
             TapEvent::Sent(text) => return frame("> ", text),
             TapEvent::Received(text) => {
                 check::private_leak(&user, text, &trace, &actor);
+                after_internal.received(Some(text), &trace, &actor);
                 return frame("< ", text);
             }
             TapEvent::Connecting { attempt } => format!("connecting (attempt {attempt})"),
-            TapEvent::Connected => "connected".to_string(),
+            TapEvent::Connected => {
+                after_internal.connection_ended();
+                "connected".to_string()
+            }
             TapEvent::SentYjs(frame) => format!("> {}", yjs_line(frame)),
-            TapEvent::ReceivedYjs(frame) => format!("< {}", yjs_line(frame)),
-            TapEvent::Disconnected { reason } => format!("disconnected: {reason}"),
+            TapEvent::ReceivedYjs(frame) => {
+                after_internal.received(None, &trace, &actor);
+                format!("< {}", yjs_line(frame))
+            }
+            TapEvent::Disconnected { reason } => {
+                after_internal.connection_ended();
+                format!("disconnected: {reason}")
+            }
         };
         trace.lock().expect("trace lock").record(time_ms, &actor, &text);
     })
@@ -339,6 +350,7 @@ fn build(
     });
     let clients: Clients = Arc::default();
     let phase = Arc::new(AtomicU8::new(PHASE_SETUP));
+    let setup_done = Rc::new(std::cell::Cell::new(false));
     let mix = workload_mix(config);
     for host in 0..scenario.client_hosts {
         let members: Vec<usize> =
@@ -346,7 +358,7 @@ fn build(
         let (scenario, seed, trace, clients, phase) =
             (scenario.clone(), config.seed, trace.clone(), clients.clone(), phase.clone());
         let mutant = config.mutant;
-        let (slot, quota_edges) = (slot.clone(), quota_edges.clone());
+        let (slot, quota_edges, setup_done) = (slot.clone(), quota_edges.clone(), setup_done.clone());
         let quotas = engine_config(&scenario).quotas;
         sim.client(format!("clients-{host}"), async move {
             for index in members {
@@ -373,6 +385,7 @@ fn build(
                     shared_docs: scenario.shared_docs,
                     users: scenario.users,
                     phase: phase.clone(),
+                    setup_done: setup_done.clone(),
                     subscriptions: Vec::new(),
                     made: 0,
                     viewer: identity.role == roomlab_protocol::Role::Viewer,
