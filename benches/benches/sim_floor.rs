@@ -23,10 +23,16 @@ const CLIENT_HOSTS: usize = 4;
 const SIMULATED_S: u64 = 60;
 const PORT: u16 = 8787;
 
-/// The floor: each client sends one message a second on average (as the simulation's clients do)
-/// and waits for its reply; the server inserts each into SQLite and replies. Returns operations.
-fn floor(seed: u64) -> (u64, Duration) {
-    let mut sim = turmoil::Builder::new()
+/// The floors' WebSocket configuration: the simulation's read buffer (tungstenite zero-fills its
+/// whole read buffer on every read, 128 KiB by default, which would make the floor pay for what
+/// the simulation does not).
+fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(1024)
+}
+
+/// The floors' world: turmoil configured as the simulation configures it.
+fn floor_world(seed: u64) -> turmoil::Sim<'static> {
+    turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(UNIX_EPOCH + Duration::from_secs(1_767_225_600))
         .simulation_duration(Duration::from_secs(SIMULATED_S + 60))
@@ -34,7 +40,13 @@ fn floor(seed: u64) -> (u64, Duration) {
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(Duration::from_millis(5))
         .tcp_capacity(16_384)
-        .build();
+        .build()
+}
+
+/// The floor: each client sends one message a second on average (as the simulation's clients do)
+/// and waits for its reply; the server inserts each into SQLite and replies. Returns operations.
+fn floor(seed: u64) -> (u64, Duration) {
+    let mut sim = floor_world(seed);
     sim.host("server", || async {
         let db = Rc::new(rusqlite::Connection::open_in_memory()?);
         db.execute_batch("CREATE TABLE ops (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")?;
@@ -43,7 +55,10 @@ fn floor(seed: u64) -> (u64, Duration) {
             let (stream, _) = listener.accept().await?;
             let db = db.clone();
             tokio::task::spawn_local(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await
+                else {
+                    return;
+                };
                 while let Some(Ok(Message::Text(text))) = ws.next().await {
                     db.execute("INSERT INTO ops (body) VALUES (?1)", [text.as_str()]).expect("insert");
                     if ws.send(Message::text(format!("{{\"ok\":{}}}", db.last_insert_rowid()))).await.is_err()
@@ -62,8 +77,13 @@ fn floor(seed: u64) -> (u64, Duration) {
                 let operations = operations.clone();
                 tokio::task::spawn_local(async move {
                     let stream = turmoil::net::TcpStream::connect(("server", PORT)).await.expect("connect");
-                    let (mut ws, _) =
-                        tokio_tungstenite::client_async("ws://server/", stream).await.expect("handshake");
+                    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+                        "ws://server/",
+                        stream,
+                        Some(ws_config()),
+                    )
+                    .await
+                    .expect("handshake");
                     let mut state = index as u64 * 0x9e37_79b9_7f4a_7c15 + 1;
                     loop {
                         state ^= state << 13;
@@ -89,12 +109,166 @@ fn floor(seed: u64) -> (u64, Duration) {
     (operations.get(), started.elapsed())
 }
 
+/// What the simulation's clients receive per operation, measured in its run: the fan-out floor
+/// sends as many frames of the same mean size.
+#[derive(Clone, Copy)]
+struct Fanout {
+    /// Pushes to other clients per operation, besides the reply to its sender.
+    pushes_per_operation: f64,
+    /// Bytes of each push.
+    push_bytes: usize,
+}
+
+/// The fan-out floor's server state: the SQLite table, every connection's outbox and where the
+/// next push goes (round robin over the connections, so every client receives its share).
+struct Hub {
+    db: rusqlite::Connection,
+    outboxes: Vec<tokio::sync::mpsc::UnboundedSender<Message>>,
+    credit: f64,
+    next: usize,
+    fanout: Fanout,
+    push: tokio_tungstenite::tungstenite::Utf8Bytes,
+}
+
+impl Hub {
+    /// One operation: an insert, the reply to its sender, and its share of pushes, each push one
+    /// shared encoding as the real server shares equal frames.
+    fn handle(&mut self, text: &str, sender: &tokio::sync::mpsc::UnboundedSender<Message>) {
+        self.db.execute("INSERT INTO ops (body) VALUES (?1)", [text]).expect("insert");
+        let _ = sender.send(Message::text(format!("{{\"ok\":{}}}", self.db.last_insert_rowid())));
+        self.credit += self.fanout.pushes_per_operation;
+        while self.credit >= 1.0 && !self.outboxes.is_empty() {
+            let outbox = &self.outboxes[self.next % self.outboxes.len()];
+            let _ = outbox.send(Message::Text(self.push.clone()));
+            self.next += 1;
+            self.credit -= 1.0;
+        }
+    }
+}
+
+/// A fan-out floor connection: frames in go to the hub; its outbox drains into the socket, every
+/// queued frame in one write (as the real server writes them).
+async fn hub_connection(
+    stream: turmoil::net::TcpStream,
+    hub: Rc<std::cell::RefCell<Hub>>,
+    own: tokio::sync::mpsc::UnboundedSender<Message>,
+    mut outbox: tokio::sync::mpsc::UnboundedReceiver<Message>,
+) {
+    let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await else { return };
+    let (mut sink, mut frames) = ws.split();
+    loop {
+        tokio::select! {
+            frame = frames.next() => {
+                let Some(Ok(Message::Text(text))) = frame else { return };
+                hub.borrow_mut().handle(text.as_str(), &own);
+            }
+            Some(message) = outbox.recv() => {
+                let mut batch = vec![message];
+                while let Ok(message) = outbox.try_recv() {
+                    batch.push(message);
+                }
+                for message in batch {
+                    if sink.feed(message).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A fan-out floor client: one operation a second on average, as in the floor, while it reads
+/// (and parses into an untyped JSON value, the least a client does with a frame) every push.
+async fn hub_client(index: usize, operations: Rc<Cell<u64>>) {
+    let stream = turmoil::net::TcpStream::connect(("server", PORT)).await.expect("connect");
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config("ws://server/", stream, Some(ws_config()))
+        .await
+        .expect("handshake");
+    let mut state = index as u64 * 0x9e37_79b9_7f4a_7c15 + 1;
+    let mut delay = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        Duration::from_millis(state % 2_001)
+    };
+    let sleep = tokio::time::sleep(delay());
+    tokio::pin!(sleep);
+    let mut awaiting = false;
+    loop {
+        tokio::select! {
+            () = &mut sleep, if !awaiting => {
+                ws.send(Message::text(format!("{{\"op\":\"create\",\"by\":{index}}}"))).await.expect("send");
+                awaiting = true;
+            }
+            frame = ws.next() => {
+                let Some(Ok(Message::Text(text))) = frame else { return };
+                let value: serde_json::Value = serde_json::from_str(text.as_str()).expect("a JSON frame");
+                if value.get("ok").is_some() {
+                    operations.set(operations.get() + 1);
+                    awaiting = false;
+                    sleep.as_mut().reset(tokio::time::Instant::now() + delay());
+                }
+            }
+        }
+    }
+}
+
+/// The floor at the simulation's fan-out: the same world, clients and rate as the floor, but each
+/// operation also pushes `fanout` frames to other clients, which read every one. Returns
+/// operations and wall time.
+fn fanout_floor(seed: u64, fanout: Fanout) -> (u64, Duration) {
+    let mut sim = floor_world(seed);
+    sim.host("server", move || async move {
+        let db = rusqlite::Connection::open_in_memory()?;
+        db.execute_batch("CREATE TABLE ops (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")?;
+        let body = "x".repeat(fanout.push_bytes.saturating_sub(40));
+        let push = format!("{{\"type\":\"push\",\"doc\":{{\"data\":{{\"text\":\"{body}\"}}}}}}").into();
+        let hub = Rc::new(std::cell::RefCell::new(Hub {
+            db,
+            outboxes: Vec::new(),
+            credit: 0.0,
+            next: 0,
+            fanout,
+            push,
+        }));
+        let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let (own, outbox) = tokio::sync::mpsc::unbounded_channel();
+            hub.borrow_mut().outboxes.push(own.clone());
+            tokio::task::spawn_local(hub_connection(stream, hub.clone(), own, outbox));
+        }
+    });
+    let operations = Rc::new(Cell::new(0u64));
+    for host in 0..CLIENT_HOSTS {
+        let operations = operations.clone();
+        sim.client(format!("clients-{host}"), async move {
+            for index in (0..CLIENTS).filter(|i| i % CLIENT_HOSTS == host) {
+                tokio::task::spawn_local(hub_client(index, operations.clone()));
+            }
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    while sim.elapsed() < Duration::from_secs(SIMULATED_S) {
+        sim.step().expect("the fan-out floor's world steps");
+    }
+    (operations.get(), started.elapsed())
+}
+
 /// One round's figures for one world: client operations, simulated seconds and wall seconds.
 #[derive(Clone, Copy)]
 struct Figures {
     operations: u64,
     simulated_s: f64,
     wall_s: f64,
+    /// Text frames the clients received, and their bytes (the simulation's runs only).
+    received: u64,
+    received_bytes: u64,
 }
 
 impl Figures {
@@ -105,18 +279,41 @@ impl Figures {
     fn speed(self) -> f64 {
         self.simulated_s / self.wall_s
     }
+
+    /// A floor's figures: its operations in SIMULATED_S simulated seconds.
+    fn floor((operations, wall): (u64, Duration)) -> Figures {
+        Figures {
+            operations,
+            simulated_s: SIMULATED_S as f64,
+            wall_s: wall.as_secs_f64(),
+            received: 0,
+            received_bytes: 0,
+        }
+    }
+
+    /// The simulation's fan-out: what its clients received per operation, less the reply.
+    fn fanout(self) -> Fanout {
+        let per_operation = self.received as f64 / self.operations.max(1) as f64;
+        Fanout {
+            pushes_per_operation: (per_operation - 1.0).max(0.0),
+            push_bytes: (self.received_bytes / self.received.max(1)) as usize,
+        }
+    }
 }
 
 /// Three seeds of an embedded scenario through the whole simulation.
 fn simulation(name: &str) -> Figures {
     let scenario = Scenario::load(name).expect("an embedded scenario");
-    let mut figures = Figures { operations: 0, simulated_s: 0.0, wall_s: 0.0 };
+    let mut figures =
+        Figures { operations: 0, simulated_s: 0.0, wall_s: 0.0, received: 0, received_bytes: 0 };
     for seed in 0..3 {
         let started = Instant::now();
         let report = run(&RunConfig { scenario: scenario.clone(), seed, keep_trace: false, mutant: None });
         figures.wall_s += started.elapsed().as_secs_f64();
         figures.operations += report.operations;
         figures.simulated_s += report.sim_ms as f64 / 1_000.0;
+        figures.received += report.frames.received;
+        figures.received_bytes += report.frames.received_bytes;
         assert!(report.passed(), "{name} seed {seed}: {:?}", report.failures);
     }
     figures
@@ -126,6 +323,9 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
+
+/// The scenarios each round runs.
+const NAMES: [&str; 2] = ["swarm", "crash-recovery"];
 
 /// Rounds of the floor and both scenarios, one after another (`ROOMLAB_FLOOR_ROUNDS`, default 3).
 /// This machine's speed can swing by a third within minutes, so each scenario is compared with the
@@ -139,15 +339,14 @@ fn main() {
     if !std::env::args().any(|arg| arg == "--bench") {
         return;
     }
-    const NAMES: [&str; 2] = ["swarm", "crash-recovery"];
-    // Per round: the floor, then each scenario.
-    let mut measured: Vec<[Figures; 3]> = Vec::new();
+    // Per round: the floor, each scenario, then the floor at swarm's fan-out.
+    let mut measured: Vec<[Figures; 4]> = Vec::new();
     for round in 1..=rounds() {
-        let (operations, wall) = floor(1);
-        let floor = Figures { operations, simulated_s: SIMULATED_S as f64, wall_s: wall.as_secs_f64() };
+        let floor = Figures::floor(floor(1));
         println!(
             "round {round}: floor (turmoil + tungstenite + one SQLite insert, {CLIENTS} clients, {SIMULATED_S} \
-             simulated s): {operations} operations in {:.2} s wall: {:.0} operations per wall second, {:.1}x real time",
+             simulated s): {} operations in {:.2} s wall: {:.0} operations per wall second, {:.1}x real time",
+            floor.operations,
             floor.wall_s,
             floor.per_wall_second(),
             floor.speed()
@@ -156,33 +355,59 @@ fn main() {
             let figures = simulation(name);
             println!(
                 "round {round}: simulation {name} (3 seeds, every invariant checked): {} operations in {:.2} s \
-                 wall: {:.0} operations per wall second ({:.1} % of this round's floor), {:.1}x real time",
+                 wall: {:.0} operations per wall second ({:.1} % of this round's floor), {:.1}x real time; \
+                 {:.1} frames received per operation",
                 figures.operations,
                 figures.wall_s,
                 figures.per_wall_second(),
                 100.0 * figures.per_wall_second() / floor.per_wall_second(),
-                figures.speed()
+                figures.speed(),
+                figures.received as f64 / figures.operations.max(1) as f64
             );
             figures
         });
-        measured.push([floor, scenarios[0], scenarios[1]]);
+        let fanout = scenarios[0].fanout();
+        let fanned = Figures::floor(fanout_floor(1, fanout));
+        println!(
+            "round {round}: floor at swarm's fan-out (the floor, plus {:.1} pushes of {} bytes per operation, \
+             every frame parsed): {} operations in {:.2} s wall: {:.0} operations per wall second, {:.1}x real \
+             time; swarm at {:.1} % of it",
+            fanout.pushes_per_operation,
+            fanout.push_bytes,
+            fanned.operations,
+            fanned.wall_s,
+            fanned.per_wall_second(),
+            fanned.speed(),
+            100.0 * scenarios[0].per_wall_second() / fanned.per_wall_second()
+        );
+        measured.push([floor, scenarios[0], scenarios[1], fanned]);
     }
-    let over_rounds = |figure: &dyn Fn(&[Figures; 3]) -> f64| median(measured.iter().map(figure).collect());
-    println!(
-        "medians over {} rounds: floor {:.0} operations per wall second, {:.1}x real time",
-        measured.len(),
-        over_rounds(&|round| round[0].per_wall_second()),
-        over_rounds(&|round| round[0].speed())
-    );
+    summarize(&measured);
+}
+
+/// The medians over rounds of every figure, each scenario beside its own round's floors.
+fn summarize(measured: &[[Figures; 4]]) {
+    let over_rounds = |figure: &dyn Fn(&[Figures; 4]) -> f64| median(measured.iter().map(figure).collect());
+    let rounds = measured.len();
+    for (at, name) in [(0, "floor"), (3, "floor at swarm's fan-out")] {
+        println!(
+            "medians over {rounds} rounds: {name} {:.0} operations per wall second, {:.1}x real time",
+            over_rounds(&|round| round[at].per_wall_second()),
+            over_rounds(&|round| round[at].speed())
+        );
+    }
     for (index, name) in NAMES.into_iter().enumerate() {
         let at = index + 1;
         println!(
-            "medians over {} rounds: {name} {:.0} operations per wall second, {:.1} % of its round's floor, \
+            "medians over {rounds} rounds: {name} {:.0} operations per wall second, {:.1} % of its round's floor, \
              {:.1}x real time",
-            measured.len(),
             over_rounds(&|round| round[at].per_wall_second()),
             over_rounds(&|round| 100.0 * round[at].per_wall_second() / round[0].per_wall_second()),
             over_rounds(&|round| round[at].speed())
         );
     }
+    println!(
+        "medians over {rounds} rounds: swarm at {:.1} % of its round's floor at swarm's fan-out",
+        over_rounds(&|round| 100.0 * round[1].per_wall_second() / round[3].per_wall_second())
+    );
 }

@@ -21,7 +21,7 @@ mod world;
 
 pub use scenario::{Faults, QuotaLimits, Scenario, ScenarioError, Workload, NAMES};
 pub use shrink::{shrink, Shrunk, SHRINK_SEEDS_PER_CANDIDATE, SHRINK_STEP_SEEDS_PER_CANDIDATE};
-pub use trace::{first_divergence, perfetto_json, Event};
+pub use trace::{first_divergence, perfetto_json, Event, FrameCounts};
 pub use world::{run, Report, RunConfig};
 
 /// The line that reproduces a run (of a build with `mutant` planted, if one is named).

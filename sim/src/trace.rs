@@ -19,6 +19,7 @@ pub struct Event {
 pub struct Trace {
     hash: u64,
     count: u64,
+    frames: FrameCounts,
     keep: bool,
     events: Vec<Event>,
     /// Rolling hashes after each event, to find the first divergence between two runs.
@@ -26,6 +27,18 @@ pub struct Trace {
     /// Broken rules seen on the wire as frames arrived, each a sentence (bounded): private
     /// documents delivered to users who may not read them, frames after an `internal` answer.
     wire_failures: Vec<String>,
+}
+
+/// The protocol's text frames the clients sent and received (Yjs frames are not counted): what a
+/// run's fan-out costs, for the benches that compare the simulation with its floor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FrameCounts {
+    /// Text frames the clients sent.
+    pub sent: u64,
+    /// Text frames the clients received.
+    pub received: u64,
+    /// Bytes of the text frames the clients received.
+    pub received_bytes: u64,
 }
 
 /// Wire failures remembered at most.
@@ -62,6 +75,14 @@ impl Trace {
         self.hash = fnv(self.hash, actor.as_bytes());
         self.hash = fnv(fnv(fnv(self.hash, &[0]), prefix.as_bytes()), text.as_bytes());
         self.count += 1;
+        match prefix {
+            "> " => self.frames.sent += 1,
+            "< " => {
+                self.frames.received += 1;
+                self.frames.received_bytes += text.len() as u64;
+            }
+            _ => {}
+        }
         if self.keep {
             self.checkpoints.push(self.hash);
             let text = format!("{prefix}{text}");
@@ -89,6 +110,11 @@ impl Trace {
     /// Events recorded.
     pub fn count(&self) -> u64 {
         self.count
+    }
+
+    /// The text frames counted so far.
+    pub fn frames(&self) -> FrameCounts {
+        self.frames
     }
 
     /// The kept events.
@@ -167,5 +193,20 @@ mod tests {
         assert_eq!(first_divergence(a.events(), &a.events()[..1]).map(|d| d.0), Some(1));
         let json: serde_json::Value = serde_json::from_str(&perfetto_json(a.events())).unwrap();
         assert_eq!(json["traceEvents"].as_array().unwrap().len(), 3);
+    }
+
+    /// Frames are counted by direction as the taps record them; faults, checks and Yjs lines
+    /// (recorded whole) are not protocol text frames.
+    #[test]
+    fn text_frames_are_counted_by_direction() {
+        let mut trace = Trace::new(false);
+        trace.record_prefixed(0, "c1", "> ", r#"{"type":"ping"}"#);
+        trace.record_prefixed(1, "c1", "< ", r#"{"type":"pong"}"#);
+        trace.record_prefixed(2, "c2", "< ", "12345");
+        trace.record(3, "c2", "< Y d1/text update 9 bytes #00");
+        trace.record(4, "world", "kill c2");
+        let frames = trace.frames();
+        assert_eq!((frames.sent, frames.received, frames.received_bytes), (1, 2, 15 + 5));
+        assert_eq!(trace.count(), 5);
     }
 }

@@ -78,6 +78,9 @@ pub struct Report {
     pub trace_hash: u64,
     /// Trace events recorded.
     pub trace_events: u64,
+    /// The protocol's text frames the clients sent and received.
+    #[serde(default)]
+    pub frames: crate::trace::FrameCounts,
     /// The kept trace, when asked for.
     #[serde(skip)]
     pub events: Vec<crate::trace::Event>,
@@ -502,6 +505,7 @@ pub fn run(config: &RunConfig) -> Report {
     }
     let mut trace = trace.lock().expect("trace lock");
     (report.trace_hash, report.trace_events) = (trace.hash(), trace.count());
+    report.frames = trace.frames();
     report.events = trace.take_events();
     drop(trace);
     // The simulation owns the server; drop it (and the room database) before the directory goes.
