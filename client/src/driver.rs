@@ -229,7 +229,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut ws: Web
         match frame {
             Some(Ok(Message::Text(text))) => {
                 shared.tap(TapEvent::Received(text.as_str()));
-                match decode_server(text.as_bytes(), shared.config.frame_bytes_max) {
+                let decoded = match &shared.config.decode_cache {
+                    Some(cache) => cache.decode(&text, shared.config.frame_bytes_max),
+                    None => decode_server(text.as_bytes(), shared.config.frame_bytes_max),
+                };
+                match decoded {
                     Ok(message) => {
                         let mut core = shared.core();
                         core.receive(message);

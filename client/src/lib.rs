@@ -20,10 +20,12 @@
 //! ```
 
 mod core;
+mod decode_cache;
 mod driver;
 mod yjs;
 
 pub use crate::core::{target_key, Ack, Core, Event, Outcome, View};
+pub use crate::decode_cache::DecodeCache;
 pub use crate::yjs::{text_of_state, YjsError, YjsFields};
 pub use driver::{backoff_ms, Connector, TokioConnector};
 
@@ -109,6 +111,9 @@ pub struct ClientConfig {
     pub read_buffer_bytes: usize,
     /// An observer of frames and connection changes.
     pub tap: Option<Tap>,
+    /// A cache of decoded frames shared with other clients of this process, which then decode a
+    /// frame they all receive once (see [`DecodeCache`]); `None` decodes every frame.
+    pub decode_cache: Option<Arc<DecodeCache>>,
     /// Spawn the connection task on the current `LocalSet` (as a deterministic simulation needs)
     /// instead of the runtime.
     pub local_tasks: bool,
@@ -143,6 +148,7 @@ impl ClientConfig {
             events_max: 4096,
             read_buffer_bytes: 8 * 1024,
             tap: None,
+            decode_cache: None,
             local_tasks: false,
             mutant: None,
         }

@@ -31,6 +31,9 @@ const POLL_MS: u64 = 100;
 /// What the simulated sockets read at a time: most frames are a few hundred bytes, and a
 /// simulated read costs no system call, so small reads zero-fill less (see `read_buffer_bytes`).
 const READ_BUFFER_BYTES: usize = 1024;
+/// Decoded frames the run's clients share: a change's pushes reach its subscribers within a few
+/// simulated milliseconds, so a few hundred recent frames hold nearly every repeat.
+const DECODE_CACHE_ENTRIES: usize = 512;
 const CHECKPOINT_MS: u64 = 5_000;
 /// How long everything must stay settled before the final checks.
 const QUIET_MS: u64 = 2_000;
@@ -279,6 +282,7 @@ fn client_config(
     index: usize,
     identity: &Identity,
     trace: &SharedTrace,
+    decode_cache: &Arc<roomlab_client::DecodeCache>,
 ) -> ClientConfig {
     let claims = Claims {
         sub: identity.user.to_string(),
@@ -293,6 +297,7 @@ fn client_config(
     let mut config = ClientConfig::new("server", PORT, path, id);
     config.seed = seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     config.tap = Some(tap(trace, index, identity.user.clone()));
+    config.decode_cache = Some(decode_cache.clone());
     config.local_tasks = true;
     config.read_buffer_bytes = READ_BUFFER_BYTES;
     config.mutant = mutant;
@@ -355,6 +360,8 @@ fn build(
     let phase = Arc::new(AtomicU8::new(PHASE_SETUP));
     let setup_done = Rc::new(std::cell::Cell::new(false));
     let mix = workload_mix(config);
+    // Every client of the run decodes a frame they all receive once (see DecodeCache).
+    let decode_cache = Arc::new(roomlab_client::DecodeCache::new(DECODE_CACHE_ENTRIES));
     for host in 0..scenario.client_hosts {
         let members: Vec<usize> =
             (0..scenario.clients).filter(|i| i % scenario.client_hosts == host).collect();
@@ -362,6 +369,7 @@ fn build(
             (scenario.clone(), config.seed, trace.clone(), clients.clone(), phase.clone());
         let mutant = config.mutant;
         let (slot, quota_edges, setup_done) = (slot.clone(), quota_edges.clone(), setup_done.clone());
+        let decode_cache = decode_cache.clone();
         let quotas = engine_config(&scenario).quotas;
         sim.client(format!("clients-{host}"), async move {
             for index in members {
@@ -371,7 +379,7 @@ fn build(
                     limit: quotas.limit(identity.plan, identity.addons),
                     fired: fired.clone(),
                 });
-                let config = client_config(mutant, seed, index, &identity, &trace);
+                let config = client_config(mutant, seed, index, &identity, &trace, &decode_cache);
                 let client = Arc::new(Client::start(config, SimConnector));
                 clients.lock().expect("clients lock").push(Virtual {
                     index,
