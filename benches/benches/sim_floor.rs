@@ -1,10 +1,13 @@
-//! The simulation's speed beside its bare floor, measured in the same run: turmoil and
+//! The simulation's speed beside its bare floors, measured in the same run: turmoil and
 //! tokio-tungstenite with 100 clients, one SQLite insert and one reply per message and no engine,
-//! against the full simulation (the real server and clients, faults, every invariant checked).
+//! against the full simulation (the real server and clients, faults, every invariant checked), and
+//! the same floor at swarm's fan-out (each operation also pushes as many frames to other clients,
+//! of the same mean size, as swarm's clients received per operation in the round), the least any
+//! implementation of swarm's workload costs on this transport.
 //!
 //! `cargo bench -p roomlab-benches --bench sim_floor` prints, for each, client operations per wall
 //! second and simulated seconds per wall second, in rounds (`ROOMLAB_FLOOR_ROUNDS`, default 3), each
-//! scenario beside the floor of its own round, then the medians. Not a criterion bench: one run of
+//! scenario beside the floors of its own round, then the medians. Not a criterion bench: one run of
 //! each is a whole simulated world, and the figures are the ones BENCHMARKS.md compares.
 
 use futures_util::{SinkExt, StreamExt};

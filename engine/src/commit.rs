@@ -693,18 +693,22 @@ impl Room {
         }
         let (mut added, mut changed_docs, mut removed) = (Vec::new(), Vec::new(), Vec::new());
         for (id, snapshot) in changed.iter().map(|(id, snapshot, _)| (id, snapshot)) {
-            match (visible(id, snapshot), result.get(id)) {
-                (Some(s), None) => added.push(s.clone()),
-                (Some(s), Some(seq)) if *seq != s.seq => changed_docs.push(s.clone()),
-                (Some(_), Some(_)) | (None, None) => continue,
-                (None, Some(_)) => {
+            let shown = result.get(id).copied();
+            match visible(id, snapshot) {
+                Some(s) if shown == Some(s.seq) => {}
+                Some(s) => {
+                    match shown {
+                        None => added.push(s.clone()),
+                        Some(_) => changed_docs.push(s.clone()),
+                    }
+                    result.insert(id.clone(), s.seq);
+                }
+                None if shown.is_some() => {
                     result.remove(id);
                     removed.push(id.clone());
-                    continue;
                 }
+                None => {}
             }
-            let s = visible(id, snapshot).expect("visible");
-            result.insert(id.clone(), s.seq);
         }
         if added.is_empty() && changed_docs.is_empty() && removed.is_empty() {
             return None;
