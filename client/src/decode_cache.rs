@@ -9,30 +9,32 @@
 use roomlab_protocol::{decode_server, DecodeError, ServerMessage};
 use std::hash::BuildHasher;
 use std::sync::Mutex;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// A bounded cache of decoded server frames, keyed by their bytes, shared by the clients that name
 /// it in [`crate::ClientConfig::decode_cache`].
 ///
 /// It is direct-mapped: a frame may live only in the slot its hash picks, and a new frame there
-/// replaces the old one. What a client receives never depends on the cache: a hit is a frame byte
+/// replaces the old one. It keeps its own copy of each frame it holds, and holds only frames up to
+/// its `frame_bytes_max`, so its memory stays under `entries_max` times that (plus the decoded
+/// messages); longer frames are decoded every time. What a client receives never depends on the cache: a hit is a frame byte
 /// for byte equal to one decoded before, and decoding is a pure function of the bytes, so the
 /// cache changes only how often the decoder runs.
 pub struct DecodeCache {
     slots: Mutex<Slots>,
+    frame_bytes_max: usize,
 }
 
 struct Slots {
-    entries: Vec<Option<(Utf8Bytes, ServerMessage)>>,
+    entries: Vec<Option<(Box<[u8]>, ServerMessage)>>,
     hits: u64,
     misses: u64,
 }
 
 impl DecodeCache {
-    /// A cache of `entries_max` frames (at least one).
-    pub fn new(entries_max: usize) -> DecodeCache {
+    /// A cache of `entries_max` frames (at least one) of at most `frame_bytes_max` bytes each.
+    pub fn new(entries_max: usize, frame_bytes_max: usize) -> DecodeCache {
         let entries = (0..entries_max.max(1)).map(|_| None).collect();
-        DecodeCache { slots: Mutex::new(Slots { entries, hits: 0, misses: 0 }) }
+        DecodeCache { slots: Mutex::new(Slots { entries, hits: 0, misses: 0 }), frame_bytes_max }
     }
 
     /// Frames answered from the cache, and frames decoded, so far.
@@ -43,30 +45,27 @@ impl DecodeCache {
 
     /// The frame decoded as [`decode_server`] decodes it, from the cache when an equal frame was
     /// decoded before. Frames over `frame_bytes_max` and frames that do not decode are refused as
-    /// `decode_server` refuses them, and are not kept.
-    pub(crate) fn decode(
-        &self,
-        frame: &Utf8Bytes,
-        frame_bytes_max: usize,
-    ) -> Result<ServerMessage, DecodeError> {
-        if frame.len() > frame_bytes_max {
-            return decode_server(frame.as_bytes(), frame_bytes_max);
+    /// `decode_server` refuses them, and are not kept; frames longer than the cache holds are
+    /// decoded and not kept.
+    pub(crate) fn decode(&self, frame: &[u8], frame_bytes_max: usize) -> Result<ServerMessage, DecodeError> {
+        if frame.len() > frame_bytes_max.min(self.frame_bytes_max) {
+            return decode_server(frame, frame_bytes_max);
         }
         // Any hash would do for what a client receives; a fixed one keeps the hit counts the same
         // from run to run.
-        let hash = foldhash::fast::FixedState::default().hash_one(frame.as_bytes());
+        let hash = foldhash::fast::FixedState::default().hash_one(frame);
         let mut slots = self.slots.lock().expect("decode cache lock");
         let at = (hash % slots.entries.len() as u64) as usize;
         if let Some((text, message)) = &slots.entries[at] {
-            if text.as_bytes() == frame.as_bytes() {
+            if **text == *frame {
                 let message = message.clone();
                 slots.hits += 1;
                 return Ok(message);
             }
         }
         slots.misses += 1;
-        let message = decode_server(frame.as_bytes(), frame_bytes_max)?;
-        slots.entries[at] = Some((frame.clone(), message.clone()));
+        let message = decode_server(frame, frame_bytes_max)?;
+        slots.entries[at] = Some((frame.into(), message.clone()));
         Ok(message)
     }
 }
@@ -85,9 +84,9 @@ mod tests {
     /// Each case: frames decoded through one small cache, in order; every answer must equal what
     /// `decode_server` answers, and the counts say how many were decoded.
     fn check(cache_entries: usize, frames: &[&str], limit: usize, hits_expected: u64) {
-        let cache = DecodeCache::new(cache_entries);
+        let cache = DecodeCache::new(cache_entries, 1 << 10);
         for frame in frames {
-            let cached = cache.decode(&Utf8Bytes::from(frame.to_string()), limit);
+            let cached = cache.decode(frame.as_bytes(), limit);
             let direct = decode_server(frame.as_bytes(), limit);
             assert_eq!(cached.is_ok(), direct.is_ok(), "{frame}");
             if let (Ok(cached), Ok(direct)) = (cached, direct) {
@@ -110,16 +109,21 @@ mod tests {
         check(1, &[diff, pong, diff, diff], 1 << 20, 1);
         // Frames over the limit and frames that do not decode are refused every time, never kept.
         check(8, &[pong, pong], 4, 0);
+        // Frames longer than the cache holds decode every time.
+        let long = format!(r#"{{"type":"error","code":"internal","message":"{}"}}"#, "x".repeat(2_000));
+        assert!(decode_server(long.as_bytes(), 1 << 20).is_ok(), "the long frame must decode");
+        check(8, &[&long, &long], 1 << 20, 0);
         check(8, &[r#"{"type":"nope"}"#, r#"{"type":"nope"}"#], 1 << 20, 0);
     }
 
     /// A client with a smaller frame limit than the one that filled the cache still has its limit.
     #[test]
     fn a_kept_frame_is_refused_over_a_smaller_limit() {
-        let cache = DecodeCache::new(8);
-        let pong = Utf8Bytes::from_static(r#"{"type":"pong","nonce":3}"#);
-        assert!(cache.decode(&pong, 1 << 20).is_ok());
-        assert!(matches!(cache.decode(&pong, 4), Err(DecodeError::TooLarge { .. })));
-        assert_eq!(cache.decode(&pong, 1 << 20), decode_server(pong.as_bytes(), 1 << 20));
+        let cache = DecodeCache::new(8, 1 << 10);
+        let pong = br#"{"type":"pong","nonce":3}"#;
+        assert!(cache.decode(pong, 1 << 20).is_ok());
+        assert!(matches!(cache.decode(pong, 4), Err(DecodeError::TooLarge { .. })));
+        assert_eq!(cache.decode(pong, 1 << 20), decode_server(pong, 1 << 20));
+        assert_eq!(cache.counts(), (1, 1));
     }
 }

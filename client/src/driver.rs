@@ -230,7 +230,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut ws: Web
             Some(Ok(Message::Text(text))) => {
                 shared.tap(TapEvent::Received(text.as_str()));
                 let decoded = match &shared.config.decode_cache {
-                    Some(cache) => cache.decode(&text, shared.config.frame_bytes_max),
+                    Some(cache) => cache.decode(text.as_bytes(), shared.config.frame_bytes_max),
                     None => decode_server(text.as_bytes(), shared.config.frame_bytes_max),
                 };
                 match decoded {

@@ -34,6 +34,9 @@ const READ_BUFFER_BYTES: usize = 1024;
 /// Decoded frames the run's clients share: a change's pushes reach its subscribers within a few
 /// simulated milliseconds, so a few hundred recent frames hold nearly every repeat.
 const DECODE_CACHE_ENTRIES: usize = 512;
+/// The longest frame the shared cache holds (a query's first answer can be long; it is rarely
+/// received byte for byte the same by many clients).
+const DECODE_CACHE_FRAME_BYTES_MAX: usize = 16 * 1024;
 const CHECKPOINT_MS: u64 = 5_000;
 /// How long everything must stay settled before the final checks.
 const QUIET_MS: u64 = 2_000;
@@ -361,7 +364,8 @@ fn build(
     let setup_done = Rc::new(std::cell::Cell::new(false));
     let mix = workload_mix(config);
     // Every client of the run decodes a frame they all receive once (see DecodeCache).
-    let decode_cache = Arc::new(roomlab_client::DecodeCache::new(DECODE_CACHE_ENTRIES));
+    let decode_cache =
+        Arc::new(roomlab_client::DecodeCache::new(DECODE_CACHE_ENTRIES, DECODE_CACHE_FRAME_BYTES_MAX));
     for host in 0..scenario.client_hosts {
         let members: Vec<usize> =
             (0..scenario.clients).filter(|i| i % scenario.client_hosts == host).collect();
