@@ -105,11 +105,7 @@ fn floor(seed: u64) -> (u64, Duration) {
             Ok(())
         });
     }
-    let started = Instant::now();
-    while sim.elapsed() < Duration::from_secs(SIMULATED_S) {
-        sim.step().expect("the floor's world steps");
-    }
-    (operations.get(), started.elapsed())
+    timed(sim, &operations)
 }
 
 /// What the simulation's clients receive per operation, measured in its run: the fan-out floor
@@ -256,9 +252,14 @@ fn fanout_floor(seed: u64, fanout: Fanout) -> (u64, Duration) {
             Ok(())
         });
     }
+    timed(sim, &operations)
+}
+
+/// Runs a floor's world for SIMULATED_S simulated seconds: the operations done and the wall time.
+fn timed(mut sim: turmoil::Sim<'static>, operations: &Cell<u64>) -> (u64, Duration) {
     let started = Instant::now();
     while sim.elapsed() < Duration::from_secs(SIMULATED_S) {
-        sim.step().expect("the fan-out floor's world steps");
+        sim.step().expect("a floor's world steps");
     }
     (operations.get(), started.elapsed())
 }
