@@ -275,16 +275,14 @@ fn summarize(reports: &[Report], wall_ms: u64, mutant: Option<Mutant>, scenario_
         operations,
         per_s(operations, run_ms)
     );
-    let (sent, received, received_bytes) = reports.iter().fold((0, 0, 0), |(s, r, b), report| {
-        (s + report.frames.sent, r + report.frames.received, b + report.frames.received_bytes)
-    });
-    let per_operation = |count: u64| if operations == 0 { 0.0 } else { count as f64 / operations as f64 };
+    let frames: roomlab_sim::FrameCounts = reports.iter().map(|r| r.frames).sum();
+    let ratio = |count: u64, of: u64| if of == 0 { 0.0 } else { count as f64 / of as f64 };
     println!(
         "{:<28} {:.1} sent and {:.1} received per operation (received frames: {:.0} bytes on average)",
         "text frames",
-        per_operation(sent),
-        per_operation(received),
-        if received == 0 { 0.0 } else { received_bytes as f64 / received as f64 }
+        ratio(frames.sent, operations),
+        ratio(frames.received, operations),
+        ratio(frames.received_bytes, frames.received)
     );
     let fired: Vec<String> = faults.iter().map(|(kind, count)| format!("{kind} {count}")).collect();
     println!(

@@ -11,7 +11,7 @@
 //! each is a whole simulated world, and the figures are the ones BENCHMARKS.md compares.
 
 use futures_util::{SinkExt, StreamExt};
-use roomlab_sim::{run, RunConfig, Scenario};
+use roomlab_sim::{run, FrameCounts, RunConfig, Scenario};
 use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
@@ -72,39 +72,7 @@ fn floor(seed: u64) -> (u64, Duration) {
             });
         }
     });
-    let operations = Rc::new(Cell::new(0u64));
-    for host in 0..CLIENT_HOSTS {
-        let operations = operations.clone();
-        sim.client(format!("clients-{host}"), async move {
-            for index in (0..CLIENTS).filter(|i| i % CLIENT_HOSTS == host) {
-                let operations = operations.clone();
-                tokio::task::spawn_local(async move {
-                    let stream = turmoil::net::TcpStream::connect(("server", PORT)).await.expect("connect");
-                    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-                        "ws://server/",
-                        stream,
-                        Some(ws_config()),
-                    )
-                    .await
-                    .expect("handshake");
-                    let mut state = index as u64 * 0x9e37_79b9_7f4a_7c15 + 1;
-                    loop {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        tokio::time::sleep(Duration::from_millis(state % 2_001)).await;
-                        ws.send(Message::text(format!("{{\"op\":\"create\",\"by\":{index}}}")))
-                            .await
-                            .expect("send");
-                        let _ = ws.next().await;
-                        operations.set(operations.get() + 1);
-                    }
-                });
-            }
-            std::future::pending::<()>().await;
-            Ok(())
-        });
-    }
+    let operations = spawn_clients(&mut sim, floor_client);
     timed(sim, &operations)
 }
 
@@ -156,7 +124,10 @@ async fn hub_connection(
     let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(ws_config())).await else { return };
     let (mut sink, mut frames) = ws.split();
     loop {
+        // Branches in a fixed order: tokio would otherwise pick among ready ones from its own
+        // unseeded RNG, and the floor's count would move from run to run.
         tokio::select! {
+            biased;
             frame = frames.next() => {
                 let Some(Ok(Message::Text(text))) = frame else { return };
                 hub.borrow_mut().handle(text.as_str(), &own);
@@ -182,22 +153,14 @@ async fn hub_connection(
 /// A fan-out floor client: one operation a second on average, as in the floor, while it reads
 /// (and parses into an untyped JSON value, the least a client does with a frame) every push.
 async fn hub_client(index: usize, operations: Rc<Cell<u64>>) {
-    let stream = turmoil::net::TcpStream::connect(("server", PORT)).await.expect("connect");
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config("ws://server/", stream, Some(ws_config()))
-        .await
-        .expect("handshake");
-    let mut state = index as u64 * 0x9e37_79b9_7f4a_7c15 + 1;
-    let mut delay = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        Duration::from_millis(state % 2_001)
-    };
+    let mut ws = connect().await;
+    let mut delay = delays(index);
     let sleep = tokio::time::sleep(delay());
     tokio::pin!(sleep);
     let mut awaiting = false;
     loop {
         tokio::select! {
+            biased;
             () = &mut sleep, if !awaiting => {
                 ws.send(Message::text(format!("{{\"op\":\"create\",\"by\":{index}}}"))).await.expect("send");
                 awaiting = true;
@@ -241,18 +204,62 @@ fn fanout_floor(seed: u64, fanout: Fanout) -> (u64, Duration) {
             tokio::task::spawn_local(hub_connection(stream, hub.clone(), own, outbox));
         }
     });
+    let operations = spawn_clients(&mut sim, hub_client);
+    timed(sim, &operations)
+}
+
+/// The floors' clients, `CLIENTS` of them on `CLIENT_HOSTS` hosts, each running `client`; returns
+/// the operations they count.
+fn spawn_clients<F, C>(sim: &mut turmoil::Sim<'static>, client: F) -> Rc<Cell<u64>>
+where
+    F: Fn(usize, Rc<Cell<u64>>) -> C + Copy + 'static,
+    C: std::future::Future<Output = ()> + 'static,
+{
     let operations = Rc::new(Cell::new(0u64));
     for host in 0..CLIENT_HOSTS {
         let operations = operations.clone();
         sim.client(format!("clients-{host}"), async move {
             for index in (0..CLIENTS).filter(|i| i % CLIENT_HOSTS == host) {
-                tokio::task::spawn_local(hub_client(index, operations.clone()));
+                tokio::task::spawn_local(client(index, operations.clone()));
             }
             std::future::pending::<()>().await;
             Ok(())
         });
     }
-    timed(sim, &operations)
+    operations
+}
+
+/// A floor client's WebSocket to the server.
+async fn connect() -> tokio_tungstenite::WebSocketStream<turmoil::net::TcpStream> {
+    let stream = turmoil::net::TcpStream::connect(("server", PORT)).await.expect("connect");
+    let (ws, _) = tokio_tungstenite::client_async_with_config("ws://server/", stream, Some(ws_config()))
+        .await
+        .expect("handshake");
+    ws
+}
+
+/// Client `index`'s waits between operations: uniform over 0 to 2 s (one operation a second on
+/// average), from its own xorshift state.
+fn delays(index: usize) -> impl FnMut() -> Duration {
+    let mut state = index as u64 * 0x9e37_79b9_7f4a_7c15 + 1;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        Duration::from_millis(state % 2_001)
+    }
+}
+
+/// A floor client: waits, sends one message, waits for its reply, and counts the operation.
+async fn floor_client(index: usize, operations: Rc<Cell<u64>>) {
+    let mut ws = connect().await;
+    let mut delay = delays(index);
+    loop {
+        tokio::time::sleep(delay()).await;
+        ws.send(Message::text(format!("{{\"op\":\"create\",\"by\":{index}}}"))).await.expect("send");
+        let _ = ws.next().await;
+        operations.set(operations.get() + 1);
+    }
 }
 
 /// Runs a floor's world for SIMULATED_S simulated seconds: the operations done and the wall time.
@@ -265,14 +272,13 @@ fn timed(mut sim: turmoil::Sim<'static>, operations: &Cell<u64>) -> (u64, Durati
 }
 
 /// One round's figures for one world: client operations, simulated seconds and wall seconds.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Figures {
     operations: u64,
     simulated_s: f64,
     wall_s: f64,
-    /// Text frames the clients received, and their bytes (the simulation's runs only).
-    received: u64,
-    received_bytes: u64,
+    /// The text frames the clients sent and received (the simulation's runs only).
+    frames: FrameCounts,
 }
 
 impl Figures {
@@ -290,34 +296,34 @@ impl Figures {
             operations,
             simulated_s: SIMULATED_S as f64,
             wall_s: wall.as_secs_f64(),
-            received: 0,
-            received_bytes: 0,
+            ..Figures::default()
         }
     }
 
     /// The simulation's fan-out: what its clients received per operation, less the reply.
     fn fanout(self) -> Fanout {
-        let per_operation = self.received as f64 / self.operations.max(1) as f64;
         Fanout {
-            pushes_per_operation: (per_operation - 1.0).max(0.0),
-            push_bytes: (self.received_bytes / self.received.max(1)) as usize,
+            pushes_per_operation: (self.received_per_operation() - 1.0).max(0.0),
+            push_bytes: (self.frames.received_bytes / self.frames.received.max(1)) as usize,
         }
+    }
+
+    fn received_per_operation(self) -> f64 {
+        self.frames.received as f64 / self.operations.max(1) as f64
     }
 }
 
 /// Three seeds of an embedded scenario through the whole simulation.
 fn simulation(name: &str) -> Figures {
     let scenario = Scenario::load(name).expect("an embedded scenario");
-    let mut figures =
-        Figures { operations: 0, simulated_s: 0.0, wall_s: 0.0, received: 0, received_bytes: 0 };
+    let mut figures = Figures::default();
     for seed in 0..3 {
         let started = Instant::now();
         let report = run(&RunConfig { scenario: scenario.clone(), seed, keep_trace: false, mutant: None });
         figures.wall_s += started.elapsed().as_secs_f64();
         figures.operations += report.operations;
         figures.simulated_s += report.sim_ms as f64 / 1_000.0;
-        figures.received += report.frames.received;
-        figures.received_bytes += report.frames.received_bytes;
+        figures.frames += report.frames;
         assert!(report.passed(), "{name} seed {seed}: {:?}", report.failures);
     }
     figures
@@ -331,9 +337,10 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// The scenarios each round runs.
 const NAMES: [&str; 2] = ["swarm", "crash-recovery"];
 
-/// Rounds of the floor and both scenarios, one after another (`ROOMLAB_FLOOR_ROUNDS`, default 3).
-/// This machine's speed can swing by a third within minutes, so each scenario is compared with the
-/// floor of its own round, and the summary gives the medians over rounds.
+/// Rounds of the floor, both scenarios and the fan-out floor, one after another
+/// (`ROOMLAB_FLOOR_ROUNDS`, default 3). This machine's speed can swing by half within the hour, so
+/// each scenario is compared with the floors of its own round, and the summary gives the medians
+/// over rounds.
 fn rounds() -> usize {
     std::env::var("ROOMLAB_FLOOR_ROUNDS").ok().and_then(|r| r.parse().ok()).filter(|r| *r > 0).unwrap_or(3)
 }
@@ -366,7 +373,7 @@ fn main() {
                 figures.per_wall_second(),
                 100.0 * figures.per_wall_second() / floor.per_wall_second(),
                 figures.speed(),
-                figures.received as f64 / figures.operations.max(1) as f64
+                figures.received_per_operation()
             );
             figures
         });

@@ -16,9 +16,9 @@ use std::sync::Mutex;
 /// It is direct-mapped: a frame may live only in the slot its hash picks, and a new frame there
 /// replaces the old one. It keeps its own copy of each frame it holds, and holds only frames up to
 /// its `frame_bytes_max`, so its memory stays under `entries_max` times that (plus the decoded
-/// messages); longer frames are decoded every time. What a client receives never depends on the cache: a hit is a frame byte
-/// for byte equal to one decoded before, and decoding is a pure function of the bytes, so the
-/// cache changes only how often the decoder runs.
+/// messages); longer frames are decoded every time. What a client receives never depends on the
+/// cache: a hit is a frame byte for byte equal to one decoded before, and decoding is a pure
+/// function of the bytes, so the cache changes only how often the decoder runs.
 pub struct DecodeCache {
     slots: Mutex<Slots>,
     frame_bytes_max: usize,

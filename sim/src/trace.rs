@@ -41,6 +41,23 @@ pub struct FrameCounts {
     pub received_bytes: u64,
 }
 
+impl std::ops::AddAssign for FrameCounts {
+    fn add_assign(&mut self, more: FrameCounts) {
+        self.sent += more.sent;
+        self.received += more.received;
+        self.received_bytes += more.received_bytes;
+    }
+}
+
+impl std::iter::Sum for FrameCounts {
+    fn sum<I: Iterator<Item = FrameCounts>>(counts: I) -> FrameCounts {
+        counts.fold(FrameCounts::default(), |mut total, more| {
+            total += more;
+            total
+        })
+    }
+}
+
 /// Wire failures remembered at most.
 const WIRE_FAILURES_MAX: usize = 10;
 
@@ -208,5 +225,8 @@ mod tests {
         let frames = trace.frames();
         assert_eq!((frames.sent, frames.received, frames.received_bytes), (1, 2, 15 + 5));
         assert_eq!(trace.count(), 5);
+        // Runs' counts add up field by field (a sweep's summary sums them).
+        let total: FrameCounts = [frames, frames].into_iter().sum();
+        assert_eq!(total, FrameCounts { sent: 2, received: 4, received_bytes: 40 });
     }
 }
