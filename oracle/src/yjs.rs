@@ -1,0 +1,288 @@
+//! Yjs (§19): one Yjs document per (document, rich-text field), synced, merged and relayed.
+
+use crate::state::{Actor, Refusal};
+use crate::views::system_id;
+use crate::{Conn, Oracle, Output};
+use roomlab_protocol::{ErrorCode, FieldName, YSync, YjsFrame};
+use std::sync::Arc;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, GetString, ReadTxn, StateVector, Transact, Update};
+
+/// y-protocols message type and sync steps (§19).
+const MESSAGE_SYNC: u64 = 0;
+const SYNC_STEP_1: u64 = 0;
+const SYNC_STEP_2: u64 = 1;
+const SYNC_UPDATE: u64 = 2;
+/// A v1 update with no blocks and an empty delete set: what a reader with nothing new sends.
+const EMPTY_UPDATE: &[u8] = &[0, 0];
+
+/// The oracle's own Yjs client id: it never edits, so the id never appears in a state.
+const ORACLE_CLIENT_ID: u64 = 0;
+
+/// The merged Yjs state of one field (yjs.persist): every accepted update in order, and a document
+/// built from them. A snapshot of the oracle shares the updates and rebuilds its own document, so
+/// that a rollback never sees updates applied after it was taken.
+pub(crate) struct YjsField {
+    updates: Vec<Arc<[u8]>>,
+    document: Option<Doc>,
+}
+
+impl Clone for YjsField {
+    fn clone(&self) -> Self {
+        YjsField { updates: self.updates.clone(), document: None }
+    }
+}
+
+impl YjsField {
+    fn empty() -> YjsField {
+        YjsField { updates: Vec::new(), document: None }
+    }
+
+    /// The field's document, built on first use.
+    fn document(&mut self) -> &Doc {
+        let updates = &self.updates;
+        self.document.get_or_insert_with(|| rebuilt(updates))
+    }
+
+    /// Merges an update that decoded (checked by the caller) and keeps it.
+    fn merge(&mut self, update: &[u8]) {
+        apply(self.document(), update);
+        self.updates.push(Arc::from(update));
+    }
+
+    /// The field's root text (`ydoc.getText(field)`), as merged.
+    pub(crate) fn text(&self, field: &FieldName) -> String {
+        let built;
+        let document = match &self.document {
+            Some(document) => document,
+            None => {
+                built = rebuilt(&self.updates);
+                &built
+            }
+        };
+        let transaction = document.transact();
+        transaction.get_text(field.as_str()).map(|text| text.get_string(&transaction)).unwrap_or_default()
+    }
+}
+
+/// A document holding `updates`, applied in order.
+fn rebuilt(updates: &[Arc<[u8]>]) -> Doc {
+    let document = Doc::with_client_id(ORACLE_CLIENT_ID);
+    for update in updates {
+        apply(&document, update);
+    }
+    document
+}
+
+/// Applies an update that is known to decode.
+fn apply(document: &Doc, update: &[u8]) {
+    let update = Update::decode_v1(update).expect("only decodable updates are kept");
+    // An update yrs cannot integrate is left out of the state, as a server using Yjs would.
+    let _ = document.transact_mut().apply_update(update);
+}
+
+/// Appends a lib0 var-uint.
+fn push_var_uint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8 & 0x7f) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// A y-protocols sync message: type sync, the step, then the var-bytes payload.
+fn sync_message(step: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 8);
+    push_var_uint(&mut out, MESSAGE_SYNC);
+    push_var_uint(&mut out, step);
+    push_var_uint(&mut out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// A refusal of a Yjs frame, carrying its document and field.
+fn yjs_refusal(rule: &'static str, code: ErrorCode, frame: &YjsFrame, message: String) -> Refusal {
+    Refusal::new(rule, code, message).with_doc(frame.doc.clone()).with_field(frame.field.as_str())
+}
+
+/// The parts of a y-protocols message the room acts on, owned.
+enum Message {
+    Step1(Vec<u8>),
+    Step2(Vec<u8>),
+    Update(Vec<u8>),
+    Awareness,
+}
+
+impl Oracle {
+    /// One Yjs frame (yjs.sync, yjs.broadcast, yjs.access, yjs.doc-live, yjs.richtext-field).
+    pub(crate) fn handle_yjs(
+        &mut self,
+        conn: Conn,
+        frame: YjsFrame,
+        now_ms: u64,
+        commit_fails: bool,
+    ) -> Vec<Output> {
+        let _ = now_ms; // Yjs state carries no server time.
+        let Some(connection) = self.connections.get(&conn) else { return Vec::new() };
+        if connection.closed {
+            return Vec::new();
+        }
+        if connection.client.is_none() {
+            let refusal =
+                yjs_refusal("conn.hello.first", ErrorCode::HelloRequired, &frame, "send hello first".into());
+            return vec![refused(conn, refusal)];
+        }
+        let actor = self.actor(&connection.identity);
+        let message = match YSync::parse(&frame.payload) {
+            Ok(YSync::Step1(bytes)) => Message::Step1(bytes.to_vec()),
+            Ok(YSync::Step2(bytes)) => Message::Step2(bytes.to_vec()),
+            Ok(YSync::Update(bytes)) => Message::Update(bytes.to_vec()),
+            Ok(YSync::Awareness(_)) => Message::Awareness,
+            Err(error) => {
+                let refusal =
+                    yjs_refusal("conn.malformed.survives", ErrorCode::BadFrame, &frame, error.to_string());
+                return vec![refused(conn, refusal)];
+            }
+        };
+        if let Err(refusal) = self.check_yjs_read(&actor, &frame) {
+            return vec![refused(conn, refusal)];
+        }
+        match message {
+            Message::Step1(state_vector) => self.sync_step_1(conn, &frame, &state_vector),
+            Message::Awareness => self.relay(conn, &frame),
+            Message::Step2(update) | Message::Update(update) => {
+                self.merge_update(conn, &actor, frame, &update, commit_fails)
+            }
+        }
+    }
+
+    /// yjs.access (read), yjs.doc-live, yjs.richtext-field: the checks every Yjs frame passes.
+    fn check_yjs_read(&self, actor: &Actor, frame: &YjsFrame) -> Result<(), Refusal> {
+        let doc = &frame.doc;
+        if system_id(doc).is_some() {
+            return Err(yjs_refusal(
+                "yjs.doc-live",
+                ErrorCode::Protected,
+                frame,
+                format!("{doc} has no Yjs fields"),
+            ));
+        }
+        let existing = self
+            .live_document(doc, "yjs.doc-live")
+            .map_err(|refusal| refusal.with_doc(doc.clone()).with_field(frame.field.as_str()))?;
+        if !self.can_read(actor, doc, existing) {
+            return Err(yjs_refusal(
+                "yjs.access",
+                ErrorCode::Forbidden,
+                frame,
+                format!("you may not read {doc}"),
+            ));
+        }
+        let field = frame.field.as_str();
+        if let Some(schema) = self.schemas.get(&existing.doc_type) {
+            if !schema.declares_richtext(field) {
+                return Err(yjs_refusal(
+                    "yjs.richtext-field",
+                    ErrorCode::Invalid,
+                    frame,
+                    format!("{field} is not a richtext field of {}", existing.doc_type),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// yjs.sync: sync step 2 with what the client lacks, then the room's own step 1; the field is
+    /// open on this connection from then on.
+    fn sync_step_1(&mut self, conn: Conn, frame: &YjsFrame, state_vector: &[u8]) -> Vec<Output> {
+        let Ok(state_vector) = StateVector::decode_v1(state_vector) else {
+            let refusal = yjs_refusal(
+                "conn.malformed.survives",
+                ErrorCode::BadFrame,
+                frame,
+                "bad Yjs state vector".into(),
+            );
+            return vec![refused(conn, refusal)];
+        };
+        let key = (frame.doc.clone(), frame.field.clone());
+        let mut scratch = YjsField::empty();
+        let field = self.yjs.get_mut(&key).unwrap_or(&mut scratch);
+        let transaction = field.document().transact();
+        let missing = transaction.encode_state_as_update_v1(&state_vector);
+        let own = transaction.state_vector().encode_v1();
+        drop(transaction);
+        if let Some(connection) = self.connections.get_mut(&conn) {
+            connection.yjs_open.insert(key);
+        }
+        let answer = |step: u64, bytes: &[u8]| Output::Yjs {
+            conn,
+            frame: YjsFrame {
+                doc: frame.doc.clone(),
+                field: frame.field.clone(),
+                payload: sync_message(step, bytes),
+            },
+            rule: "yjs.sync",
+        };
+        vec![answer(SYNC_STEP_2, &missing), answer(SYNC_STEP_1, &own)]
+    }
+
+    /// yjs.broadcast and yjs.access: an update (or a step 2 that changes the state) needs write
+    /// access and is refused before it is applied; an accepted one is merged and relayed.
+    fn merge_update(
+        &mut self,
+        conn: Conn,
+        actor: &Actor,
+        frame: YjsFrame,
+        update: &[u8],
+        commit_fails: bool,
+    ) -> Vec<Output> {
+        // yjs.access with limits.decode-work: the empty update (a reader's step 2 with nothing to
+        // add) is no write; any other update from a connection that may not write is refused
+        // before it is decoded.
+        if update == EMPTY_UPDATE {
+            return Vec::new();
+        }
+        if self.check_write(actor, &self.docs[&frame.doc]).is_err() {
+            let message = format!("you may not write {}", frame.doc);
+            return vec![refused(conn, yjs_refusal("yjs.access", ErrorCode::Forbidden, &frame, message))];
+        }
+        if Update::decode_v1(update).is_err() {
+            let refusal =
+                yjs_refusal("limits.decode-work", ErrorCode::Invalid, &frame, "bad Yjs update".into());
+            return vec![refused(conn, refusal)];
+        }
+        if commit_fails {
+            let refusal = yjs_refusal(
+                "yjs.broadcast",
+                ErrorCode::Internal,
+                &frame,
+                "the room could not commit this update".into(),
+            );
+            return self.fail_connection(conn, *refusal.body, refusal.rule);
+        }
+        let key = (frame.doc.clone(), frame.field.clone());
+        self.yjs.entry(key).or_insert_with(YjsField::empty).merge(update);
+        // yjs.broadcast: a step 2's content reaches the others as an update, since for them it
+        // answers no step 1 of theirs.
+        let relayed = YjsFrame { payload: sync_message(SYNC_UPDATE, update), ..frame };
+        self.relay(conn, &relayed)
+    }
+
+    /// yjs.broadcast: the frame, unchanged, to every other connection with the field open.
+    fn relay(&mut self, from: Conn, frame: &YjsFrame) -> Vec<Output> {
+        let key = (frame.doc.clone(), frame.field.clone());
+        self.connections
+            .iter()
+            .filter(|(conn, connection)| {
+                **conn != from && !connection.closed && connection.yjs_open.contains(&key)
+            })
+            .map(|(conn, _)| Output::Yjs { conn: *conn, frame: frame.clone(), rule: "yjs.broadcast" })
+            .collect()
+    }
+}
+
+/// A refused Yjs frame's error to its sender.
+fn refused(conn: Conn, refusal: Refusal) -> Output {
+    Output::Send { conn, message: roomlab_protocol::ServerMessage::Error(*refusal.body), rule: refusal.rule }
+}
