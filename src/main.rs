@@ -16,7 +16,7 @@ mod sim_command;
 /// deterministic simulation, a conformance suite and planted bugs that prove they catch what they
 /// claim. See README.md.
 #[derive(Parser)]
-#[command(name = "roomlab", version, about, long_about = None)]
+#[command(name = "roomlab", version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("ROOMLAB_COMMIT"), ")"), about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -244,14 +244,34 @@ fn run_serve(
         }
         let stopper = server.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                println!("shutting down");
-                stopper.shutdown();
-            }
+            // systemd, Docker and Kubernetes stop a service with SIGTERM; a terminal with Ctrl-C.
+            let signal = shutdown_signal().await;
+            println!("{signal}: shutting down (connections close with 1001)");
+            stopper.shutdown();
         });
         server.serve(listener, 5_000).await;
         Ok(())
     })
+}
+
+/// Waits for SIGINT or (on Unix) SIGTERM, and names it.
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            },
+            Err(_) => tokio::signal::ctrl_c().await.map(|_| "SIGINT").unwrap_or("SIGINT"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "Ctrl-C"
+    }
 }
 
 fn run_token(

@@ -149,12 +149,16 @@ impl YjsFields {
         let message = YSync::parse(&frame_in.payload).map_err(|e| YjsError::Malformed(e.to_string()))?;
         match message {
             YSync::Step1(state_vector) => {
+                // A hostile server's counts must fit their bytes before yrs reserves for them.
+                roomlab_protocol::check_yjs_state_vector(state_vector)
+                    .map_err(|e| YjsError::Malformed(e.to_string()))?;
                 let state_vector =
                     StateVector::decode_v1(state_vector).map_err(|e| YjsError::Malformed(e.to_string()))?;
                 let missing = field.doc.transact().encode_diff_v1(&state_vector);
                 Ok(Received::Answer(frame(&key, YSync::Step2(&missing))))
             }
             YSync::Step2(bytes) | YSync::Update(bytes) => {
+                roomlab_protocol::check_yjs_update(bytes).map_err(|e| YjsError::BadUpdate(e.to_string()))?;
                 let update = Update::decode_v1(bytes).map_err(|e| YjsError::BadUpdate(e.to_string()))?;
                 field
                     .doc

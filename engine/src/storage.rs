@@ -213,7 +213,10 @@ pub fn open(path: Option<&Path>) -> rusqlite::Result<Connection> {
     // default 4 KiB (BENCHMARKS.md). A database that exists keeps the page size it was made with.
     connection.pragma_update(None, "page_size", PAGE_BYTES)?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
-    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    // ack.durable: with WAL, NORMAL syncs only at checkpoints, so a commit acknowledged before the
+    // next one could vanish in a power loss; FULL syncs the WAL at every commit, and group commit
+    // pays that sync once per group (BENCHMARKS.md has the cost).
+    connection.pragma_update(None, "synchronous", "FULL")?;
     connection.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
     // The checkpoint threshold counts pages: keep it at the 4 MiB of WAL that SQLite's default
     // (1,000 pages of 4 KiB) allows, or small pages would checkpoint (and fsync) four times as often.

@@ -10,6 +10,9 @@ use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
 use yrs::{ReadTxn, StateVector, Transact, Update};
 
+/// A v1 update with no blocks and an empty delete set.
+const EMPTY_UPDATE: &[u8] = &[0, 0];
+
 /// Updates kept in a field's log before it is compacted into one.
 const YJS_UPDATES_MAX: u64 = 64;
 
@@ -91,6 +94,8 @@ impl Room {
         };
         match message {
             YSync::Step1(state_vector) => {
+                roomlab_protocol::check_yjs_state_vector(state_vector)
+                    .map_err(|e| refuse(ErrorCode::BadFrame, format!("bad state vector: {e}")))?;
                 let state_vector = StateVector::decode_v1(state_vector)
                     .map_err(|e| refuse(ErrorCode::BadFrame, format!("bad state vector: {e}")))?;
                 self.yjs.open.entry(key.clone()).or_default().insert(conn);
@@ -157,17 +162,25 @@ impl Room {
         bytes: &[u8],
         reader: &Identity,
     ) -> Result<Vec<Effect>, Refusal> {
+        // docs/PROTOCOL.md yjs.access: refused before it is decoded (decoding costs the sender
+        // nothing and the room a great deal) and so before it is applied, since yrs cannot undo a
+        // merge. An empty update (a reader's step 2 with nothing to add) is no write.
+        let document = &self.docs[&key.0];
+        let allowed = reader.role >= Role::Member
+            && self.schema(&document.doc_type).can_write(reader.role, Some(reader.user == document.owner));
+        if bytes == EMPTY_UPDATE {
+            return Ok(Vec::new());
+        }
+        if !allowed && !roomlab_protocol::Mutant::ViewerYjsApplied.planted(self.config.mutant) {
+            return Err(refuse(ErrorCode::Forbidden, format!("you may not write {}", key.0)));
+        }
+        // limits.decode-work: the update's counts must fit its length before yrs reserves for them.
+        roomlab_protocol::check_yjs_update(bytes)
+            .map_err(|e| refuse(ErrorCode::Invalid, format!("bad Yjs update: {e}")))?;
         let update = Update::decode_v1(bytes)
             .map_err(|e| refuse(ErrorCode::Invalid, format!("bad Yjs update: {e}")))?;
         if update.is_empty() {
             return Ok(Vec::new());
-        }
-        // docs/PROTOCOL.md yjs.access: refused before it is applied, since yrs cannot undo a merge.
-        let document = &self.docs[&key.0];
-        let allowed = reader.role >= Role::Member
-            && self.schema(&document.doc_type).can_write(reader.role, Some(reader.user == document.owner));
-        if !allowed && !roomlab_protocol::Mutant::ViewerYjsApplied.planted(self.config.mutant) {
-            return Err(refuse(ErrorCode::Forbidden, format!("you may not write {}", key.0)));
         }
         let doc = &self.yjs.docs[key];
         doc.transact_mut()

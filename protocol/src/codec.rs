@@ -5,14 +5,27 @@ use crate::ids::{DocId, FieldName};
 use crate::message::{ClientMessage, ServerMessage};
 use serde::de::DeserializeOwned;
 
-/// Decodes a client's text frame, refusing frames longer than `frame_bytes_max`.
+/// How deep JSON may nest in a client's frame (docs/PROTOCOL.md limits.json-depth). A document's
+/// data sits a few levels deeper in the server's pushes than in the client's mutation, so the
+/// server's frames may nest [`SERVER_JSON_DEPTH_EXTRA`] levels more; both stay far below the 128
+/// levels where common JSON parsers (serde_json among them) give up.
+pub const JSON_DEPTH_MAX: usize = 64;
+/// How much deeper than [`JSON_DEPTH_MAX`] a server's frame may nest.
+pub const SERVER_JSON_DEPTH_EXTRA: usize = 8;
+
+/// Decodes a client's text frame, refusing frames longer than `frame_bytes_max` or nested deeper
+/// than [`JSON_DEPTH_MAX`].
 pub fn decode(frame: &[u8], frame_bytes_max: usize) -> Result<ClientMessage, DecodeError> {
+    check_size(frame, frame_bytes_max)?;
+    check_depth(frame, JSON_DEPTH_MAX)?;
     decode_json(frame, frame_bytes_max)
 }
 
-/// Decodes a server's text frame, refusing frames longer than `frame_bytes_max`.
+/// Decodes a server's text frame, refusing frames longer than `frame_bytes_max` or nested deeper
+/// than the server may nest.
 pub fn decode_server(frame: &[u8], frame_bytes_max: usize) -> Result<ServerMessage, DecodeError> {
     check_size(frame, frame_bytes_max)?;
+    check_depth(frame, JSON_DEPTH_MAX + SERVER_JSON_DEPTH_EXTRA)?;
     if let Some(message) = hot::decode(frame) {
         return Ok(message);
     }
@@ -87,6 +100,35 @@ mod hot {
 fn decode_json<T: DeserializeOwned>(frame: &[u8], max: usize) -> Result<T, DecodeError> {
     check_size(frame, max)?;
     serde_json::from_slice(frame).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+/// The deepest nesting of arrays and objects in a JSON text, counted outside strings. A frame that
+/// is not JSON at all is left to the parser to name.
+fn check_depth(frame: &[u8], depth_max: usize) -> Result<(), DecodeError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in frame {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > depth_max {
+                    return Err(DecodeError::Malformed(format!("JSON nests deeper than {depth_max} levels")));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn check_size(frame: &[u8], max: usize) -> Result<(), DecodeError> {
@@ -319,6 +361,28 @@ mod tests {
         }
         let decoded = decode_server(frame.as_bytes(), 1 << 20).ok();
         assert_eq!(decoded, general, "decode_server must answer as the general path on {frame}");
+    }
+
+    #[test]
+    fn frames_nested_past_the_limit_are_refused_on_both_sides() {
+        let nested = |depth: usize| {
+            let data = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            format!(
+                r#"{{"type":"mutate","mid":1,"op":"create","doc":"d","doc_type":"t","data":{{"a":{data}}}}}"#
+            )
+        };
+        // The frame's own object and `data` take two levels.
+        assert!(decode(nested(JSON_DEPTH_MAX - 2).as_bytes(), 1 << 20).is_ok());
+        let refused = decode(nested(JSON_DEPTH_MAX - 1).as_bytes(), 1 << 20);
+        assert_eq!(
+            refused,
+            Err(DecodeError::Malformed(format!("JSON nests deeper than {JSON_DEPTH_MAX} levels")))
+        );
+        // Brackets inside strings do not count.
+        let text = format!(r#"{{"type":"ping","nonce":1,"x":"{}\\"}}"#, "[".repeat(200));
+        assert!(
+            !matches!(decode(text.as_bytes(), 1 << 20), Err(DecodeError::Malformed(m)) if m.contains("nests"))
+        );
     }
 
     #[test]

@@ -18,9 +18,11 @@ mod ids;
 mod message;
 mod mutant;
 pub mod query;
+mod yjs_bounds;
 
 pub use codec::{
-    decode, decode_server, encode, encode_server, write_var_uint, Cursor, YSync, YjsFrame, YJS_FRAME_TAG,
+    decode, decode_server, encode, encode_server, write_var_uint, Cursor, YSync, YjsFrame, JSON_DEPTH_MAX,
+    SERVER_JSON_DEPTH_EXTRA, YJS_FRAME_TAG,
 };
 pub use error::{DecodeError, ErrorCode};
 pub use ids::{
@@ -29,7 +31,8 @@ pub use ids::{
 };
 pub use message::{
     merge_patch, AssetInfo, Backend, ClientMessage, Contract, DocSnapshot, ErrorBody, Limits, ListDiff,
-    ListItem, Mutation, Plan, Role, ServerMessage, Target, PROTOCOL_VERSION,
+    ListItem, Mutation, Plan, Role, ServerMessage, Target, MID_MAX, PROTOCOL_VERSION,
 };
 pub use mutant::Mutant;
 pub use query::{Direction, Field, Op, Order, Query, QueryError, Record, Where};
+pub use yjs_bounds::{check_yjs_state_vector, check_yjs_update, YJS_NESTING_MAX};

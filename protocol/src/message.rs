@@ -379,6 +379,18 @@ pub enum Target {
     Assets(BucketName),
 }
 
+/// The largest mutation id: 2^53 − 1, the largest integer every JSON peer reads exactly
+/// (docs/PROTOCOL.md mutation.mid.range).
+pub const MID_MAX: u64 = (1 << 53) - 1;
+
+fn mid_in_range<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let mid = u64::deserialize(deserializer)?;
+    if mid > MID_MAX {
+        return Err(serde::de::Error::custom(format!("mid {mid} is above {MID_MAX}")));
+    }
+    Ok(mid)
+}
+
 /// A message from a client to a server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -405,7 +417,8 @@ pub enum ClientMessage {
     },
     /// Asks for a change.
     Mutate {
-        /// The mutation id: strictly increasing per client id.
+        /// The mutation id: strictly increasing per client id, at most [`MID_MAX`].
+        #[serde(deserialize_with = "mid_in_range")]
         mid: u64,
         /// The change.
         #[serde(flatten)]
@@ -461,6 +474,14 @@ pub struct Limits {
     pub asset_bytes_max: usize,
     /// Staged writes in one session.
     pub staged_docs_max: usize,
+    /// Bytes of frames queued to one connection before it is closed as a slow consumer (4008).
+    /// Servers that predate it announce nothing; readers take the default.
+    #[serde(default = "outbound_bytes_max_default")]
+    pub outbound_bytes_max: usize,
+}
+
+fn outbound_bytes_max_default() -> usize {
+    8 << 20
 }
 
 impl Default for Limits {
@@ -474,6 +495,7 @@ impl Default for Limits {
             replay_window_max: 128,
             asset_bytes_max: 512 << 10,
             staged_docs_max: 64,
+            outbound_bytes_max: outbound_bytes_max_default(),
         }
     }
 }
@@ -681,7 +703,8 @@ pub struct ErrorBody {
     /// `invalid`: the field at fault; a refused Yjs frame: its rich-text field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    /// A refused Yjs frame: its document (with `field`, which Yjs document was refused).
+    /// A refused Yjs frame: its document (with `field`, which Yjs document was refused); a staged
+    /// commit's `conflict`: the document that moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub doc: Option<DocId>,
     /// `incompatible`: the bucket's contract.

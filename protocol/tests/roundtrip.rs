@@ -152,7 +152,8 @@ fn client_message() -> impl Strategy<Value = ClientMessage> {
         (any::<u32>(), client_id()).prop_map(|(protocol, client)| ClientMessage::Hello { protocol, client }),
         (sub_id(), target).prop_map(|(sub, target)| ClientMessage::Subscribe { sub, target }),
         sub_id().prop_map(|sub| ClientMessage::Unsubscribe { sub }),
-        (any::<u64>(), mutation()).prop_map(|(mid, mutation)| ClientMessage::Mutate { mid, mutation }),
+        (0..=roomlab_protocol::MID_MAX, mutation())
+            .prop_map(|(mid, mutation)| ClientMessage::Mutate { mid, mutation }),
         (any::<u64>(), bucket(), option::of(any::<u64>()))
             .prop_map(|(req, bucket, if_version)| ClientMessage::BucketGet { req, bucket, if_version }),
         (any::<u64>(), bucket()).prop_map(|(req, bucket)| ClientMessage::AssetList { req, bucket }),
@@ -327,6 +328,10 @@ fn identifiers_and_keys_are_parsed_at_the_edge() {
         r#"{"type":"mutate","mid":1,"op":"list_move","doc":"d","list":"l","item":"i","key":"a00"}"#,
         r#"{"type":"mutate","mid":1,"op":"nope","doc":"d"}"#,
         r#"{"type":"hello","protocol":1}"#,
+        // mutation.mid.range: 2^53 and 2^63 are beyond what every JSON peer reads exactly.
+        r#"{"type":"mutate","mid":9007199254740992,"op":"stage_commit"}"#,
+        r#"{"type":"mutate","mid":9223372036854775808,"op":"stage_commit"}"#,
+        r#"{"type":"mutate","mid":-1,"op":"stage_commit"}"#,
     ] {
         let error = decode(frame.as_bytes(), 1 << 20).unwrap_err();
         assert_eq!(error.code(), ErrorCode::BadFrame, "{frame} was accepted");

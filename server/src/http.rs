@@ -102,10 +102,17 @@ fn status_of(code: ErrorCode) -> StatusCode {
     }
 }
 
+/// A room that cannot open: the cause can name the server's files, so it goes to the log only.
+fn room_unavailable(room: &RoomId, e: &roomlab_engine::EngineError) -> Reply {
+    tracing::warn!(room = %room, "room unavailable: {e}");
+    text(StatusCode::INTERNAL_SERVER_ERROR, "room unavailable")
+}
+
 /// Answers one HTTP request.
 pub(crate) async fn handle(
     server: Server,
     request: Request<Incoming>,
+    peer: Option<std::net::SocketAddr>,
 ) -> Result<Reply, std::convert::Infallible> {
     let Some(route) = route(request.method(), request.uri().path()) else {
         return Ok(text(StatusCode::NOT_FOUND, "no such route for this method; see docs/PROTOCOL.md"));
@@ -135,9 +142,9 @@ pub(crate) async fn handle(
         Err(e) => return Ok(unauthorized(&e)),
     };
     Ok(match route {
-        Route::Socket(room) => upgrade(server, request, room, identity, Endpoint::Protocol),
+        Route::Socket(room) => upgrade(server, request, (room, identity, peer), Endpoint::Protocol),
         Route::YjsSocket(room, doc, field) => {
-            upgrade(server, request, room, identity, Endpoint::Yjs { doc, field })
+            upgrade(server, request, (room, identity, peer), Endpoint::Yjs { doc, field })
         }
         Route::AssetList(room, bucket) => asset_list(&server, &room, &identity, bucket),
         Route::AssetDownload(room, bucket, key) => asset_download(&server, &room, &identity, &bucket, &key),
@@ -188,7 +195,7 @@ async fn detached(
 ) -> Reply {
     let inputs = match server.room(&room) {
         Ok((inputs, _)) => inputs,
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("room unavailable: {e}")),
+        Err(e) => return room_unavailable(&room, &e),
     };
     let (reply, answer) = tokio::sync::oneshot::channel();
     let input = Input::Detached { conn: server.next_conn(), identity, mutation, reply };
@@ -222,7 +229,7 @@ fn unauthorized(error: &TokenError) -> Reply {
 fn asset_list(server: &Server, room: &RoomId, identity: &Identity, bucket: BucketName) -> Reply {
     let shared = match server.room(room) {
         Ok((_, shared)) => shared,
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("room unavailable: {e}")),
+        Err(e) => return room_unavailable(room, &e),
     };
     let sub = SubId::new("http").expect("valid sub id");
     let answer = shared.lock().expect("room lock").answer(identity, &sub, &Target::Assets(bucket));
@@ -244,7 +251,7 @@ fn asset_download(
 ) -> Reply {
     let shared = match server.room(room) {
         Ok((_, shared)) => shared,
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("room unavailable: {e}")),
+        Err(e) => return room_unavailable(room, &e),
     };
     let found = shared.lock().expect("room lock").asset(identity, bucket, key);
     match found {
@@ -252,7 +259,13 @@ fn asset_download(
             let mut response = Response::new(Full::new(Bytes::from(bytes)));
             let value = HeaderValue::from_str(&content_type)
                 .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-            response.headers_mut().insert(header::CONTENT_TYPE, value);
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, value);
+            // An uploaded file is the uploader's content, not the server's page: browsers must
+            // neither sniff it into something executable nor render it on the server's origin.
+            headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            headers.insert(header::CONTENT_DISPOSITION, HeaderValue::from_static("attachment"));
+            headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
             response
         }
         Err(body) => text(status_of(body.code), body.message),
@@ -262,8 +275,7 @@ fn asset_download(
 fn upgrade(
     server: Server,
     request: Request<Incoming>,
-    room: RoomId,
-    identity: Identity,
+    (room, identity, peer): (RoomId, Identity, Option<std::net::SocketAddr>),
     endpoint: Endpoint,
 ) -> Reply {
     let upgrade_asked = request
@@ -286,7 +298,7 @@ fn upgrade(
     spawner.spawn(async move {
         let Ok(upgraded) = hyper::upgrade::on(request).await else { return };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(config)).await;
-        connection::run(server, ws, room, identity, endpoint).await;
+        connection::run(server, ws, (room, identity, peer), endpoint).await;
     });
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -50,9 +50,27 @@ pub enum TokenError {
         /// The room asked for.
         room: String,
     },
+    /// The token's `nbf` (not before) is still in the future.
+    #[error("token not valid before {nbf} (now {now})")]
+    NotYetValid {
+        /// The token's `nbf` in Unix seconds.
+        nbf: u64,
+        /// The server's time in Unix seconds.
+        now: u64,
+    },
     /// A claim is not a valid identifier.
     #[error("token claim {0} is not a valid identifier")]
     BadClaim(&'static str),
+}
+
+/// The claims with the registered time claims a verifier honours but roomlab never mints.
+#[derive(Deserialize)]
+struct WithTimes {
+    #[serde(flatten)]
+    claims: Claims,
+    /// Not before, in Unix seconds (RFC 7519 4.1.5).
+    #[serde(default)]
+    nbf: Option<u64>,
 }
 
 /// Signs `claims` with `secret`.
@@ -67,11 +85,17 @@ pub fn mint(secret: &[u8], claims: &Claims) -> String {
 pub fn verify(secret: &[u8], token: Option<&str>, room: &RoomId, now_s: u64) -> Result<Identity, TokenError> {
     let token = token.filter(|t| !t.is_empty()).ok_or(TokenError::Missing)?;
     let mut validation = Validation::new(Algorithm::HS256);
+    // Both time claims are checked below against the host's clock, not the system's.
     validation.validate_exp = false;
+    validation.validate_nbf = false;
     validation.required_spec_claims = ["exp", "sub"].iter().map(|s| s.to_string()).collect();
-    let claims = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
+    let decoded = jsonwebtoken::decode::<WithTimes>(token, &DecodingKey::from_secret(secret), &validation)
         .map_err(|e| TokenError::Invalid(e.to_string()))?
         .claims;
+    let claims = decoded.claims;
+    if let Some(nbf) = decoded.nbf.filter(|nbf| *nbf > now_s) {
+        return Err(TokenError::NotYetValid { nbf, now: now_s });
+    }
     if claims.exp <= now_s {
         return Err(TokenError::Expired { exp: claims.exp, now: now_s });
     }
@@ -109,5 +133,18 @@ mod tests {
         assert!(matches!(check(Some("not.a.jwt"), "r1", 99), Err(TokenError::Invalid(_))));
         assert_eq!(check(None, "r1", 99), Err(TokenError::Missing));
         assert_eq!(check(Some(""), "r1", 99), Err(TokenError::Missing));
+        // A future `nbf` (which roomlab never mints, but other issuers do) is honoured.
+        let with_nbf = |nbf: u64| {
+            let mut claims = serde_json::to_value(claims("r1", 100)).unwrap();
+            claims["nbf"] = nbf.into();
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(b"secret"),
+            )
+            .unwrap()
+        };
+        assert_eq!(check(Some(&with_nbf(50)), "r1", 49), Err(TokenError::NotYetValid { nbf: 50, now: 49 }));
+        assert_eq!(check(Some(&with_nbf(50)), "r1", 50), Ok(("u1".into(), Role::Member, 2)));
     }
 }
