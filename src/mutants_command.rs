@@ -161,11 +161,11 @@ pub fn simulate_against(mutant: Mutant, seeds: u64, jobs: usize) -> Result<SimKi
             let handles: Vec<_> = batch
                 .iter()
                 .map(|&seed| {
+                    // The engine's self-checks stay off: the kill matrix measures the oracle.
                     let config = RunConfig {
-                        scenario: scenario.clone(),
-                        seed,
-                        keep_trace: false,
                         mutant: Some(mutant),
+                        engine_checks: false,
+                        ..RunConfig::new(scenario.clone(), seed)
                     };
                     scope.spawn(move || run(&config))
                 })

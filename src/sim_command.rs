@@ -220,7 +220,7 @@ fn sweep(scenario: &Scenario, seeds: &[u64], mutant: Option<Mutant>, args: &SimA
                         }
                     }
                 } else {
-                    run(&RunConfig { scenario: scenario.clone(), seed, keep_trace, mutant })
+                    run(&RunConfig { keep_trace, mutant, ..RunConfig::new(scenario.clone(), seed) })
                 };
                 report.wall_ms = started.elapsed().as_millis() as u64;
                 if !report.passed() {
@@ -310,14 +310,9 @@ pub fn clients(count: usize) -> String {
     format!("{count} client{}", if count == 1 { "" } else { "s" })
 }
 
-fn commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+/// The commit this binary was built from (see build.rs).
+pub fn commit() -> &'static str {
+    env!("ROOMLAB_COMMIT")
 }
 
 #[cfg(test)]

@@ -319,7 +319,7 @@ fn simulation(name: &str) -> Figures {
     let mut figures = Figures::default();
     for seed in 0..3 {
         let started = Instant::now();
-        let report = run(&RunConfig { scenario: scenario.clone(), seed, keep_trace: false, mutant: None });
+        let report = run(&RunConfig::new(scenario.clone(), seed));
         figures.wall_s += started.elapsed().as_secs_f64();
         figures.operations += report.operations;
         figures.simulated_s += report.sim_ms as f64 / 1_000.0;

@@ -242,16 +242,10 @@ impl Room {
         if doc.is_system() && !is_schema {
             return Err(protected(doc));
         }
-        let allowed = match is_schema {
-            true => writer.role >= Role::Admin,
-            false => self.schema(&doc_type).can_write(writer.role, None),
-        };
-        if !allowed {
-            let message = match is_schema {
-                true => "only admins write schemas".to_string(),
-                false => format!("you may not create documents of type {doc_type}"),
-            };
-            return Err(forbidden(message));
+        // errors.precedence: an admin's op (a schema) is gated first; then the id's state, then
+        // access to the type.
+        if is_schema && writer.role < Role::Admin {
+            return Err(forbidden("only admins write schemas"));
         }
         match self.docs.get(doc) {
             Some(Document { deleted: Some(_), seq, .. })
@@ -261,6 +255,9 @@ impl Room {
             }
             Some(_) => return Err(refuse(ErrorCode::Exists, format!("{doc} exists"))),
             None => {}
+        }
+        if !is_schema && !self.schema(&doc_type).can_write(writer.role, None) {
+            return Err(forbidden(format!("you may not create documents of type {doc_type}")));
         }
         let data = self.prepare(doc, &doc_type, data, None, writer, now_ms)?;
         let document = Document::new(doc_type, seq, writer.user.clone(), data);
@@ -306,6 +303,9 @@ impl Room {
         let is_schema = doc.schema_for().is_some();
         if doc.is_system() && !is_schema {
             return Err(protected(doc));
+        }
+        if is_schema && writer.role < Role::Admin {
+            return Err(forbidden("only admins write schemas"));
         }
         let document =
             self.docs.get(doc).ok_or_else(|| refuse(ErrorCode::NotFound, format!("no document {doc}")))?;
@@ -459,12 +459,12 @@ impl Room {
         if doc.is_system() {
             return Err(protected(&doc));
         }
-        require_member(writer)?;
-        if !data.is_object() {
-            return Err(refuse(ErrorCode::Invalid, "data must be a JSON object"));
+        // errors.precedence: the target's state, then access, then the data.
+        if let Some(Document { deleted: Some(_), seq, .. }) = self.docs.get(&doc) {
+            return Err(deleted(&doc, *seq));
         }
+        require_member(writer)?;
         let (doc_type, base_seq) = match self.docs.get(&doc) {
-            Some(Document { deleted: Some(_), seq, .. }) => return Err(deleted(&doc, *seq)),
             Some(document) => {
                 self.writable(writer, &doc, None)?;
                 (document.doc_type.clone(), document.seq)
@@ -474,6 +474,9 @@ impl Room {
             }
             None => (doc_type, 0),
         };
+        if !data.is_object() {
+            return Err(refuse(ErrorCode::Invalid, "data must be a JSON object"));
+        }
         self.check_size(&Document::new(doc_type.clone(), 0, writer.user.clone(), data.clone()))?;
         let mut session = self.sessions.get(&writer.user).cloned().unwrap_or_default();
         let max = self.config.limits.staged_docs_max;
@@ -498,9 +501,12 @@ impl Room {
                 Some(document) => document.deleted.is_some() || document.seq != staged.base_seq,
             };
             if moved {
+                // stage.commit.atomic: the conflict names the document and its sequence now (0
+                // when it no longer exists).
                 let message = format!("{doc} changed since it was staged at seq {}", staged.base_seq);
                 let body = ErrorBody::new(ErrorCode::Conflict, message);
-                return Err(Box::new(ErrorBody { seq: current.map(|d| d.seq), ..body }));
+                let seq = Some(current.map_or(0, |d| d.seq));
+                return Err(Box::new(ErrorBody { seq, doc: Some(doc.clone()), ..body }));
             }
             let named =
                 |body: Refusal| Box::new(ErrorBody { message: format!("{doc}: {}", body.message), ..*body });
@@ -533,27 +539,27 @@ impl Room {
         name: &BucketName,
         backend: Option<Backend>,
     ) -> Result<&Bucket, Refusal> {
-        may_write_bucket(writer, name)?;
+        // errors.precedence: the bucket's existence and backend before access to it.
         let bucket =
             self.buckets.get(name).ok_or_else(|| refuse(ErrorCode::NotFound, format!("no bucket {name}")))?;
         if let Some(backend) = backend {
             check_backend(name, bucket, backend)?;
         }
+        may_write_bucket(writer, name)?;
         Ok(bucket)
     }
 
     /// docs/PROTOCOL.md bucket.bind.contract.
     fn plan_bind(&self, writer: &Identity, name: BucketName, contract: Contract) -> Result<Change, Refusal> {
+        // errors.precedence: an incompatible bucket is named before access to it is judged.
+        if let Some(bucket) = self.buckets.get(&name).filter(|bucket| bucket.contract != contract) {
+            let body =
+                ErrorBody::new(ErrorCode::Incompatible, format!("{name} is bound with another contract"));
+            return Err(Box::new(ErrorBody { contract: Some(bucket.contract.clone()), ..body }));
+        }
         may_write_bucket(writer, &name)?;
         match self.buckets.get(&name) {
-            Some(bucket) if bucket.contract == contract => {
-                Ok(Change { version: Some(bucket.version), ..Change::default() })
-            }
-            Some(bucket) => {
-                let body =
-                    ErrorBody::new(ErrorCode::Incompatible, format!("{name} is bound with another contract"));
-                Err(Box::new(ErrorBody { contract: Some(bucket.contract.clone()), ..body }))
-            }
+            Some(bucket) => Ok(Change { version: Some(bucket.version), ..Change::default() }),
             None => {
                 let write = BucketWrite {
                     name,

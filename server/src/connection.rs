@@ -43,8 +43,7 @@ const SLOW_CONSUMER_CLOSE_MS_MAX: u64 = 10_000;
 pub(crate) async fn run<S>(
     server: Server,
     ws: WebSocketStream<S>,
-    room_id: RoomId,
-    identity: Identity,
+    who: (RoomId, Identity, Option<std::net::SocketAddr>),
     endpoint: Endpoint,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -54,15 +53,14 @@ pub(crate) async fn run<S>(
         let _ = send_close(&mut sink, 1013, "too many connections").await;
         return;
     }
-    serve_connection(&server, ws, room_id, identity, endpoint).await;
+    serve_connection(&server, ws, who, endpoint).await;
     server.connection_closed();
 }
 
 async fn serve_connection<S>(
     server: &Server,
     ws: WebSocketStream<S>,
-    room_id: RoomId,
-    identity: Identity,
+    (room_id, identity, peer): (RoomId, Identity, Option<std::net::SocketAddr>),
     endpoint: Endpoint,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -71,16 +69,23 @@ async fn serve_connection<S>(
     let limits = server.config().engine.limits.clone();
     let (messages, outbound) = mpsc::channel(limits.outbound_queue_max);
     let (close, close_orders) = watch::channel::<CloseOrder>(None);
-    let outbox = Outbox { messages, close };
+    let outbox = Outbox {
+        messages,
+        close,
+        queued_bytes: std::sync::Arc::default(),
+        queued_bytes_max: limits.outbound_bytes_max,
+    };
     let (mut sink, mut stream) = ws.split();
     let inputs = match server.room(&room_id) {
         Ok((inputs, _room)) => inputs,
         Err(e) => {
-            let _ = send_close(&mut sink, 1011, &format!("room unavailable: {e}")).await;
+            // The cause can name the server's files; it goes to the log, not to the peer.
+            tracing::warn!(room = %room_id, "room unavailable: {e}");
+            let _ = send_close(&mut sink, 1011, "room unavailable").await;
             return;
         }
     };
-    if inputs.send(Input::Connect { conn, identity, outbox: outbox.clone() }).await.is_err() {
+    if inputs.send(Input::Connect { conn, identity, peer, outbox: outbox.clone() }).await.is_err() {
         let _ = send_close(&mut sink, 1001, "room closing").await;
         return;
     }
@@ -93,7 +98,7 @@ async fn serve_connection<S>(
     }
     let reader = read_loop(server, conn, &mut stream, &inputs, &outbox, &endpoint);
     let mut outbound = outbound;
-    let writer = write_loop(&mut sink, &mut outbound, close_orders.clone(), &endpoint);
+    let writer = write_loop(&mut sink, (&mut outbound, &outbox), close_orders.clone(), &endpoint);
     tokio::select! {
         biased;
         _ = reader => {}
@@ -209,6 +214,11 @@ async fn read_loop<S>(
                 outbox.order_close(1009, "frame too large");
                 return;
             }
+            Some(Err(WsError::Utf8(_))) => {
+                // RFC 6455 7.4.1: 1007 is the close code for a text frame that is not UTF-8.
+                outbox.order_close(1007, "text frame is not valid UTF-8");
+                return;
+            }
             Some(Err(_)) => return,
             Some(Ok(Message::Text(text))) if matches!(endpoint, Endpoint::Protocol) => {
                 match decode(text.as_bytes(), frame_bytes_max) {
@@ -246,14 +256,12 @@ async fn read_loop<S>(
 }
 
 fn answer_bad_frame(outbox: &Outbox, why: &str) {
-    if outbox.messages.try_send(error_frame(ErrorCode::BadFrame, why)).is_err() {
-        outbox.order_close(4008, "slow consumer: outbound queue full");
-    }
+    outbox.deliver(error_frame(ErrorCode::BadFrame, why));
 }
 
 async fn write_loop<S>(
     sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
-    outbound: &mut mpsc::Receiver<Outbound>,
+    (outbound, outbox): (&mut mpsc::Receiver<Outbound>, &Outbox),
     mut close_orders: watch::Receiver<CloseOrder>,
     endpoint: &Endpoint,
 ) where
@@ -270,12 +278,15 @@ async fn write_loop<S>(
         };
         // Every frame already queued goes out with this one in a single write: a change that
         // reaches a connection as several pushes costs one socket write, not one per push.
+        let mut bytes = frame.bytes();
         let mut batch: Vec<Message> = to_message(frame, endpoint).into_iter().collect();
         while batch.len() < WRITE_BATCH_FRAMES_MAX {
             let Ok(frame) = outbound.try_recv() else { break };
+            bytes += frame.bytes();
             batch.extend(to_message(frame, endpoint));
         }
         if batch.is_empty() {
+            outbox.written(bytes);
             continue;
         }
         // A peer that stops reading blocks this write; a close order still ends the connection.
@@ -284,6 +295,7 @@ async fn write_loop<S>(
             _ = close_orders.changed() => return,
             sent = send_all(sink, batch) => if sent.is_err() { return },
         }
+        outbox.written(bytes);
     }
 }
 

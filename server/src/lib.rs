@@ -13,10 +13,12 @@
 mod buggify;
 mod connection;
 mod http;
+mod journal;
 mod rooms;
 mod token;
 
 pub use buggify::{Buggify, FaultPoint};
+pub use journal::{Journal, JournalEntry, JournalInput, JournalKind};
 pub use rooms::SharedRoom;
 pub use token::{mint, verify, Claims, TokenError};
 
@@ -27,6 +29,7 @@ use roomlab_engine::ConnId;
 use roomlab_protocol::RoomId;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -72,6 +75,9 @@ pub struct ServerConfig {
     pub local_tasks: bool,
     /// Fault points a simulation turned on (none in a real server).
     pub buggify: Option<Arc<Buggify>>,
+    /// Where rooms write their journals (a simulation's history checker reads them); none by
+    /// default.
+    pub journal: Option<Journal>,
 }
 
 impl ServerConfig {
@@ -92,6 +98,7 @@ impl ServerConfig {
             read_buffer_bytes: 8 * 1024,
             local_tasks: false,
             buggify: None,
+            journal: None,
         }
     }
 }
@@ -113,16 +120,17 @@ pub enum ServerError {
 pub trait Listener: Send + 'static {
     /// The accepted stream.
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    /// Waits for the next connection.
-    fn accept(&mut self) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+    /// Waits for the next connection; gives its stream and, when the transport knows it, the
+    /// peer's address.
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, Option<SocketAddr>)>> + Send;
 }
 
 impl Listener for tokio::net::TcpListener {
     type Stream = tokio::net::TcpStream;
-    async fn accept(&mut self) -> io::Result<Self::Stream> {
-        let (stream, _) = tokio::net::TcpListener::accept(self).await?;
+    async fn accept(&mut self) -> io::Result<(Self::Stream, Option<SocketAddr>)> {
+        let (stream, peer) = tokio::net::TcpListener::accept(self).await?;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok((stream, Some(peer)))
     }
 }
 
@@ -231,8 +239,8 @@ impl Server {
                 _ = stopping.wait_for(|stop| *stop) => break,
                 accepted = listener.accept() => accepted,
             };
-            let stream = match accepted {
-                Ok(stream) => stream,
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -241,7 +249,7 @@ impl Server {
             };
             let server = self.clone();
             self.spawn(async move {
-                let service = service_fn(move |request| http::handle(server.clone(), request));
+                let service = service_fn(move |request| http::handle(server.clone(), request, peer));
                 let connection = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .serve_connection(TokioIo::new(stream), service)

@@ -2,12 +2,14 @@
 //! change of a room is made by one writer in arrival order (docs/PROTOCOL.md room.one-authority).
 
 use crate::buggify::{reorder_by_connection, Buggify, FaultPoint};
+use crate::journal::{Journal, JournalEntry, JournalInput, JournalKind};
 use crate::{Clock, ServerConfig};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use roomlab_engine::{ConnId, Effect, Identity, Room};
 use roomlab_protocol::{encode_server, ClientMessage, ErrorCode, RoomId, ServerMessage, YjsFrame};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -26,22 +28,53 @@ pub(crate) enum Outbound {
 /// Why and how a connection must close: a WebSocket close code and a reason.
 pub(crate) type CloseOrder = Option<(u16, String)>;
 
-/// The room's way to reach one connection: a bounded queue and a close signal.
+impl Outbound {
+    /// What the frame holds in memory while it waits, in bytes.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Outbound::Text(text) => text.len(),
+            Outbound::Yjs(frame) => {
+                frame.payload.len() + frame.doc.as_str().len() + frame.field.as_str().len()
+            }
+            Outbound::Ping => 0,
+        }
+    }
+}
+
+/// The room's way to reach one connection: a queue bounded in frames and in bytes, and a close
+/// signal.
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
     pub messages: mpsc::Sender<Outbound>,
     pub close: watch::Sender<CloseOrder>,
+    /// Bytes of frames queued and not yet written; the writer takes back what it wrote.
+    pub queued_bytes: Arc<std::sync::atomic::AtomicUsize>,
+    pub queued_bytes_max: usize,
 }
 
 impl Outbox {
-    /// Queues a frame; a full queue closes the connection as a slow consumer (conn.slow-consumer).
-    fn deliver(&self, frame: Outbound) {
+    /// Queues a frame; a queue full in frames or in bytes closes the connection as a slow
+    /// consumer (conn.slow-consumer), so what one reader holds stays within its budget.
+    pub fn deliver(&self, frame: Outbound) {
         if self.close.borrow().is_some() {
             return;
         }
+        let bytes = frame.bytes();
+        let queued = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if queued > self.queued_bytes_max {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.order_close(4008, "slow consumer: outbound bytes over budget");
+            return;
+        }
         if self.messages.try_send(frame).is_err() {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             self.order_close(4008, "slow consumer: outbound queue full");
         }
+    }
+
+    /// The writer sent `bytes` of queued frames.
+    pub fn written(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
     }
 
     /// Asks the connection to close with `code`, unless a close was already asked for.
@@ -61,6 +94,7 @@ pub(crate) enum Input {
     Connect {
         conn: ConnId,
         identity: Identity,
+        peer: Option<std::net::SocketAddr>,
         outbox: Outbox,
     },
     Message {
@@ -118,9 +152,14 @@ impl Registry {
         }
         let path = config.data.as_ref().map(|dir| dir.join(format!("{}.sqlite", file_name(id))));
         let mut engine = config.engine.clone();
+        let commit_failed = Arc::new(AtomicBool::new(false));
         if let Some(buggify) = config.buggify.clone() {
-            engine.storage_faults =
-                roomlab_engine::StorageFaults::new(move |_| buggify.fire(FaultPoint::StorageFails));
+            let commit_failed = commit_failed.clone();
+            engine.storage_faults = roomlab_engine::StorageFaults::new(move |_| {
+                let fails = buggify.fire(FaultPoint::StorageFails);
+                commit_failed.fetch_or(fails, Ordering::Relaxed);
+                fails
+            });
         }
         let room = Room::open(id.clone(), path.as_deref(), engine)?;
         let room = Arc::new(Mutex::new(room));
@@ -137,7 +176,12 @@ impl Registry {
             group_commit_max: config.group_commit_max.max(1),
             stopping,
             buggify: config.buggify.clone(),
+            journal: config.journal.clone(),
+            commit_failed,
         };
+        if let Some(journal) = &config.journal {
+            journal.write(JournalEntry::Opened { room: id.clone() });
+        }
         crate::spawn(config.local_tasks, actor.run(receiver));
         rooms.insert(id.clone(), Open { inputs: inputs.clone(), room: room.clone() });
         Ok((inputs, room))
@@ -159,7 +203,10 @@ impl Registry {
 }
 
 /// A file name for a room id: ids may hold any printable character, so everything but
-/// `[A-Za-z0-9_-]` is hex-escaped, which keeps names unique and safe on every file system.
+/// `[A-Za-z0-9_-]` is hex-escaped, which keeps names unique and safe on every file system. An
+/// escaped id can pass the 255 bytes a file name may have (a 128-byte id of `é`s escapes to 768),
+/// so a long one keeps a prefix and adds two independent 64-bit hashes of the whole id after a
+/// `~`, which no escaped name contains.
 pub(crate) fn file_name(id: &RoomId) -> String {
     let mut name = String::new();
     for byte in id.as_str().bytes() {
@@ -168,8 +215,22 @@ pub(crate) fn file_name(id: &RoomId) -> String {
             _ => name.push_str(&format!("%{byte:02x}")),
         }
     }
+    if name.len() > FILE_NAME_BYTES_MAX {
+        let reversed: String = id.as_str().chars().rev().collect();
+        let mut cut = FILE_NAME_PREFIX_BYTES;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name = format!("{}~{:016x}{:016x}", &name[..cut], stable_hash(id.as_str()), stable_hash(&reversed));
+    }
     name
 }
+
+/// The longest escaped room id used as a file name as it is (the `.sqlite` suffix and SQLite's
+/// `-wal` and `-shm` files must still fit in 255 bytes).
+const FILE_NAME_BYTES_MAX: usize = 200;
+/// What a long name keeps of its escaped id before its hashes.
+const FILE_NAME_PREFIX_BYTES: usize = 120;
 
 /// FNV-1a: a hash that is the same in every process, unlike std's randomly keyed one.
 pub(crate) fn stable_hash(text: &str) -> u64 {
@@ -190,6 +251,10 @@ struct Actor {
     stopping: watch::Receiver<bool>,
     /// Fault points a simulation turned on.
     buggify: Option<Arc<Buggify>>,
+    /// Where the room writes what it did, if a host asked.
+    journal: Option<Journal>,
+    /// Set by the storage fault point when it fails a commit, so the journal can say which input's.
+    commit_failed: Arc<AtomicBool>,
 }
 
 impl Actor {
@@ -239,6 +304,7 @@ impl Actor {
         let now_ms = self.clock.now_ms();
         let mut held = Vec::new();
         let mut replies = Vec::new();
+        let mut journal = Vec::new();
         let committed = {
             let shared = self.room.clone();
             let mut room = shared.lock().expect("room lock");
@@ -248,10 +314,28 @@ impl Actor {
                 tracing::warn!(room = %self.id, "cannot open a commit group: {e}");
             }
             for input in group {
+                let journaled = self.journal.is_some().then(|| journal_input(&input));
+                self.commit_failed.store(false, Ordering::Relaxed);
                 held.push(self.handle(&mut room, input, now_ms, &mut replies));
+                if let Some(mut journaled) = journaled {
+                    journaled.commit_failed = self.commit_failed.load(Ordering::Relaxed);
+                    journal.push(journaled);
+                }
             }
-            room.commit_group()
+            let committed = room.commit_group();
+            (committed, room.seq())
         };
+        let (committed, seq) = committed;
+        if let Some(sink) = &self.journal {
+            let room = self.id.clone();
+            sink.write(JournalEntry::Group {
+                room,
+                now_ms,
+                inputs: journal,
+                seq,
+                committed: committed.is_ok(),
+            });
+        }
         if let Err(e) = committed {
             tracing::warn!(room = %self.id, "group commit failed; closing every connection: {e}");
             let reason = format!("storage failed: {e}");
@@ -276,7 +360,7 @@ impl Actor {
     /// group commits.
     fn handle(&mut self, room: &mut Room, input: Input, now_ms: u64, replies: &mut Replies) -> Vec<Effect> {
         match input {
-            Input::Connect { conn, identity, outbox } => {
+            Input::Connect { conn, identity, outbox, .. } => {
                 self.outboxes.insert(conn, outbox);
                 room.connect(conn, identity, now_ms)
             }
@@ -346,6 +430,22 @@ impl Actor {
     }
 }
 
+/// How an input reads in the journal.
+fn journal_input(input: &Input) -> JournalInput {
+    let (conn, kind) = match input {
+        Input::Connect { conn, identity, peer, .. } => {
+            (*conn, JournalKind::Connect { identity: identity.clone(), peer: *peer })
+        }
+        Input::Message { conn, message } => (*conn, JournalKind::Message(message.clone())),
+        Input::Yjs { conn, frame } => (*conn, JournalKind::Yjs(frame.clone())),
+        Input::Disconnect { conn } => (*conn, JournalKind::Disconnect),
+        Input::Detached { conn, identity, mutation, .. } => {
+            (*conn, JournalKind::Http { identity: identity.clone(), mutation: mutation.clone() })
+        }
+    };
+    JournalInput { conn, kind, commit_failed: false }
+}
+
 /// The frames of the messages sent lately. A change reaches every subscriber as its own message,
 /// yet most are byte for byte the same (clients number their subscriptions alike, so the `sub`
 /// ids agree); each is encoded once and its frame shared.
@@ -413,5 +513,12 @@ mod tests {
         check("a/b", "a%2fb");
         check("a%2fb", "a%252fb");
         check("../x", "%2e%2e%2fx");
+        // Long escaped ids stay under the file system's 255 bytes and stay apart.
+        let long = |id: &str| file_name(&RoomId::new(id).unwrap());
+        let dots = ".".repeat(84) + &"é".repeat(22);
+        for id in [dots.as_str(), &"é".repeat(64), &"a".repeat(128)] {
+            assert!(long(id).len() + ".sqlite-wal".len() <= 255, "{id}: {}", long(id));
+        }
+        assert_ne!(long(&"é".repeat(64)), long(&("é".repeat(63) + "è")));
     }
 }

@@ -1,15 +1,14 @@
 //! The invariants, checked on snapshots of the world: the server's room, every client's cache and
 //! outcomes, and a replay of every acknowledged mutation into a fresh engine.
 
+use crate::history::{self, RuleCount};
 use crate::trace::SharedTrace;
 use crate::workload::{body, note, NOTES, VIEWER_MARK};
 use crate::world::{engine_config, World, ROOM};
 use roomlab_client::{Outcome, View};
-use roomlab_engine::{ConnId, Effect, Identity, Room};
-use roomlab_protocol::{
-    ClientId, ClientMessage, DocId, ErrorCode, FieldName, Mutation, Role, RoomId, ServerMessage, SubId,
-    UserId, PROTOCOL_VERSION,
-};
+use roomlab_engine::{Identity, Room};
+use roomlab_oracle::Oracle;
+use roomlab_protocol::{DocId, ErrorCode, FieldName, Mutation, Role, RoomId, ServerMessage, UserId};
 use std::collections::BTreeMap;
 
 /// Broken invariants, each a sentence; at most a few of each kind are kept.
@@ -106,6 +105,9 @@ impl AfterInternal {
 /// that no user's usage is past their limit.
 pub(crate) fn checkpoint(world: &World<'_>, now_ms: u64) -> Vec<String> {
     let mut failures = world.trace.lock().expect("trace lock").wire_failures().to_vec();
+    if !world.engine_checks {
+        return failures;
+    }
     let Some(room) = world.room() else { return failures };
     // A room that panicked while holding its lock (an engine assertion) is a finding, and its
     // half-updated state cannot be checked further.
@@ -188,38 +190,37 @@ fn membership_keeps_seq(world: &World<'_>, room: &Room, now_ms: u64) -> Vec<Stri
     failures
 }
 
-/// The checks after the liveness phase, when every client is settled.
-pub(crate) fn final_checks(world: &World<'_>, now_ms: u64) -> Vec<String> {
+/// The checks after the liveness phase, when every client is settled: the history check (every
+/// frame every client received, against the oracle run in the room's claimed order), each client's
+/// final views and Yjs texts against the oracle, and the clients' own histories. Also gives the
+/// rule coverage of the run.
+pub(crate) fn final_checks(world: &World<'_>, now_ms: u64) -> (Vec<String>, BTreeMap<String, RuleCount>) {
     let mut failures = checkpoint(world, now_ms);
-    let Some(room) = world.room() else {
-        failures.push("the server is not running at the end".into());
-        return failures;
+    let verdict = {
+        let journal = world.recording.journal.lock().expect("journal lock");
+        history::check(&journal, &world.recording.observed, Oracle::new(oracle_settings(world.scenario)))
     };
-    let Ok(room) = room.lock() else { return failures };
-    failures.extend(convergence(world, &room));
-    failures.extend(yjs_convergence(world, &room));
+    failures.extend(verdict.failures);
+    failures.extend(final_views(world, &verdict.oracle));
+    failures.extend(yjs_convergence(world, &verdict.oracle));
     failures.extend(client_histories(world));
     failures.extend(own_lifecycles(world));
     failures.extend(quota_refusals(world));
-    failures.extend(replay(world, &room));
-    failures
+    (failures, verdict.rules)
 }
 
-fn same_answer(view: &View, answer: &ServerMessage) -> bool {
-    match (view, answer) {
-        (View::Query { docs, .. }, ServerMessage::QueryResult { docs: expected, .. }) => docs == expected,
-        (View::Doc(doc), ServerMessage::DocSnapshot { doc: expected, .. }) => doc == expected,
-        (View::Deleted(_), ServerMessage::DocDeleted { .. }) => true,
-        (View::Missing(_), ServerMessage::DocMissing { .. }) => true,
-        (View::Bucket { version, value }, ServerMessage::BucketValue { version: v, value: expected, .. }) => {
-            version == v && value == expected
-        }
-        (View::BucketDeleted(_), ServerMessage::Error(body)) => {
-            body.code == roomlab_protocol::ErrorCode::NotFound
-        }
-        (View::Assets(assets), ServerMessage::AssetsList { assets: expected, .. }) => assets == expected,
-        (View::Refused(body), ServerMessage::Error(expected)) => body.code == expected.code,
-        _ => false,
+/// The oracle's settings: the limits and quotas the scenario gives the room, taken from the
+/// scenario itself, not from the engine.
+fn oracle_settings(scenario: &crate::scenario::Scenario) -> roomlab_oracle::Settings {
+    let config = engine_config(scenario);
+    roomlab_oracle::Settings {
+        room: RoomId::new(ROOM).expect("valid"),
+        limits: config.limits,
+        plans: roomlab_oracle::PlanLimits {
+            free_bytes: scenario.quotas.free_bytes,
+            pro_bytes: scenario.quotas.pro_bytes,
+            addon_bytes: scenario.quotas.addon_bytes,
+        },
     }
 }
 
@@ -244,10 +245,10 @@ fn viewer_text_in_server(room: &Room, now_ms: u64) -> Vec<String> {
     failures
 }
 
-/// Every open rich-text field converged with the server's (yjs.sync, yjs.broadcast, yjs.persist):
-/// a writer's text equals the server's; a viewer's equals it once its own refused marks are
-/// taken out, since a refused edit stays in the viewer's local document.
-fn yjs_convergence(world: &World<'_>, room: &Room) -> Vec<String> {
+/// Every open rich-text field converged with the oracle's merge of every accepted update
+/// (yjs.sync, yjs.broadcast, yjs.persist): a writer's text equals it; a viewer's equals it once its
+/// own refused marks are taken out, since a refused edit stays in the viewer's local document.
+fn yjs_convergence(world: &World<'_>, oracle: &Oracle) -> Vec<String> {
     let mut failures = Vec::new();
     for v in world.clients.lock().expect("clients lock").iter() {
         v.client.with_core(|core| {
@@ -257,10 +258,10 @@ fn yjs_convergence(world: &World<'_>, room: &Room) -> Vec<String> {
                 }
                 let ours = core.yjs().text(&(doc.clone(), field.clone())).unwrap_or_default();
                 let ours = if v.identity.role == Role::Viewer { ours.replace(VIEWER_MARK, "") } else { ours };
-                match server_text(room, doc, field) {
+                match oracle.yjs_text(doc, field) {
                     Some(theirs) if theirs == ours => {}
                     theirs => failures.push(format!(
-                        "yjs convergence: c{} ({}) has {doc}/{field} as {ours:?}, the server as {theirs:?}",
+                        "yjs.broadcast: c{} ({}) has {doc}/{field} as {ours:?}, the spec's merge of every accepted update is {theirs:?}",
                         v.index, v.identity.user
                     )),
                 }
@@ -270,11 +271,13 @@ fn yjs_convergence(world: &World<'_>, room: &Room) -> Vec<String> {
     failures
 }
 
-/// Each client's view of each subscription equals the server's answer to the same subscription.
-fn convergence(world: &World<'_>, room: &Room) -> Vec<String> {
+/// Each client's view of each subscription equals the oracle's answer to the same subscription
+/// (query.converges, client.cache.ordering, docsub.live).
+fn final_views(world: &World<'_>, oracle: &Oracle) -> Vec<String> {
     let mut failures = Vec::new();
-    let sub = SubId::new("check").expect("valid");
+    let sub = history::check_sub();
     for v in world.clients.lock().expect("clients lock").iter() {
+        let identity = history::oracle_identity(&v.identity);
         v.client.with_core(|core| {
             for (target, view) in core.views() {
                 // A refused subscription is not live on the server: it keeps the refusal it got,
@@ -283,14 +286,15 @@ fn convergence(world: &World<'_>, room: &Room) -> Vec<String> {
                     continue;
                 }
                 failures.extend(list_order(v.index, view));
-                let answer = room.answer(&v.identity, &sub, target);
-                if !same_answer(view, &answer) {
+                let answer = oracle.answer(&identity, &sub, target);
+                if !history::same_answer(view, answer.as_ref()) {
                     let target = serde_json::to_string(target).unwrap_or_default();
+                    let answer = answer
+                        .map(|a| roomlab_protocol::encode_server(&a))
+                        .unwrap_or_else(|| "a refusal".into());
                     failures.push(format!(
-                        "convergence: c{} ({}) sees {view:?} for {target}, the server answers {}",
-                        v.index,
-                        v.identity.user,
-                        roomlab_protocol::encode_server(&answer)
+                        "query.converges: c{} ({}) sees {view:?} for {target}, the spec answers {answer}",
+                        v.index, v.identity.user
                     ));
                 }
             }
@@ -451,215 +455,6 @@ fn quota_refusals(world: &World<'_>) -> Vec<String> {
 /// is empty and its commit or discard changes no document.
 fn is_session_end(mutation: Option<&Mutation>) -> bool {
     matches!(mutation, Some(Mutation::StageDiscard | Mutation::StageCommit))
-}
-
-/// One acknowledged mutation, as the replay needs it.
-struct Acked {
-    seq: u64,
-    class: u8,
-    client: usize,
-    mid: u64,
-    identity: Identity,
-    mutation: Mutation,
-    ack: roomlab_client::Ack,
-}
-
-/// Which acknowledged mutations may share a sequence: a change takes the sequence (class 0); a bind
-/// of an existing compatible bucket and a commit of an empty session may take one or be answered
-/// with the current one (class 1); staging never takes one (class 2).
-fn class_of(mutation: &Mutation) -> u8 {
-    match mutation {
-        Mutation::BucketBind { .. } | Mutation::StageCommit => 1,
-        Mutation::StagePut { .. } | Mutation::StageDiscard => 2,
-        _ => 0,
-    }
-}
-
-/// Whether a class-1 mutation would take a sequence if applied to `replica` now.
-fn would_advance(replica: &Room, acked: &Acked) -> bool {
-    match &acked.mutation {
-        Mutation::BucketBind { bucket, .. } => !replica.export().buckets.contains_key(bucket),
-        Mutation::StageCommit => {
-            let session = roomlab_protocol::DocId::new("sys:session").expect("valid");
-            let sub = SubId::new("check").expect("valid");
-            match replica.answer(&acked.identity, &sub, &roomlab_protocol::Target::Doc(session)) {
-                ServerMessage::DocSnapshot { doc, .. } => {
-                    doc.data["staged"].as_array().is_some_and(|s| !s.is_empty())
-                }
-                _ => false,
-            }
-        }
-        _ => true,
-    }
-}
-
-/// When no change took the sequence the room is about to take, a bind or a commit at it did: it
-/// goes first. It ran before anything else answered with that sequence, so it is the first of its
-/// client there, and it would advance the room as the room stands (a later commit of an emptied
-/// session may look as if it would, but its own client's staging comes before it).
-fn move_taker_first(group: &mut [Acked], replica: &Room) {
-    let seq = group[0].seq;
-    let len = group.iter().take_while(|a| a.seq == seq).count();
-    let taker = (0..len).find(|&i| {
-        let first_of_client = i == 0 || group[i - 1].client != group[i].client;
-        group[i].class == 1 && first_of_client && would_advance(replica, &group[i])
-    });
-    if let Some(taker) = taker {
-        group[..=taker].rotate_right(1);
-    }
-}
-
-/// Puts the acknowledged mutations in the order the room applied them: by sequence; within one
-/// sequence the change that took it first, then those answered with it in each client's order
-/// (a user's session is shared by its clients, and one client's staging, discard and commit at
-/// one sequence only make sense in the order it sent them).
-fn replay_order(mut acked: Vec<Acked>) -> Result<Vec<Acked>, String> {
-    acked.sort_by_key(|a| (a.seq, a.class != 0, a.client, a.mid));
-    let changes: Vec<(u64, usize, u64)> =
-        acked.iter().filter(|a| a.class == 0).map(|a| (a.seq, a.client, a.mid)).collect();
-    if let Some(pair) = changes.windows(2).find(|w| w[0].0 == w[1].0) {
-        return Err(format!(
-            "sequence: c{} mutation {} and c{} mutation {} were both acknowledged as the change at seq {}",
-            pair[0].1, pair[0].2, pair[1].1, pair[1].2, pair[0].0
-        ));
-    }
-    Ok(acked)
-}
-
-/// No acknowledged write is lost and none is applied twice: replaying every acknowledged mutation
-/// in sequence order into a fresh engine must acknowledge each at the same sequence and end in the
-/// same state as the server's room, which has been through every crash of the run.
-fn replay(world: &World<'_>, room: &Room) -> Vec<String> {
-    let mut acked: Vec<Acked> = Vec::new();
-    let mut users: BTreeMap<UserId, Identity> = BTreeMap::new();
-    let mut failures = Vec::new();
-    for v in world.clients.lock().expect("clients lock").iter() {
-        users.entry(v.identity.user.clone()).or_insert_with(|| v.identity.clone());
-        v.client.with_core(|core| {
-            for (mid, outcome) in core.outcomes() {
-                let mutation = core.answered_mutation(*mid).cloned().expect("outcomes keep their mutation");
-                match outcome {
-                    Outcome::Ack(ack) => acked.push(Acked {
-                        seq: ack.seq,
-                        class: class_of(&mutation),
-                        client: v.index,
-                        mid: *mid,
-                        identity: v.identity.clone(),
-                        mutation,
-                        ack: ack.clone(),
-                    }),
-                    // docs/PROTOCOL.md mutation.replay.internal-not-remembered: `internal` rolled
-                    // the change back, so the replay leaves it out, and a server that kept it
-                    // (in memory or on disk) differs from the replay.
-                    Outcome::Refused(body) if body.code == ErrorCode::Internal => {}
-                    Outcome::Refused(body) if !body.code.is_definite() => failures.push(format!(
-                        "indefinite: c{} mutation {mid} ended with {} and cannot be judged",
-                        v.index, body.code
-                    )),
-                    Outcome::Refused(_) => {}
-                }
-            }
-        });
-    }
-    let id = RoomId::new(ROOM).expect("valid");
-    let mut replica = Room::open(id, None, engine_config(world.scenario)).expect("an in-memory room opens");
-    let mut acked = match replay_order(acked) {
-        Ok(acked) => acked,
-        Err(failure) => {
-            failures.push(failure);
-            return failures;
-        }
-    };
-    let mut conns: BTreeMap<usize, ConnId> = BTreeMap::new();
-    // Every user connected during setup, before any mutation: each first connection took a sequence.
-    for (n, identity) in users.values().enumerate() {
-        replica.connect(ConnId(1_000_000 + n as u64), identity.clone(), 0);
-    }
-    let mut index = 0;
-    while index < acked.len() {
-        if acked[index].class != 0 && acked[index].seq == replica.seq() + 1 {
-            move_taker_first(&mut acked[index..], &replica);
-        }
-        let a = &acked[index];
-        index += 1;
-        let conn = *conns.entry(a.client).or_insert_with(|| {
-            let conn = ConnId(a.client as u64);
-            replica.connect(conn, a.identity.clone(), 0);
-            let client = ClientId::new(format!("sim-{}", a.client)).expect("valid");
-            replica.handle(conn, ClientMessage::Hello { protocol: PROTOCOL_VERSION, client }, 0);
-            conn
-        });
-        let effects =
-            replica.handle(conn, ClientMessage::Mutate { mid: a.mid, mutation: a.mutation.clone() }, 0);
-        let answer = effects.into_iter().find_map(|effect| match effect {
-            Effect::Send { conn: c, message } if c == conn && is_answer(&message, a.mid) => Some(message),
-            _ => None,
-        });
-        let expected = ServerMessage::Ack {
-            mid: a.mid,
-            seq: a.ack.seq,
-            version: a.ack.version,
-            object_key: a.ack.object_key.clone(),
-        };
-        if answer.as_ref() != Some(&expected) {
-            failures.push(format!(
-                "durability: c{} mutation {} ({}) was acknowledged at seq {}, but replaying the acknowledged history answers {}",
-                a.client,
-                a.mid,
-                serde_json::to_string(&a.mutation).unwrap_or_default(),
-                a.ack.seq,
-                answer.map(|m| roomlab_protocol::encode_server(&m)).unwrap_or_else(|| "nothing".into())
-            ));
-            return failures;
-        }
-    }
-    let (ours, theirs) = (without_times(room.export()), without_times(replica.export()));
-    if ours != theirs {
-        failures.push(format!(
-            "durability: the server's room (seq {}, {} documents) differs from the replay of every acknowledged mutation (seq {}, {} documents){}",
-            ours.seq,
-            ours.docs.len(),
-            theirs.seq,
-            theirs.docs.len(),
-            first_difference(&ours, &theirs)
-        ));
-    }
-    failures
-}
-
-/// The export without deletion times, which come from each room's clock.
-fn without_times(mut export: roomlab_engine::model::Export) -> roomlab_engine::model::Export {
-    for (_, deleted) in &mut export.docs {
-        if let Some((_, at)) = deleted {
-            *at = 0;
-        }
-    }
-    export
-}
-
-fn is_answer(message: &ServerMessage, mid: u64) -> bool {
-    match message {
-        ServerMessage::Ack { mid: m, .. } => *m == mid,
-        ServerMessage::Error(body) => body.mid == Some(mid),
-        _ => false,
-    }
-}
-
-fn first_difference(a: &roomlab_engine::model::Export, b: &roomlab_engine::model::Export) -> String {
-    if let Some((x, y)) = a.docs.iter().zip(&b.docs).find(|(x, y)| x != y) {
-        return format!(
-            ": first differing document: server {} vs replay {}",
-            serde_json::to_string(&x.0).unwrap_or_default(),
-            serde_json::to_string(&y.0).unwrap_or_default()
-        );
-    }
-    if a.usage != b.usage {
-        return format!(": usage {:?} vs {:?}", a.usage, b.usage);
-    }
-    if a.buckets != b.buckets {
-        return ": buckets differ".into();
-    }
-    String::new()
 }
 
 #[cfg(test)]

@@ -7,12 +7,13 @@
 //!
 //! ```no_run
 //! use roomlab_sim::{run, RunConfig, Scenario};
-//! let report = run(&RunConfig { scenario: Scenario::load("swarm").unwrap(), seed: 7, keep_trace: false, mutant: None });
+//! let report = run(&RunConfig::new(Scenario::load("swarm").unwrap(), 7));
 //! assert!(report.passed(), "{:?}", report.failures);
 //! ```
 
 mod check;
 mod faults;
+mod history;
 mod scenario;
 mod shrink;
 mod trace;
@@ -36,7 +37,7 @@ pub fn repro_line(scenario: &str, seed: u64, mutant: Option<roomlab_protocol::Mu
 
 /// Runs a seed twice and compares the traces; `Err` names the first diverging event.
 pub fn check_determinism(scenario: &Scenario, seed: u64) -> Result<Report, String> {
-    let config = RunConfig { scenario: scenario.clone(), seed, keep_trace: true, mutant: None };
+    let config = RunConfig { keep_trace: true, ..RunConfig::new(scenario.clone(), seed) };
     let (first, second) = (run(&config), run(&config));
     if first.trace_hash == second.trace_hash && first.trace_events == second.trace_events {
         return Ok(first);

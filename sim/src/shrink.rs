@@ -257,7 +257,7 @@ pub fn shrink(
     progress: &mut dyn FnMut(&str, &Report),
 ) -> Option<Shrunk> {
     let attempt = |scenario: &Scenario, seed: u64| {
-        run(&RunConfig { scenario: scenario.clone(), seed, keep_trace: false, mutant })
+        run(&RunConfig { mutant, engine_checks: mutant.is_none(), ..RunConfig::new(scenario.clone(), seed) })
     };
     let first = attempt(scenario, seed);
     if first.passed() {

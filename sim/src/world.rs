@@ -3,6 +3,7 @@
 
 use crate::check::{self, Failures};
 use crate::faults::FaultDriver;
+use crate::history::{Frame, JournalLog, Observed};
 use crate::scenario::{Scenario, Workload};
 use crate::trace::{SharedTrace, Trace};
 use crate::workload::{role_of, Actor, QuotaEdge, PHASE_LIVENESS, PHASE_SAFETY, PHASE_SETUP};
@@ -53,6 +54,16 @@ pub struct RunConfig {
     /// A planted bug for the server and clients (builds with the `mutants` feature); the oracles the
     /// checks compare against never get it.
     pub mutant: Option<roomlab_protocol::Mutant>,
+    /// Also run the engine's self-checks (its own invariants, read from inside the room) at every
+    /// checkpoint. The kill matrix turns them off, so that what it reports is the oracle's power.
+    pub engine_checks: bool,
+}
+
+impl RunConfig {
+    /// A run of `scenario` at `seed` with every check on, no trace kept and no mutant.
+    pub fn new(scenario: Scenario, seed: u64) -> RunConfig {
+        RunConfig { scenario, seed, keep_trace: false, mutant: None, engine_checks: true }
+    }
 }
 
 /// What one run did and found.
@@ -87,6 +98,10 @@ pub struct Report {
     /// The protocol's text frames the clients sent and received.
     #[serde(default)]
     pub frames: crate::trace::FrameCounts,
+    /// Per rule id of docs/PROTOCOL.md: how often the oracle exercised it and how many received
+    /// frames it decided were checked.
+    #[serde(default)]
+    pub rules: BTreeMap<String, crate::history::RuleCount>,
     /// The kept trace, when asked for.
     #[serde(skip)]
     pub events: Vec<crate::trace::Event>,
@@ -227,8 +242,9 @@ fn server_config(
     config
 }
 
-fn tap(trace: &SharedTrace, index: usize, user: UserId) -> roomlab_client::Tap {
+fn tap(trace: &SharedTrace, observed: &Arc<Observed>, index: usize, user: UserId) -> roomlab_client::Tap {
     let trace = trace.clone();
+    let observed = observed.clone();
     let actor = format!("c{index}");
     let after_internal = check::AfterInternal::default();
     Arc::new(move |event: TapEvent<'_>| {
@@ -238,8 +254,12 @@ fn tap(trace: &SharedTrace, index: usize, user: UserId) -> roomlab_client::Tap {
             trace.lock().expect("trace lock").record_prefixed(time_ms, &actor, prefix, text);
         };
         let text = match event {
-            TapEvent::Sent(text) => return frame("> ", text),
+            TapEvent::Sent(text) => {
+                observed.sent(index, Frame::Text(text.to_string()));
+                return frame("> ", text);
+            }
             TapEvent::Received(text) => {
+                observed.received(index, Frame::Text(text.to_string()));
                 check::private_leak(&user, text, &trace, &actor);
                 after_internal.received(Some(text), &trace, &actor);
                 return frame("< ", text);
@@ -249,12 +269,17 @@ fn tap(trace: &SharedTrace, index: usize, user: UserId) -> roomlab_client::Tap {
                 after_internal.connection_ended();
                 "connected".to_string()
             }
-            TapEvent::SentYjs(frame) => format!("> {}", yjs_line(frame)),
+            TapEvent::SentYjs(frame) => {
+                observed.sent(index, Frame::Yjs(frame.clone()));
+                format!("> {}", yjs_line(frame))
+            }
             TapEvent::ReceivedYjs(frame) => {
+                observed.received(index, Frame::Yjs(frame.clone()));
                 after_internal.received(None, &trace, &actor);
                 format!("< {}", yjs_line(frame))
             }
             TapEvent::Disconnected { reason } => {
+                observed.ended(index);
                 after_internal.connection_ended();
                 format!("disconnected: {reason}")
             }
@@ -284,7 +309,7 @@ fn client_config(
     seed: u64,
     index: usize,
     identity: &Identity,
-    trace: &SharedTrace,
+    (trace, observed): (&SharedTrace, &Arc<Observed>),
     decode_cache: &Arc<roomlab_client::DecodeCache>,
 ) -> ClientConfig {
     let claims = Claims {
@@ -299,7 +324,7 @@ fn client_config(
     let id = ClientId::new(format!("sim-{index}")).expect("valid");
     let mut config = ClientConfig::new("server", PORT, path, id);
     config.seed = seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    config.tap = Some(tap(trace, index, identity.user.clone()));
+    config.tap = Some(tap(trace, observed, index, identity.user.clone()));
     config.decode_cache = Some(decode_cache.clone());
     config.local_tasks = true;
     config.read_buffer_bytes = READ_BUFFER_BYTES;
@@ -311,17 +336,25 @@ struct SimListener(turmoil::net::TcpListener);
 
 impl roomlab_server::Listener for SimListener {
     type Stream = turmoil::net::TcpStream;
-    async fn accept(&mut self) -> std::io::Result<Self::Stream> {
-        self.0.accept().await.map(|(stream, _)| stream)
+    async fn accept(&mut self) -> std::io::Result<(Self::Stream, Option<std::net::SocketAddr>)> {
+        self.0.accept().await.map(|(stream, peer)| (stream, Some(peer)))
     }
 }
 
-struct SimConnector;
+/// One client's way to the server; it tells the history checker which address each of the
+/// client's connections comes from, which is how the room's journal names it.
+struct SimConnector {
+    index: usize,
+    observed: Arc<Observed>,
+}
 
 impl roomlab_client::Connector for SimConnector {
     type Stream = turmoil::net::TcpStream;
     async fn connect(&self, host: &str, port: u16) -> std::io::Result<Self::Stream> {
-        turmoil::net::TcpStream::connect((host, port)).await
+        let stream = turmoil::net::TcpStream::connect((host, port)).await?;
+        let now_ms = turmoil::sim_elapsed().unwrap_or_default().as_millis() as u64;
+        self.observed.opened(self.index, stream.local_addr()?, now_ms);
+        Ok(stream)
     }
 }
 
@@ -330,7 +363,7 @@ pub(crate) type ServerSlot = Rc<RefCell<Option<Server>>>;
 fn build(
     config: &RunConfig,
     data: &std::path::Path,
-    trace: &SharedTrace,
+    (trace, recording): (&SharedTrace, &Recording),
     buggify: Option<Arc<roomlab_server::Buggify>>,
     quota_edges: Option<Rc<std::cell::Cell<u64>>>,
 ) -> (turmoil::Sim<'static>, ServerSlot, Clients, Arc<AtomicU8>) {
@@ -347,7 +380,10 @@ fn build(
         .tcp_capacity(16_384)
         .build();
     let slot: ServerSlot = Rc::default();
-    let server_config = server_config(config, data, buggify);
+    let mut server_config = server_config(config, data, buggify);
+    let journal = recording.journal.clone();
+    server_config.journal =
+        Some(roomlab_server::Journal::new(move |entry| journal.lock().expect("journal lock").push(entry)));
     let host_slot = slot.clone();
     sim.host("server", move || {
         let (config, slot) = (server_config.clone(), host_slot.clone());
@@ -374,6 +410,7 @@ fn build(
         let mutant = config.mutant;
         let (slot, quota_edges, setup_done) = (slot.clone(), quota_edges.clone(), setup_done.clone());
         let decode_cache = decode_cache.clone();
+        let observed = recording.observed.clone();
         let quotas = engine_config(&scenario).quotas;
         sim.client(format!("clients-{host}"), async move {
             for index in members {
@@ -383,8 +420,10 @@ fn build(
                     limit: quotas.limit(identity.plan, identity.addons),
                     fired: fired.clone(),
                 });
-                let config = client_config(mutant, seed, index, &identity, &trace, &decode_cache);
-                let client = Arc::new(Client::start(config, SimConnector));
+                let config =
+                    client_config(mutant, seed, index, &identity, (&trace, &observed), &decode_cache);
+                let connector = SimConnector { index, observed: observed.clone() };
+                let client = Arc::new(Client::start(config, connector));
                 clients.lock().expect("clients lock").push(Virtual {
                     index,
                     identity: identity.clone(),
@@ -425,11 +464,19 @@ pub fn run(config: &RunConfig) -> Report {
     let trace: SharedTrace = Arc::new(Mutex::new(Trace::new(config.keep_trace)));
     let buggify = buggify_for(config);
     let quota_edges = quota_edge_on(config).then(|| Rc::new(std::cell::Cell::new(0)));
+    let recording = Recording::default();
     let (mut sim, slot, clients, phase) =
-        build(config, data.path(), &trace, buggify.clone(), quota_edges.clone());
+        build(config, data.path(), (&trace, &recording), buggify.clone(), quota_edges.clone());
     let mut failures = Failures::default();
     let mut faults = FaultDriver::new(scenario, config.seed);
-    let world = World { slot: &slot, clients: &clients, trace: &trace, scenario };
+    let world = World {
+        slot: &slot,
+        clients: &clients,
+        trace: &trace,
+        scenario,
+        recording: &recording,
+        engine_checks: config.engine_checks,
+    };
 
     let setup_deadline_ms = scenario.setup_s * 10_000;
     let mut safety_end_ms = u64::MAX;
@@ -502,8 +549,11 @@ pub fn run(config: &RunConfig) -> Report {
         }
     }
     let sim_ms = sim.elapsed().as_millis() as u64;
+    let mut rules = BTreeMap::new();
     if failures.is_empty() {
-        failures.extend(check::final_checks(&world, sim_ms));
+        let (found, covered) = check::final_checks(&world, sim_ms);
+        failures.extend(found);
+        rules = covered;
     }
     let mut fired = faults.fired();
     fired.extend(buggify.map(|b| b.fired()).unwrap_or_default());
@@ -512,6 +562,7 @@ pub fn run(config: &RunConfig) -> Report {
     }
     let mut report = world.report(config, sim_ms, fired);
     report.failures = failures.into_vec();
+    report.rules = rules;
     for failure in &report.failures {
         trace.lock().expect("trace lock").record(sim_ms, "world", &format!("FAILED {failure}"));
     }
@@ -533,6 +584,16 @@ pub(crate) struct World<'a> {
     pub clients: &'a Clients,
     pub trace: &'a SharedTrace,
     pub scenario: &'a Scenario,
+    pub recording: &'a Recording,
+    /// Whether the engine's self-checks run at checkpoints ([`RunConfig::engine_checks`]).
+    pub engine_checks: bool,
+}
+
+/// What the history checker reads: the room's journal and every client's frames.
+#[derive(Default)]
+pub(crate) struct Recording {
+    pub journal: JournalLog,
+    pub observed: Arc<Observed>,
 }
 
 impl World<'_> {

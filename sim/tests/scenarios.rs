@@ -39,7 +39,7 @@ fn check(name: &str) -> std::collections::BTreeMap<String, u64> {
     let mut fired = std::collections::BTreeMap::new();
     let mut failed = Vec::new();
     for seed in 0..seeds() {
-        let report = run(&RunConfig { scenario: scenario.clone(), seed, keep_trace: false, mutant: None });
+        let report = run(&RunConfig::new(scenario.clone(), seed));
         for (kind, count) in &report.faults {
             *fired.entry(kind.clone()).or_insert(0) += count;
         }
@@ -141,7 +141,7 @@ fn end_state_summaries() {
     let mut summary = String::new();
     for name in NAMES {
         let scenario = Scenario::load(name).unwrap();
-        let report = run(&RunConfig { scenario, seed: 7, keep_trace: false, mutant: None });
+        let report = run(&RunConfig::new(scenario, 7));
         assert!(report.passed(), "{}", failure_text(&report));
         let _ = writeln!(
             summary,
@@ -193,7 +193,7 @@ fn regression_seeds_stay_fixed() {
         if let Some(safety_s) = regression.safety_s {
             scenario.safety_s = safety_s;
         }
-        let report = run(&RunConfig { scenario, seed: regression.seed, keep_trace: false, mutant: None });
+        let report = run(&RunConfig::new(scenario, regression.seed));
         assert!(report.passed(), "regression ({}) is back:\n{}", regression.found, failure_text(&report));
     }
 }
