@@ -236,8 +236,9 @@ fn viewer_text_in_server(room: &Room, now_ms: u64) -> Vec<String> {
         let Some(text) = server_text(room, &note(k), &body()) else { continue };
         if text.contains(VIEWER_MARK) {
             failures.push(format!(
-                "access: a viewer's Yjs edit reached the server's {}/body at {now_ms} ms: {text:?}",
-                note(k)
+                "access: a viewer's Yjs edit reached the server's {}/body at {now_ms} ms: {}",
+                note(k),
+                json_text(&text)
             ));
         }
     }
@@ -260,8 +261,11 @@ fn yjs_convergence(world: &World<'_>, room: &Room) -> Vec<String> {
                 match server_text(room, doc, field) {
                     Some(theirs) if theirs == ours => {}
                     theirs => failures.push(format!(
-                        "yjs convergence: c{} ({}) has {doc}/{field} as {ours:?}, the server as {theirs:?}",
-                        v.index, v.identity.user
+                        "yjs convergence: c{} ({}) has {doc}/{field} as {}, the server as {}",
+                        v.index,
+                        v.identity.user,
+                        json_text(&ours),
+                        theirs.as_deref().map(json_text).unwrap_or_else(|| "nothing (not loaded)".into())
                     )),
                 }
             }
@@ -287,9 +291,10 @@ fn convergence(world: &World<'_>, room: &Room) -> Vec<String> {
                 if !same_answer(view, &answer) {
                     let target = serde_json::to_string(target).unwrap_or_default();
                     failures.push(format!(
-                        "convergence: c{} ({}) sees {view:?} for {target}, the server answers {}",
+                        "convergence: c{} ({}) sees {} for {target}, the server answers {}",
                         v.index,
                         v.identity.user,
+                        view_json(view),
                         roomlab_protocol::encode_server(&answer)
                     ));
                 }
@@ -297,6 +302,28 @@ fn convergence(world: &World<'_>, room: &Room) -> Vec<String> {
         });
     }
     failures
+}
+
+/// A text as a JSON string: quoted, with its control characters escaped.
+fn json_text(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_default()
+}
+
+/// What a client's subscription shows, as JSON with the protocol's field names, for a failure
+/// message that people read.
+fn view_json(view: &View) -> String {
+    let value = match view {
+        View::Waiting => serde_json::json!("waiting for the first answer"),
+        View::Query { seq, docs } => serde_json::json!({ "seq": seq, "docs": docs }),
+        View::Doc(doc) => serde_json::json!({ "doc": doc }),
+        View::Deleted(seq) => serde_json::json!({ "deleted_at_seq": seq }),
+        View::Missing(seq) => serde_json::json!({ "missing_at_seq": seq }),
+        View::Bucket { version, value } => serde_json::json!({ "version": version, "value": value }),
+        View::BucketDeleted(seq) => serde_json::json!({ "bucket_deleted_at_seq": seq }),
+        View::Assets(assets) => serde_json::json!({ "assets": assets }),
+        View::Refused(body) => serde_json::json!({ "refused": body }),
+    };
+    value.to_string()
 }
 
 /// Every list a client shows is in the one list order, (key, item id) (list.order).
@@ -316,8 +343,9 @@ fn list_order(index: usize, view: &View) -> Vec<String> {
                 let order: Vec<String> =
                     items.iter().map(|i| format!("{}@{}", i.id, i.key.as_str())).collect();
                 failures.push(format!(
-                    "list order: c{index} shows {}/{list} as {order:?}, not by (key, item id)",
-                    doc.id
+                    "list order: c{index} shows {}/{list} as {}, not by (key, item id)",
+                    doc.id,
+                    serde_json::to_string(&order).unwrap_or_default()
                 ));
             }
         }
@@ -654,7 +682,9 @@ fn first_difference(a: &roomlab_engine::model::Export, b: &roomlab_engine::model
         );
     }
     if a.usage != b.usage {
-        return format!(": usage {:?} vs {:?}", a.usage, b.usage);
+        let usage =
+            |export: &roomlab_engine::model::Export| serde_json::to_string(&export.usage).unwrap_or_default();
+        return format!(": usage {} vs {}", usage(a), usage(b));
     }
     if a.buckets != b.buckets {
         return ": buckets differ".into();
