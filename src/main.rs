@@ -7,6 +7,7 @@ use roomlab_protocol::fracdex;
 use std::process::ExitCode;
 
 mod conform_command;
+mod connect_command;
 mod embedded;
 mod frame_command;
 mod load_command;
@@ -79,6 +80,9 @@ enum Command {
         #[arg(long, env = "ROOMLAB_SECRET", default_value = DEV_SECRET, hide_env_values = true)]
         secret: String,
     },
+    /// Talk to a room by hand: connect, say hello, print every frame received as indented JSON,
+    /// and send what you type (a JSON message, or a short command: type `help`).
+    Connect(connect_command::ConnectArgs),
     /// Decode protocol frames (one JSON frame per line on standard input) and print each as
     /// canonical JSON, or the error code a server answers it with and why; exit 1 if any is bad.
     Frame(frame_command::FrameArgs),
@@ -235,7 +239,7 @@ fn shell_quote(text: &str) -> String {
 }
 
 /// What `serve` prints once it listens: where, how to mint a token that this server accepts (with
-/// the secret in use, when it is not the development one).
+/// the secret in use, when it is not the development one), and a `connect` line ready to paste.
 fn serve_banner(local: std::net::SocketAddr, data: Option<&std::path::Path>, secret: &str) -> String {
     // A server on every interface is reached on this machine through loopback.
     let host = match local.ip() {
@@ -259,6 +263,18 @@ fn serve_banner(local: std::net::SocketAddr, data: Option<&std::path::Path>, sec
     } else {
         lines.push(format!("mint a token: ROOMLAB_SECRET={} {token_command}", shell_quote(secret)));
     }
+    let claims = roomlab_server::Claims {
+        sub: "u-1".into(),
+        room: "canvas-1".into(),
+        role: roomlab_protocol::Role::Member,
+        exp: unix_now().as_secs() + 86_400,
+        plan: Some(roomlab_protocol::Plan::Pro),
+        addons: Some(0),
+    };
+    let token = roomlab_server::mint(secret.as_bytes(), &claims);
+    lines.push(format!(
+        "talk to room canvas-1 as u-1: roomlab connect ws://{host}/ws/canvas-1 --token {token}"
+    ));
     lines.join("\n")
 }
 
@@ -343,6 +359,7 @@ fn run(command: Command) -> Result<ExitCode> {
             run_token(room, user, role, ttl, plan, addons, secret);
             ExitCode::SUCCESS
         }
+        Command::Connect(args) => passed(connect_command::run_connect(args)?),
         Command::Fracdex(command) => run_fracdex(command)?,
         Command::Frame(args) => passed(frame_command::run_frame(args)?),
     })
