@@ -59,6 +59,17 @@ pub fn mutant(name: Option<&str>) -> Result<Option<roomlab_protocol::Mutant>> {
     Ok(Some(mutant))
 }
 
+/// Loads a target file; a missing or malformed one is a usage error that says so.
+pub fn load_target(path: &std::path::Path) -> Result<Target> {
+    if !path.exists() {
+        return Err(crate::usage(format!(
+            "file not found: {} (a target file describes the server to test; see README)",
+            path.display()
+        )));
+    }
+    Target::load(path).map_err(|error| crate::usage(error.to_string()))
+}
+
 fn print_cases(cases: &[Case]) {
     for case in cases {
         let needs =
@@ -104,7 +115,7 @@ pub fn run_conform(args: ConformArgs) -> Result<u8> {
                         "--mutant plants a bug in the embedded server; it cannot change --target (leave one out)",
                     ));
                 }
-                let target = Target::load(path)?;
+                let target = load_target(path)?;
                 Ok(run_with_progress(&target, &cases, args.jobs).await)
             }
             None => {

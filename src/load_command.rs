@@ -101,7 +101,7 @@ pub fn run_load(args: LoadArgs) -> Result<bool> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let (target, embedded): (Target, Option<Embedded>) = match &args.target {
-            Some(path) => (Target::load(path)?, None),
+            Some(path) => (crate::conform_command::load_target(path)?, None),
             None => {
                 let quotas = roomlab_engine::Quotas::default();
                 let embedded = Embedded::start_with(quotas, None).await?;

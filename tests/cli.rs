@@ -62,6 +62,9 @@ fn usage_errors_say_what_is_wrong_and_exit_2() {
     check(&["sim", "--merge", "nowhere.json"], "", 2, &["file not found: nowhere.json"]);
     check(&["sim", "--mutant", "no-such-bug"], "", 2, &["no mutant \"no-such-bug\""]);
     check(&["fracdex", "between", "b", "a"], "", 2, &["cannot make a key"]);
+    check(&["conform", "--target", "gone.toml"], "", 2, &["file not found: gone.toml"]);
+    check(&["load", "--target", "gone.toml"], "", 2, &["file not found: gone.toml"]);
+    check(&["load", "--connections", "0"], "", 2, &["--connections must be at least 1"]);
 }
 
 #[test]
