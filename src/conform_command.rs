@@ -1,7 +1,7 @@
 //! `roomlab conform`: the conformance suite against a target file or the embedded server.
 
 use crate::embedded::Embedded;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use roomlab_conformance::{Baseline, Case, CaseReport, RunReport, Target, Verdict};
 use std::path::PathBuf;
 
@@ -49,12 +49,25 @@ pub fn mutant(name: Option<&str>) -> Result<Option<roomlab_protocol::Mutant>> {
     let Some(name) = name else { return Ok(None) };
     let Some(mutant) = roomlab_protocol::Mutant::from_name(name) else {
         let names: Vec<&str> = roomlab_protocol::Mutant::ALL.iter().map(|m| m.name()).collect();
-        bail!("no mutant {name:?}; the mutants are: {}", names.join(", "));
+        return Err(crate::usage(format!("no mutant {name:?}; the mutants are: {}", names.join(", "))));
     };
     if !roomlab_protocol::Mutant::COMPILED {
-        bail!("this build has no mutants; build with `cargo run --release --features mutants -- ...`");
+        return Err(crate::usage(
+            "this build has no mutants; build with `cargo run --release --features mutants -- ...`",
+        ));
     }
     Ok(Some(mutant))
+}
+
+/// Loads a target file; a missing or malformed one is a usage error that says so.
+pub fn load_target(path: &std::path::Path) -> Result<Target> {
+    if !path.exists() {
+        return Err(crate::usage(format!(
+            "file not found: {} (a target file describes the server to test; see README)",
+            path.display()
+        )));
+    }
+    Target::load(path).map_err(|error| crate::usage(error.to_string()))
 }
 
 fn print_cases(cases: &[Case]) {
@@ -63,11 +76,11 @@ fn print_cases(cases: &[Case]) {
             if case.needs.is_empty() { String::new() } else { format!(" [{}]", case.needs.join(",")) };
         println!("{:<40} {:<6} {}{needs}", case.id, case.level.to_string(), case.description);
     }
-    println!("{} cases", cases.len());
+    println!("{}", crate::plural(cases.len(), "case"));
 }
 
 /// Runs the suite; returns the exit code (0 pass, 1 regressions, 2 harness error).
-pub fn run_conform(args: ConformArgs) -> Result<i32> {
+pub fn run_conform(args: ConformArgs) -> Result<u8> {
     if args.capabilities {
         for (name, promise) in roomlab_conformance::CAPABILITIES {
             println!("{name:<12} {promise}");
@@ -75,7 +88,7 @@ pub fn run_conform(args: ConformArgs) -> Result<i32> {
         return Ok(0);
     }
     let cases = roomlab_conformance::cases().context("the built-in cases")?;
-    let cases = roomlab_conformance::select(cases, &args.only, &args.skip).map_err(anyhow::Error::msg)?;
+    let cases = roomlab_conformance::select(cases, &args.only, &args.skip).map_err(crate::usage)?;
     if args.list {
         print_cases(&cases);
         return Ok(0);
@@ -98,9 +111,11 @@ pub fn run_conform(args: ConformArgs) -> Result<i32> {
         match &args.target {
             Some(path) => {
                 if mutant.is_some() {
-                    bail!("--mutant plants a bug in the embedded server; it cannot change --target");
+                    return Err(crate::usage(
+                        "--mutant plants a bug in the embedded server; it cannot change --target (leave one out)",
+                    ));
                 }
-                let target = Target::load(path)?;
+                let target = load_target(path)?;
                 Ok(run_with_progress(&target, &cases, args.jobs).await)
             }
             None => {
@@ -121,10 +136,14 @@ pub fn run_conform(args: ConformArgs) -> Result<i32> {
     let code = report.exit_code(baseline.as_ref());
     match code {
         0 => println!("conformance: pass"),
-        1 => println!("conformance: FAIL ({} cases regressed)", report.regressions(baseline.as_ref()).len()),
+        1 => {
+            let regressed = report.regressions(baseline.as_ref()).len();
+            println!("conformance: FAIL ({} regressed)", crate::plural(regressed, "case"))
+        }
         _ => println!("conformance: no case ran (harness error)"),
     }
-    Ok(code)
+    // The report's codes are 0, 1 and 2.
+    Ok(u8::try_from(code).unwrap_or(2))
 }
 
 fn write_reports(report: &RunReport, args: &ConformArgs) -> Result<()> {

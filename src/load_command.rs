@@ -2,7 +2,7 @@
 //! one write to many subscribers, against a target file or the embedded server (docs: BENCHMARKS.md).
 
 use crate::embedded::Embedded;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use roomlab_conformance::{LoadPlan, LoadReport, Target};
 use std::path::PathBuf;
 
@@ -48,39 +48,60 @@ pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// The report as a table whose values all start in one column, whatever the labels hold.
 fn print(report: &LoadReport, plan: &LoadPlan, rss: Option<f64>, embedded: bool) {
-    println!("connections                  {}", plan.connections);
-    println!("mutations sent / acked       {} / {}", report.sent, report.acked);
-    println!("refused                      {} {:?}", report.refused, report.refusals);
-    println!("lost                         {}", report.lost);
-    println!("applied twice                {}", report.duplicated);
-    println!(
-        "confirmed mutations / s      {:.0} ({:.1} s wall, window {})",
-        report.mutations_per_s,
-        report.wall_ms as f64 / 1e3,
-        plan.window
-    );
+    let mut rows = vec![
+        ("connections".to_string(), plan.connections.to_string()),
+        ("mutations sent / acked".to_string(), format!("{} / {}", report.sent, report.acked)),
+        ("refused".to_string(), report.refused.to_string()),
+        ("lost".to_string(), report.lost.to_string()),
+        ("applied twice".to_string(), report.duplicated.to_string()),
+        (
+            "confirmed mutations / s".to_string(),
+            format!(
+                "{:.0} ({:.1} s wall, window {})",
+                report.mutations_per_s,
+                report.wall_ms as f64 / 1e3,
+                plan.window
+            ),
+        ),
+    ];
     if report.fanout_samples > 0 {
-        println!(
-            "fan-out to {} subscribers    p50 {:.2} ms, p99 {:.2} ms ({} samples)",
-            plan.fanout_subscribers, report.fanout_p50_ms, report.fanout_p99_ms, report.fanout_samples
-        );
+        rows.push((
+            format!("fan-out to {}", crate::plural(plan.fanout_subscribers, "subscriber")),
+            format!(
+                "p50 {:.2} ms, p99 {:.2} ms ({})",
+                report.fanout_p50_ms,
+                report.fanout_p99_ms,
+                crate::plural(report.fanout_samples as usize, "sample")
+            ),
+        ));
     }
     if let Some(rss) = rss {
         let whose = if embedded { "this process: server and load generator" } else { "the load generator" };
-        println!("peak RSS                     {rss:.0} MiB ({whose})");
+        rows.push(("peak RSS".to_string(), format!("{rss:.0} MiB ({whose})")));
+    }
+    let width = rows.iter().map(|(label, _)| label.len()).max().unwrap_or(0) + 2;
+    for (label, value) in rows {
+        println!("{label:<width$}{value}");
+    }
+    for refusal in &report.refusals {
+        println!("  refused: {refusal}");
     }
 }
 
 /// Runs `roomlab load`; false when a mutation was lost or applied twice.
 pub fn run_load(args: LoadArgs) -> Result<bool> {
     if args.connections == 0 || args.mutations < args.connections {
-        bail!("--connections must be at least 1 and at most --mutations");
+        return Err(crate::usage(format!(
+            "--connections must be at least 1 and at most --mutations (got {} connections for {} mutations)",
+            args.connections, args.mutations
+        )));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let (target, embedded): (Target, Option<Embedded>) = match &args.target {
-            Some(path) => (Target::load(path)?, None),
+            Some(path) => (crate::conform_command::load_target(path)?, None),
             None => {
                 let quotas = roomlab_engine::Quotas::default();
                 let embedded = Embedded::start_with(quotas, None).await?;

@@ -1,13 +1,15 @@
 //! `roomlab`: the command-line entry point.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use rand_chacha::rand_core::SeedableRng;
 use roomlab_protocol::fracdex;
-use std::io::BufRead;
+use std::process::ExitCode;
 
 mod conform_command;
+mod connect_command;
 mod embedded;
+mod frame_command;
 mod load_command;
 mod mutants_command;
 mod sim_command;
@@ -74,20 +76,16 @@ enum Command {
         /// Storage add-ons.
         #[arg(long, default_value_t = 0)]
         addons: u32,
-        /// The HS256 secret (or the ROOMLAB_SECRET environment variable).
+        /// The HS256 secret, the server's (or the ROOMLAB_SECRET environment variable).
         #[arg(long, env = "ROOMLAB_SECRET", default_value = DEV_SECRET, hide_env_values = true)]
         secret: String,
     },
-    /// Decode protocol frames (one JSON frame per line on standard input) and print each as the
-    /// message it parses to, or the error code a server would answer it with.
-    Frame {
-        /// Frame-size limit in bytes, as a server would enforce it.
-        #[arg(long, default_value_t = 1 << 20)]
-        frame_bytes_max: usize,
-        /// Decode as server-to-client frames instead of client-to-server frames.
-        #[arg(long)]
-        server: bool,
-    },
+    /// Talk to a room by hand: connect, say hello, print every frame received as indented JSON,
+    /// and send what you type (a JSON message, or a short command: type `help`).
+    Connect(connect_command::ConnectArgs),
+    /// Decode protocol frames (one JSON frame per line on standard input) and print each as
+    /// canonical JSON, or the error code a server answers it with and why; exit 1 if any is bad.
+    Frame(frame_command::FrameArgs),
 }
 
 #[derive(Subcommand)]
@@ -101,9 +99,10 @@ enum FracdexCommand {
         /// Which allocator to use.
         #[arg(long, value_enum, default_value_t = Allocator::Midpoint)]
         allocator: Allocator,
-        /// Seed for the jittered allocator.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
+        /// Seed for the jittered allocator (drawn from the operating system when absent, so
+        /// successive calls differ).
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Print N keys in order strictly between A and B ("-" for an open end).
     N {
@@ -124,6 +123,30 @@ enum FracdexCommand {
 
 /// The secret `serve` and `token` share when none is given: for development on one machine only.
 const DEV_SECRET: &str = "roomlab-development-secret";
+
+/// A mistake in how roomlab was called (a bad option value, a file that is not there): `main`
+/// exits with 2 for it, as clap does for the mistakes it finds itself, and with 1 for any other
+/// error. The message says what is wrong and what to do instead.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// A [`UsageError`] with this message, as the `anyhow` error the commands return.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message.into()))
+}
+
+/// "1 client", "2 clients": `count` and the noun, plural when the count is not one.
+pub fn plural(count: usize, noun: &str) -> String {
+    format!("{count} {noun}{}", if count == 1 { "" } else { "s" })
+}
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum RoleArg {
@@ -152,7 +175,12 @@ fn bound(text: &str) -> Option<&str> {
     (text != "-").then_some(text)
 }
 
-fn run_fracdex(command: FracdexCommand) -> Result<()> {
+/// A seed from the operating system's random source, for the runs that need no replay.
+pub fn os_seed() -> Result<u64> {
+    getrandom::u64().map_err(|error| anyhow::anyhow!("reading the operating system's random source: {error}"))
+}
+
+fn run_fracdex(command: FracdexCommand) -> Result<ExitCode> {
     match command {
         FracdexCommand::Between { a, b, allocator, seed } => {
             let (a, b) = (bound(&a), bound(&b));
@@ -160,14 +188,20 @@ fn run_fracdex(command: FracdexCommand) -> Result<()> {
                 Allocator::Midpoint => fracdex::key_between(a, b),
                 Allocator::Short => fracdex::key_between_short(a, b),
                 Allocator::Jittered => {
+                    let seed = match seed {
+                        Some(seed) => seed,
+                        None => os_seed()?,
+                    };
                     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
                     fracdex::key_between_jittered(a, b, &mut rng)
                 }
             };
-            println!("{}", key.context("cannot make a key")?);
+            println!("{}", key.map_err(|error| usage(format!("cannot make a key: {error}")))?);
         }
         FracdexCommand::N { a, b, n } => {
-            for key in fracdex::n_keys_between(bound(&a), bound(&b), n).context("cannot make keys")? {
+            let keys = fracdex::n_keys_between(bound(&a), bound(&b), n)
+                .map_err(|error| usage(format!("cannot make keys: {error}")))?;
+            for key in keys {
                 println!("{key}");
             }
         }
@@ -183,34 +217,65 @@ fn run_fracdex(command: FracdexCommand) -> Result<()> {
                 }
             }
             if invalid > 0 {
-                bail!("{invalid} invalid key(s)");
+                eprintln!("{} invalid", plural(invalid, "key"));
+                return Ok(ExitCode::FAILURE);
             }
         }
     }
-    Ok(())
-}
-
-fn run_frame(frame_bytes_max: usize, server: bool) -> Result<()> {
-    for line in std::io::stdin().lock().lines() {
-        let line = line.context("reading standard input")?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let decoded = if server {
-            roomlab_protocol::decode_server(line.as_bytes(), frame_bytes_max).map(|m| format!("{m:?}"))
-        } else {
-            roomlab_protocol::decode(line.as_bytes(), frame_bytes_max).map(|m| format!("{m:?}"))
-        };
-        match decoded {
-            Ok(message) => println!("ok\t{message}"),
-            Err(error) => println!("{}\t{error}", error.code()),
-        }
-    }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn unix_now() -> std::time::Duration {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
+/// `text` quoted for a POSIX shell, so a printed command can be pasted whatever the secret holds.
+fn shell_quote(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        return text.to_string();
+    }
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// What `serve` prints once it listens: where, how to mint a token that this server accepts (with
+/// the secret in use, when it is not the development one), and a `connect` line ready to paste.
+fn serve_banner(local: std::net::SocketAddr, data: Option<&std::path::Path>, secret: &str) -> String {
+    // A server on every interface is reached on this machine through loopback.
+    let host = match local.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            std::net::SocketAddr::from(([127, 0, 0, 1], local.port()))
+        }
+        ip if ip.is_unspecified() => {
+            std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, local.port()))
+        }
+        _ => local,
+    };
+    let mut lines = vec![format!("roomlab listening on ws://{host}/ws/{{room}}?token={{jwt}}")];
+    lines.push(match data {
+        Some(dir) => format!("room databases in {}", dir.display()),
+        None => "room databases in memory (pass --data DIR to keep them)".to_string(),
+    });
+    let token_command = "roomlab token --room canvas-1 --user u-1 --role member";
+    if secret == DEV_SECRET {
+        lines.push("using the development secret; set ROOMLAB_SECRET in production".into());
+        lines.push(format!("mint a token: {token_command}"));
+    } else {
+        lines.push(format!("mint a token: ROOMLAB_SECRET={} {token_command}", shell_quote(secret)));
+    }
+    let claims = roomlab_server::Claims {
+        sub: "u-1".into(),
+        room: "canvas-1".into(),
+        role: roomlab_protocol::Role::Member,
+        exp: unix_now().as_secs() + 86_400,
+        plan: Some(roomlab_protocol::Plan::Pro),
+        addons: Some(0),
+    };
+    let token = roomlab_server::mint(secret.as_bytes(), &claims);
+    lines.push(format!(
+        "talk to room canvas-1 as u-1: roomlab connect ws://{host}/ws/canvas-1 --token {token}"
+    ));
+    lines.join("\n")
 }
 
 fn run_serve(
@@ -227,18 +292,10 @@ fn run_serve(
         config.seed = unix_now().as_nanos() as u64;
         config.engine.mutant = mutant;
         let server = roomlab_server::Server::new(config)?;
-        let listener =
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        let local = listener.local_addr()?;
-        println!("roomlab listening on ws://{local}/ws/{{room}}?token={{jwt}}");
-        match &data {
-            Some(dir) => println!("room databases in {}", dir.display()),
-            None => println!("room databases in memory (pass --data DIR to keep them)"),
-        }
-        if secret == DEV_SECRET {
-            println!("using the development secret; set ROOMLAB_SECRET in production");
-        }
-        println!("mint a token: roomlab token --room canvas-1 --user u-1 --role member");
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr} (is another server there? pick one with --addr)")
+        })?;
+        println!("{}", serve_banner(listener.local_addr()?, data.as_deref(), &secret));
         if let Some(mutant) = mutant {
             println!("MUTANT {mutant} planted: this server has a bug on purpose");
         }
@@ -298,37 +355,58 @@ fn run_token(
     println!("{}", roomlab_server::mint(secret.as_bytes(), &claims));
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
-        Command::Sim(args) => {
-            if !sim_command::run_sim(args)? {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
+/// 0 when `passed`, 1 otherwise.
+fn passed(passed: bool) -> ExitCode {
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode> {
+    Ok(match command {
+        Command::Sim(args) => passed(sim_command::run_sim(args)?),
         Command::Serve { addr, data, secret, mutant } => {
             let mutant = conform_command::mutant(mutant.as_deref())?;
-            run_serve(addr, data, secret, mutant)
+            run_serve(addr, data, secret, mutant)?;
+            ExitCode::SUCCESS
         }
-        Command::Conform(args) => std::process::exit(conform_command::run_conform(args)?),
-        Command::Mutants(args) => {
-            if !mutants_command::run_mutants(args)? {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
-        Command::Load(args) => {
-            if !load_command::run_load(args)? {
-                std::process::exit(1);
-            }
-            Ok(())
-        }
+        Command::Conform(args) => ExitCode::from(conform_command::run_conform(args)?),
+        Command::Mutants(args) => passed(mutants_command::run_mutants(args)?),
+        Command::Load(args) => passed(load_command::run_load(args)?),
         Command::Token { room, user, role, ttl, plan, addons, secret } => {
             run_token(room, user, role, ttl, plan, addons, secret);
-            Ok(())
+            ExitCode::SUCCESS
         }
-        Command::Fracdex(command) => run_fracdex(command),
-        Command::Frame { frame_bytes_max, server } => run_frame(frame_bytes_max, server),
+        Command::Connect(args) => passed(connect_command::run_connect(args)?),
+        Command::Fracdex(command) => run_fracdex(command)?,
+        Command::Frame(args) => passed(frame_command::run_frame(args)?),
+    })
+}
+
+/// The error and its causes on one line, each cause once: many errors already quote their
+/// source (a TOML error names its line and column), and printing it again only repeats it.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {}", describe(&error));
+            let is_usage = error.chain().any(|cause| cause.downcast_ref::<UsageError>().is_some());
+            ExitCode::from(if is_usage { 2 } else { 1 })
+        }
     }
 }
 

@@ -240,8 +240,8 @@ fn print_row(row: &KillRow) {
         None if mutant.is_some_and(Mutant::wire_visible) => "not run".to_string(),
         None => "n/a (a client bug; the suite grades servers)".to_string(),
         Some(c) if c.killed => format!(
-            "killed by {} case(s), e.g. {} ({:.1} s)",
-            c.failed,
+            "killed by {}, e.g. {} ({:.1} s)",
+            crate::plural(c.failed, "case"),
             c.cases[0],
             c.wall_ms as f64 / 1000.0
         ),
@@ -250,14 +250,19 @@ fn print_row(row: &KillRow) {
     let simulation = match &row.simulation {
         None => "not run".to_string(),
         Some(s) if s.killed => format!(
-            "killed: seed {} of {} failed ({} seed(s) run, {:.1} s)",
+            "killed: seed {} of {} failed ({} run, {:.1} s)",
             s.seed.unwrap_or(0),
             s.scenario,
-            s.seeds_run,
+            crate::plural(s.seeds_run as usize, "seed"),
             s.wall_ms as f64 / 1000.0
         ),
         Some(s) => {
-            format!("SURVIVED {} seeds of {} ({:.1} s)", s.seeds_run, s.scenario, s.wall_ms as f64 / 1000.0)
+            format!(
+                "SURVIVED {} of {} ({:.1} s)",
+                crate::plural(s.seeds_run as usize, "seed"),
+                s.scenario,
+                s.wall_ms as f64 / 1000.0
+            )
         }
     };
     println!("{:<30} {}  conformance: {conformance}", row.mutant, row.source);
@@ -270,12 +275,12 @@ fn print_row(row: &KillRow) {
         }
         if let Some(shrunk) = &s.shrunk {
             println!(
-                "{:<32} shrunk: {} client operations ({}, {} s of faults; {} runs, {:.1} s)",
+                "{:<32} shrunk: {} ({}, {} s of faults; {}, {:.1} s)",
                 "",
-                shrunk.operations,
-                crate::sim_command::clients(shrunk.clients),
+                crate::plural(shrunk.operations as usize, "client operation"),
+                crate::plural(shrunk.clients, "client"),
                 shrunk.safety_s,
-                shrunk.runs,
+                crate::plural(shrunk.runs, "run"),
                 shrunk.wall_ms as f64 / 1000.0
             );
             println!("{:<32} repro: {}", "", shrunk.repro);

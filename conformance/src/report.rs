@@ -244,7 +244,12 @@ impl RunReport {
         }
         let _ = writeln!(
             out,
-            "\n{} cases against {} in {:.1} s",
+            "NON-STRICT: a SHOULD rule was missed (reported, never fails the run); UNIMPLEMENTED: the target does not declare the capability"
+        );
+        let cases = if self.cases.len() == 1 { "case" } else { "cases" };
+        let _ = writeln!(
+            out,
+            "\n{} {cases} against {} in {:.1} s",
             self.cases.len(),
             self.target,
             self.duration_ms as f64 / 1000.0

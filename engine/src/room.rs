@@ -840,8 +840,10 @@ pub(crate) fn check_backend(name: &BucketName, bucket: &Bucket, backend: Backend
     if bucket.contract.backend == backend {
         return Ok(());
     }
-    let body =
-        ErrorBody::new(ErrorCode::Incompatible, format!("{name} is a {:?} bucket", bucket.contract.backend));
+    let body = ErrorBody::new(
+        ErrorCode::Incompatible,
+        format!("{name} is a bucket of the {} backend", bucket.contract.backend),
+    );
     Err(Box::new(ErrorBody { contract: Some(bucket.contract.clone()), ..body }))
 }
 

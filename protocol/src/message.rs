@@ -46,6 +46,22 @@ pub enum Backend {
     R2Assets,
 }
 
+impl Backend {
+    /// The backend as the protocol spells it: `d1-json` or `r2-assets`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::D1Json => "d1-json",
+            Backend::R2Assets => "r2-assets",
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A storage contract, as a widget manifest declares it; two parties are compatible only when
 /// backend, schemaId and schemaVersion all match.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -749,5 +765,19 @@ impl ErrorBody {
     /// The same error, carrying a document's current sequence.
     pub fn with_seq(self, seq: u64) -> Self {
         ErrorBody { seq: Some(seq), ..self }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Backends print as the wire spells them, so messages name them as clients read them.
+    #[test]
+    fn backend_names_match_serde() {
+        for backend in [Backend::D1Json, Backend::R2Assets] {
+            assert_eq!(serde_json::to_value(backend).unwrap().as_str(), Some(backend.as_str()));
+            assert_eq!(backend.to_string(), backend.as_str());
+        }
     }
 }

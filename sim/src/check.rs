@@ -237,8 +237,9 @@ fn viewer_text_in_server(room: &Room, now_ms: u64) -> Vec<String> {
         let Some(text) = server_text(room, &note(k), &body()) else { continue };
         if text.contains(VIEWER_MARK) {
             failures.push(format!(
-                "access: a viewer's Yjs edit reached the server's {}/body at {now_ms} ms: {text:?}",
-                note(k)
+                "access: a viewer's Yjs edit reached the server's {}/body at {now_ms} ms: {}",
+                note(k),
+                json_text(&text)
             ));
         }
     }
@@ -261,8 +262,11 @@ fn yjs_convergence(world: &World<'_>, oracle: &Oracle) -> Vec<String> {
                 match oracle.yjs_text(doc, field) {
                     Some(theirs) if theirs == ours => {}
                     theirs => failures.push(format!(
-                        "yjs.broadcast: c{} ({}) has {doc}/{field} as {ours:?}, the spec's merge of every accepted update is {theirs:?}",
-                        v.index, v.identity.user
+                        "yjs.broadcast: c{} ({}) has {doc}/{field} as {}, the spec's merge of every accepted update is {}",
+                        v.index,
+                        v.identity.user,
+                        json_text(&ours),
+                        theirs.as_deref().map(json_text).unwrap_or_else(|| "nothing".into())
                     )),
                 }
             }
@@ -293,14 +297,38 @@ fn final_views(world: &World<'_>, oracle: &Oracle) -> Vec<String> {
                         .map(|a| roomlab_protocol::encode_server(&a))
                         .unwrap_or_else(|| "a refusal".into());
                     failures.push(format!(
-                        "query.converges: c{} ({}) sees {view:?} for {target}, the spec answers {answer}",
-                        v.index, v.identity.user
+                        "query.converges: c{} ({}) sees {} for {target}, the spec answers {answer}",
+                        v.index,
+                        v.identity.user,
+                        view_json(view),
                     ));
                 }
             }
         });
     }
     failures
+}
+
+/// A text as a JSON string: quoted, with its control characters escaped.
+fn json_text(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_default()
+}
+
+/// What a client's subscription shows, as JSON with the protocol's field names, for a failure
+/// message that people read.
+fn view_json(view: &View) -> String {
+    let value = match view {
+        View::Waiting => serde_json::json!("waiting for the first answer"),
+        View::Query { seq, docs } => serde_json::json!({ "seq": seq, "docs": docs }),
+        View::Doc(doc) => serde_json::json!({ "doc": doc }),
+        View::Deleted(seq) => serde_json::json!({ "deleted_at_seq": seq }),
+        View::Missing(seq) => serde_json::json!({ "missing_at_seq": seq }),
+        View::Bucket { version, value } => serde_json::json!({ "version": version, "value": value }),
+        View::BucketDeleted(seq) => serde_json::json!({ "bucket_deleted_at_seq": seq }),
+        View::Assets(assets) => serde_json::json!({ "assets": assets }),
+        View::Refused(body) => serde_json::json!({ "refused": body }),
+    };
+    value.to_string()
 }
 
 /// Every list a client shows is in the one list order, (key, item id) (list.order).
@@ -320,8 +348,9 @@ fn list_order(index: usize, view: &View) -> Vec<String> {
                 let order: Vec<String> =
                     items.iter().map(|i| format!("{}@{}", i.id, i.key.as_str())).collect();
                 failures.push(format!(
-                    "list order: c{index} shows {}/{list} as {order:?}, not by (key, item id)",
-                    doc.id
+                    "list order: c{index} shows {}/{list} as {}, not by (key, item id)",
+                    doc.id,
+                    serde_json::to_string(&order).unwrap_or_default()
                 ));
             }
         }

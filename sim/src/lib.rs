@@ -43,11 +43,13 @@ pub fn check_determinism(scenario: &Scenario, seed: u64) -> Result<Report, Strin
         return Ok(first);
     }
     let divergence = match first_divergence(&first.events, &second.events) {
-        Some((index, a, b)) => format!(
-            "event {index} differs: first run {:?}, second run {:?}",
-            a.map(|e| format!("{} ms {} {}", e.time_ms, e.actor, e.text)),
-            b.map(|e| format!("{} ms {} {}", e.time_ms, e.actor, e.text)),
-        ),
+        Some((index, a, b)) => {
+            let event = |e: Option<Event>| match e {
+                Some(e) => format!("\"{} ms {} {}\"", e.time_ms, e.actor, e.text),
+                None => "nothing (its trace ended)".to_string(),
+            };
+            format!("event {index} differs: first run {}, second run {}", event(a), event(b))
+        }
         None => "the traces agree event by event but their hashes differ".to_string(),
     };
     Err(format!(
