@@ -634,7 +634,40 @@ fn summary_table(reports: &[&Report], failed: usize, wall_ms: u64) -> String {
     if !never.is_empty() {
         rows.push(("enabled but never fired", never.join(", ")));
     }
+    rows.extend(rule_rows(reports));
     rows.iter().map(|(name, value)| format!("{name:<28} {value}\n")).collect()
+}
+
+/// Rule coverage over the sweep: how many server-binding MUST rules the oracle exercised, the
+/// frames it checked, and the rules no run exercised (those sim/unexercised.toml excuses apart).
+fn rule_rows(reports: &[&Report]) -> Vec<(&'static str, String)> {
+    let mut rules: BTreeMap<String, roomlab_sim::RuleCount> = BTreeMap::new();
+    for report in reports {
+        for (rule, count) in &report.rules {
+            let total = rules.entry(rule.clone()).or_default();
+            total.exercised += count.exercised;
+            total.checked += count.checked;
+        }
+    }
+    if rules.is_empty() {
+        return Vec::new();
+    }
+    let server_must: Vec<String> = roomlab_oracle::spec_rules()
+        .into_iter()
+        .filter(|rule| rule.must && !rule.binds_clients)
+        .map(|rule| rule.id)
+        .collect();
+    let exercised = server_must.iter().filter(|id| rules.get(*id).is_some_and(|c| c.exercised > 0)).count();
+    let checked: u64 = rules.values().map(|count| count.checked).sum();
+    let mut rows = vec![(
+        "rules exercised",
+        format!("{exercised} of {} server MUST rules; {checked} received frames checked", server_must.len()),
+    )];
+    let missing = roomlab_sim::unexercised_rules(&rules);
+    if !missing.is_empty() {
+        rows.push(("MUST rules never exercised", missing.join(", ")));
+    }
+    rows
 }
 
 /// The commit this binary was built from (see build.rs).

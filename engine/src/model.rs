@@ -515,15 +515,15 @@ fn apply(
             if doc.is_system() {
                 return Err(refuse(ErrorCode::Protected));
             }
-            if !member {
-                return Err(refuse(ErrorCode::Forbidden));
-            }
             match state.docs.get(&doc) {
                 Some(Doc { deleted: Some(_), seq, .. }) => {
                     return Err(refuse(ErrorCode::Deleted).with_seq(*seq).into())
                 }
                 Some(_) => return Err(refuse(ErrorCode::Exists)),
                 None => {}
+            }
+            if !member {
+                return Err(refuse(ErrorCode::Forbidden));
             }
             if !data.is_object() {
                 return Err(refuse(ErrorCode::Invalid));
@@ -630,6 +630,12 @@ fn apply(
             })?
         }
         Mutation::BucketBind { bucket, contract } => {
+            if let Some(found) = state.buckets.get(&bucket).filter(|found| found.contract != contract) {
+                return Err(Box::new(ErrorBody {
+                    contract: Some(found.contract.clone()),
+                    ..*refuse(ErrorCode::Incompatible)
+                }));
+            }
             if !member {
                 return Err(refuse(ErrorCode::Forbidden));
             }
@@ -683,17 +689,18 @@ fn writable_bucket<'s>(
     name: &BucketName,
     backend: Option<Backend>,
 ) -> Result<&'s Bucket, Refusal> {
-    if writer.role < Role::Member
-        || name.as_str().strip_prefix("user:").is_some_and(|o| o != writer.user.as_str())
-    {
-        return Err(refuse(ErrorCode::Forbidden));
-    }
+    // errors.precedence: the bucket's existence and backend, then access to it.
     let found = state.buckets.get(name).ok_or_else(|| refuse(ErrorCode::NotFound))?;
     if backend.is_some_and(|backend| backend != found.contract.backend) {
         return Err(Box::new(ErrorBody {
             contract: Some(found.contract.clone()),
             ..*refuse(ErrorCode::Incompatible)
         }));
+    }
+    if writer.role < Role::Member
+        || name.as_str().strip_prefix("user:").is_some_and(|o| o != writer.user.as_str())
+    {
+        return Err(refuse(ErrorCode::Forbidden));
     }
     Ok(found)
 }

@@ -177,8 +177,9 @@ impl Oracle {
                 json_merged(&existing.expect("checked above").data, &patch)
             }
         };
+        // schema.shape: a malformed schema names no data field (it is not a document's data).
         let schema = Schema::parse(&data).map_err(|(field, message)| {
-            Refusal::new("schema.shape", ErrorCode::Invalid, message).with_field(field)
+            Refusal::new("schema.shape", ErrorCode::Invalid, format!("{field}: {message}"))
         })?;
         let bytes = canonical_size(&data);
         self.check_doc_size(bytes)?;
@@ -256,9 +257,7 @@ impl Oracle {
         let removed = self.docs.remove(&doc).expect("checked above");
         self.yjs.retain(|(yjs_doc, _), _| *yjs_doc != doc);
         let mut change = Change::at(seq).touching(&doc, &removed.doc_type);
-        // sys.index.live names purge among the changes of sys:index, though a purged document
-        // had already left it.
-        change.index = true;
+        // sys.index.live: a purged document had already left sys:index; it leaves sys:trash.
         change.trash = true;
         Ok(Accepted::of("docs.purge", change))
     }

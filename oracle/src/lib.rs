@@ -19,6 +19,7 @@ mod coverage;
 mod documents;
 mod json;
 mod query;
+mod rules;
 mod staging;
 mod state;
 mod teams;
@@ -34,6 +35,8 @@ use std::collections::BTreeMap;
 use access::Schema;
 use state::{Bucket, Connection, Document, ReplayWindow, Staged, Team, UserRecord};
 use yjs::YjsField;
+
+pub use rules::{spec_rules, Rule};
 
 /// A connection, as the host numbers it.
 pub type Conn = u64;

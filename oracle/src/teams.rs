@@ -45,19 +45,20 @@ impl Oracle {
         role: Role,
     ) -> Result<Accepted, Refusal> {
         Self::check_admin(actor, "users.set-role", "set roles")?;
-        let Some(record) = self.users.get(&user) else {
+        if !self.users.contains_key(&user) {
             return Err(Refusal::new(
                 "users.set-role",
                 ErrorCode::NotFound,
                 format!("{user} has never connected"),
             ));
-        };
-        let listed_before = record.listed_role();
+        }
         let seq = self.advance();
         let record = self.users.get_mut(&user).expect("checked above");
         record.assigned = Some(role);
         let mut change = Change::at(seq);
-        change.users = record.listed_role() != listed_before;
+        // users.set-role: setting a role is a change of sys:users even when the role stays the
+        // same (from now on it is the room's choice, not the token's).
+        change.users = true;
         // Every connection of the user reads with the new role from now on.
         change.access = true;
         Ok(Accepted::of("users.set-role", change))

@@ -58,6 +58,9 @@ pub(crate) fn system_id(doc: &DocId) -> Option<SystemId> {
 #[derive(Default)]
 pub(crate) struct ViewCache {
     docs: BTreeMap<(DocId, UserId, Role), DocView>,
+    /// A document's list diff from the sequence a subscriber showed: every subscriber that showed
+    /// the same one gets the same diff.
+    list_diffs: BTreeMap<(DocId, u64), BTreeMap<FieldName, ListDiff>>,
     queries: Vec<(Query, UserId, Role, Vec<DocId>)>,
 }
 
@@ -203,7 +206,7 @@ impl Oracle {
             .filter_map(|(id, doc)| {
                 let deletion = doc.deleted?;
                 Some(
-                    json!({"id": id, "doc_type": doc.doc_type, "deleted_at": deletion.at_ms, "seq": doc.seq}),
+                    json!({"id": id, "doc_type": doc.doc_type, "deleted_at": deletion.at_ms, "seq": deletion.seq}),
                 )
             })
             .collect();
@@ -436,7 +439,11 @@ impl Oracle {
                     doc: doc.clone(),
                     base: before.seq,
                     seq: change.seq,
-                    lists: snapshot_list_diff(before, after),
+                    lists: cache
+                        .list_diffs
+                        .entry((doc.clone(), before.seq))
+                        .or_insert_with(|| snapshot_list_diff(before, after))
+                        .clone(),
                 };
                 (message, "docsub.list-diff")
             }
@@ -534,12 +541,12 @@ impl Oracle {
 }
 
 /// Whether a document subscription's view did not change: a missing document stays missing
-/// whatever the sequence; staged views (which carry the room's current sequence) change only with
-/// their data.
+/// whatever the sequence. A user's session views are pushed at every change of their session
+/// (sys.views.seq), so for them nothing counts as unchanged.
 fn unchanged(shown: &DocView, view: &DocView, session_view: bool) -> bool {
     match (shown, view) {
+        _ if session_view => false,
         (DocView::Missing { .. }, DocView::Missing { .. }) => true,
-        (DocView::Snapshot(before), DocView::Snapshot(after)) if session_view => before.data == after.data,
         _ => shown == view,
     }
 }

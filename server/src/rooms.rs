@@ -41,6 +41,9 @@ impl Outbound {
     }
 }
 
+/// The close reason of a slow consumer, whichever of its queue's limits it passed.
+const SLOW_CONSUMER: &str = "slow consumer: outbound queue full";
+
 /// The room's way to reach one connection: a queue bounded in frames and in bytes, and a close
 /// signal.
 #[derive(Debug, Clone)]
@@ -63,12 +66,12 @@ impl Outbox {
         let queued = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         if queued > self.queued_bytes_max {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            self.order_close(4008, "slow consumer: outbound bytes over budget");
+            self.order_close(4008, SLOW_CONSUMER);
             return;
         }
         if self.messages.try_send(frame).is_err() {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            self.order_close(4008, "slow consumer: outbound queue full");
+            self.order_close(4008, SLOW_CONSUMER);
         }
     }
 

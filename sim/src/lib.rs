@@ -20,10 +20,36 @@ mod trace;
 mod workload;
 mod world;
 
+pub use history::RuleCount;
 pub use scenario::{Faults, QuotaLimits, Scenario, ScenarioError, Workload, NAMES};
 pub use shrink::{shrink, Shrunk, SHRINK_SEEDS_PER_CANDIDATE, SHRINK_STEP_SEEDS_PER_CANDIDATE};
 pub use trace::{first_divergence, perfetto_json, Event, FrameCounts};
 pub use world::{run, Report, RunConfig};
+
+/// Rules the simulation does not exercise, each with the reason (sim/unexercised.toml).
+pub const UNEXERCISED: &str = include_str!("../unexercised.toml");
+
+/// The server-binding MUST rules of docs/PROTOCOL.md that `rules` (a sweep's counts, summed over
+/// its runs) never exercised and sim/unexercised.toml does not excuse.
+pub fn unexercised_rules(rules: &std::collections::BTreeMap<String, RuleCount>) -> Vec<String> {
+    let excused = excused_rules();
+    roomlab_oracle::spec_rules()
+        .into_iter()
+        .filter(|rule| rule.must && !rule.binds_clients)
+        .filter(|rule| rules.get(&rule.id).is_none_or(|count| count.exercised == 0))
+        .filter(|rule| !excused.contains_key(&rule.id))
+        .map(|rule| rule.id)
+        .collect()
+}
+
+/// The rules sim/unexercised.toml excuses, with the reasons.
+pub fn excused_rules() -> std::collections::BTreeMap<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Excused {
+        rules: std::collections::BTreeMap<String, String>,
+    }
+    toml::from_str::<Excused>(UNEXERCISED).expect("sim/unexercised.toml parses").rules
+}
 
 /// The line that reproduces a run (of a build with `mutant` planted, if one is named).
 pub fn repro_line(scenario: &str, seed: u64, mutant: Option<roomlab_protocol::Mutant>) -> String {

@@ -6,7 +6,7 @@ use rand_chacha::ChaCha8Rng;
 use roomlab_client::{Client, ClientError, Subscription, View, YjsText};
 use roomlab_protocol::{
     fracdex, Backend, BucketName, Contract, Direction, DocId, DocType, Field, FieldName, ItemId, ListItem,
-    ListKey, Mutation, Op, Order, Query, Role, Target, Where,
+    ListKey, Mutation, Op, Order, Query, Role, Target, TeamId, UserId, Where,
 };
 use serde_json::json;
 use std::cell::Cell;
@@ -49,6 +49,8 @@ pub(crate) struct Actor {
     /// How many shared task documents there are.
     pub shared_docs: u64,
     pub users: usize,
+    /// Every how many users one is a viewer (the scenario's `viewer_every`).
+    pub viewer_every: usize,
     pub phase: Arc<AtomicU8>,
     /// Set by the first client once its setup is done; the others start their workload after it.
     pub setup_done: Rc<Cell<bool>>,
@@ -140,6 +142,22 @@ impl Actor {
             let schema = json!({"access": {"read": "owner", "write": "owner"}});
             creates.push(Mutation::Create {
                 doc: doc("sys:schema:private"),
+                doc_type: doc_type("sys"),
+                data: schema,
+            });
+        }
+        if mix.records > 0 {
+            let schema = json!({
+                "fields": {
+                    "title": {"type": "string", "required": true},
+                    "done": {"type": "boolean", "default": false},
+                    "body": {"type": "richtext"}
+                },
+                "access": {"read": "viewer", "write": "member"},
+                "autoFields": {"userId": true, "createdAt": true, "updatedAt": true}
+            });
+            creates.push(Mutation::Create {
+                doc: doc("sys:schema:forms"),
                 doc_type: doc_type("sys"),
                 data: schema,
             });
@@ -284,14 +302,82 @@ impl Actor {
     fn record(&mut self) -> Mutation {
         let id = self.shared_doc();
         let data = self.task_data();
-        match self.below(3) {
-            0 => Mutation::Create { doc: id, doc_type: doc_type("tasks"), data },
-            1 => Mutation::Put { doc: id, data, if_seq: None },
-            _ => Mutation::Patch {
+        match self.below(20) {
+            0..6 => Mutation::Create { doc: id, doc_type: doc_type("tasks"), data },
+            6..12 => Mutation::Put { doc: id, data, if_seq: None },
+            12..17 => Mutation::Patch {
                 doc: id,
                 data: json!({"priority": self.below(10), "note": null}),
                 if_seq: None,
             },
+            17 => self.form_op(),
+            18 => self.odd_write(id),
+            _ => self.admin_op(),
+        }
+    }
+
+    /// Writes to `forms`, whose schema (made at setup) declares fields, a default, a rich-text
+    /// field and every auto field: valid data, data missing a required field, a field of the
+    /// wrong type, an unknown field, and patches.
+    fn form_op(&mut self) -> Mutation {
+        let id = doc(format!("f{}", self.below(4)));
+        let data = match self.below(6) {
+            0 => json!({"done": true}),
+            1 => json!({"title": 7}),
+            2 => json!({"title": "x", "colour": "red"}),
+            3 => json!({"title": "x", "userId": "forged", "createdAt": 1}),
+            _ => json!({"title": format!("form by {}", self.index)}),
+        };
+        match self.below(3) {
+            0 => Mutation::Create { doc: id, doc_type: doc_type("forms"), data },
+            1 => Mutation::Put { doc: id, data, if_seq: None },
+            _ => Mutation::Patch { doc: id, data, if_seq: None },
+        }
+    }
+
+    /// Writes a server must refuse whoever sends them: a forged system document, data that is not
+    /// an object, a schema written by a non-admin, a document over `doc_bytes_max`.
+    fn odd_write(&mut self, id: DocId) -> Mutation {
+        match self.below(5) {
+            0 => Mutation::Create { doc: self.system_doc(), doc_type: doc_type("sys"), data: json!({}) },
+            1 => Mutation::Put { doc: id, data: json!([1, 2]), if_seq: None },
+            2 => Mutation::Create {
+                doc: doc("sys:schema:tasks"),
+                doc_type: doc_type("sys"),
+                data: json!({"fields": 3}),
+            },
+            3 => Mutation::Patch {
+                doc: doc("sys:schema:forms"),
+                data: json!({"access": {"read": "viewer"}}),
+                if_seq: None,
+            },
+            _ => Mutation::Create {
+                doc: id,
+                doc_type: doc_type("tasks"),
+                data: json!({"pad": "x".repeat(270_000)}),
+            },
+        }
+    }
+
+    /// Users and teams (§15): the admin manages teams and roles; everyone else accepts
+    /// invitations, and tries an admin's op now and then (which must be `forbidden`).
+    fn admin_op(&mut self) -> Mutation {
+        let team = TeamId::new(format!("team{}", self.below(2))).expect("valid");
+        let user = UserId::new(format!("u{}", self.below(self.users as u64))).expect("valid");
+        match self.below(8) {
+            0 => Mutation::TeamCreate { team, name: format!("Team of {}", self.index) },
+            1 => Mutation::TeamInvite { team, user },
+            2 => Mutation::TeamRemove { team, user },
+            3 => Mutation::TeamDelete { team },
+            // Roles move only between member and admin: viewers stay viewers, so the checks that
+            // a viewer's write is never acknowledged keep their meaning.
+            4 if user_number(&user) != 0
+                && role_of(user_number(&user), self.viewer_every) != Role::Viewer =>
+            {
+                let role = if self.chance(50) { Role::Admin } else { Role::Member };
+                Mutation::UserSetRole { user, role }
+            }
+            _ => Mutation::TeamAccept { team },
         }
     }
 
@@ -323,14 +409,69 @@ impl Actor {
             self.subscriptions.remove(victim);
             return;
         }
-        let target = match self.below(5) {
+        let target = match self.below(9) {
             0 => Target::Query(active_tasks(Some(5))),
             1 => Target::Query(all_of("private")),
             2 => Target::Query(all_of("blobs")),
             3 => Target::Bucket(BucketName::new(format!("b{}", self.below(BUCKETS))).expect("valid")),
+            4 => Target::Doc(self.system_doc()),
+            5 => Target::Query(self.mixed_query()),
+            6 => Target::Query(all_of("forms")),
             _ => Target::Doc(self.shared_doc()),
         };
         self.subscribe(target);
+    }
+
+    /// One of the documents the room keeps itself (docs/PROTOCOL.md §11).
+    fn system_doc(&mut self) -> DocId {
+        match self.below(7) {
+            0 => doc("sys:index"),
+            1 => doc("sys:trash"),
+            2 => doc("sys:users"),
+            3 => doc("sys:teams"),
+            4 => doc("sys:session"),
+            5 => doc("sys:schema:forms"),
+            _ => doc(format!("sys:stage:t{}", self.below(self.shared_docs))),
+        }
+    }
+
+    /// A query over more of §8: `or`, `in`, orderings across types, the `$` attributes, limit
+    /// windows; now and then one a server must refuse (`invalid`).
+    fn mixed_query(&mut self) -> Query {
+        let condition = |field: &str, op: Op, value: serde_json::Value| Where::Condition {
+            field: Field(field.into()),
+            op,
+            value,
+        };
+        let me = format!("u{}", self.index % self.users.max(1));
+        let filter = match self.below(6) {
+            0 => Where::Or {
+                or: vec![condition("priority", Op::Gte, json!(7)), condition("$owner", Op::Eq, json!(me))],
+            },
+            1 => Where::And {
+                and: vec![
+                    condition("status", Op::Ne, json!("done")),
+                    condition("priority", Op::Lt, json!("5")),
+                ],
+            },
+            2 => condition("priority", Op::In, json!([1, 3, 5.0, "7"])),
+            3 => condition("$seq", Op::Gt, json!(self.below(200))),
+            4 => condition("$id", Op::Lte, json!(format!("t{}", self.below(self.shared_docs)))),
+            _ => condition("$bogus", Op::Eq, json!(1)),
+        };
+        let field = ["priority", "$seq", "$id", "status", "note"][self.below(5) as usize];
+        let dir = if self.chance(50) { Direction::Asc } else { Direction::Desc };
+        let limit = match self.below(6) {
+            0 => Some(5000),
+            1 | 2 => Some(1 + self.below(4) as u32),
+            _ => None,
+        };
+        Query {
+            collection: doc_type("tasks"),
+            filter: Some(filter),
+            order_by: vec![Order { field: Field(field.into()), dir }],
+            limit,
+        }
     }
 
     fn board_items(&self) -> Vec<ListItem> {
@@ -466,6 +607,9 @@ impl Actor {
     }
 
     fn private_op(&mut self) -> Mutation {
+        if self.chance(10) {
+            return self.admin_op();
+        }
         self.made += 1;
         let id = doc(format!("p{}-{}", self.index, self.made));
         Mutation::Create {
@@ -562,6 +706,11 @@ impl Actor {
             _ => Some(Mutation::BucketBind { bucket, contract: gallery_contract() }),
         }
     }
+}
+
+/// The number of user `u{n}`.
+fn user_number(user: &UserId) -> usize {
+    user.as_str().trim_start_matches('u').parse().unwrap_or(0)
 }
 
 /// The role of user `u{n}` in a scenario: u0 is the admin.

@@ -438,6 +438,7 @@ fn build(
                     steps_max: scenario.steps_per_client_max,
                     shared_docs: scenario.shared_docs,
                     users: scenario.users,
+                    viewer_every: scenario.viewer_every,
                     phase: phase.clone(),
                     setup_done: setup_done.clone(),
                     subscriptions: Vec::new(),

@@ -197,3 +197,37 @@ fn regression_seeds_stay_fixed() {
         assert!(report.passed(), "regression ({}) is back:\n{}", regression.found, failure_text(&report));
     }
 }
+
+/// Every server-binding MUST rule of docs/PROTOCOL.md is exercised by a short sweep of every
+/// scenario (the oracle decided frames under it and the clients received them), or
+/// sim/unexercised.toml says why not.
+#[test]
+fn every_server_rule_is_exercised_or_excused() {
+    let mut rules = std::collections::BTreeMap::new();
+    for name in NAMES {
+        let mut scenario = Scenario::load(name).unwrap();
+        scenario.safety_s = scenario.safety_s.min(10);
+        for seed in 0..3 {
+            let report = run(&RunConfig::new(scenario.clone(), seed));
+            assert!(report.passed(), "{}", failure_text(&report));
+            for (rule, count) in report.rules {
+                let total: &mut roomlab_sim::RuleCount = rules.entry(rule).or_default();
+                total.exercised += count.exercised;
+                total.checked += count.checked;
+            }
+        }
+    }
+    let missing = roomlab_sim::unexercised_rules(&rules);
+    assert!(
+        missing.is_empty(),
+        "MUST rules no run exercised, and sim/unexercised.toml does not excuse: {missing:?}"
+    );
+    let known: std::collections::BTreeSet<String> =
+        roomlab_oracle::spec_rules().into_iter().map(|rule| rule.id).collect();
+    for excused in roomlab_sim::excused_rules().keys() {
+        assert!(
+            known.contains(excused),
+            "sim/unexercised.toml names {excused}, which docs/PROTOCOL.md does not have"
+        );
+    }
+}
