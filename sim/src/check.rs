@@ -198,7 +198,14 @@ pub(crate) fn final_checks(world: &World<'_>, now_ms: u64) -> (Vec<String>, BTre
     let mut failures = checkpoint(world, now_ms);
     let verdict = {
         let journal = world.recording.journal.lock().expect("journal lock");
-        history::check(&journal, &world.recording.observed, Oracle::new(oracle_settings(world.scenario)))
+        let tokens: BTreeMap<usize, roomlab_oracle::Identity> = world
+            .clients
+            .lock()
+            .expect("clients lock")
+            .iter()
+            .map(|v| (v.index, history::oracle_identity(&v.identity)))
+            .collect();
+        history::check(&journal, &world.recording.observed, &tokens, Oracle::new(oracle_settings(world.scenario)))
     };
     failures.extend(verdict.failures);
     failures.extend(final_views(world, &verdict.oracle));

@@ -88,6 +88,8 @@ enum ExpectedFrame {
 struct Record {
     conn: u64,
     peer: Option<SocketAddr>,
+    /// Who the room says is on the connection.
+    identity: roomlab_oracle::Identity,
     /// The messages the room says this connection sent, in order.
     claimed: Vec<Frame>,
     claimed_messages: Vec<ClientMessage>,
@@ -117,7 +119,13 @@ pub(crate) struct Verdict {
 const FAILURES_PER_CHECK_MAX: usize = 8;
 
 /// Replays the journal through the oracle and compares it with what the clients saw.
-pub(crate) fn check(journal: &[JournalEntry], observed: &Observed, oracle: Oracle) -> Verdict {
+/// `tokens` gives each client's identity as its token states it (user, role, plan, add-ons).
+pub(crate) fn check(
+    journal: &[JournalEntry],
+    observed: &Observed,
+    tokens: &BTreeMap<usize, roomlab_oracle::Identity>,
+    oracle: Oracle,
+) -> Verdict {
     if let Some(path) = std::env::var_os("ROOMLAB_JOURNAL_DUMP") {
         // For debugging a disagreement: the journal, one entry a line.
         let lines: Vec<String> = journal.iter().map(|entry| format!("{entry:?}")).collect();
@@ -137,6 +145,13 @@ pub(crate) fn check(journal: &[JournalEntry], observed: &Observed, oracle: Oracl
             epoch.opened_ms,
             record.conn
         );
+        if tokens.get(index).is_some_and(|token| *token != record.identity) {
+            failures.push(format!(
+                "conn.token.required: the room took {actor} for {:?}, but its token says {:?}",
+                record.identity,
+                tokens[index]
+            ));
+        }
         match check_claim(record, epoch, &actor) {
             // The room's order is a merge of each connection's own order.
             Ok(()) => *checked.entry("room.one-authority").or_default() += 1,
@@ -295,6 +310,7 @@ fn replay_input(
             records.push(Record {
                 conn,
                 peer: *peer,
+                identity: oracle_identity(identity),
                 claimed: Vec::new(),
                 claimed_messages: Vec::new(),
                 expected: Vec::new(),
