@@ -205,7 +205,12 @@ pub(crate) fn final_checks(world: &World<'_>, now_ms: u64) -> (Vec<String>, BTre
             .iter()
             .map(|v| (v.index, history::oracle_identity(&v.identity)))
             .collect();
-        history::check(&journal, &world.recording.observed, &tokens, Oracle::new(oracle_settings(world.scenario)))
+        history::check(
+            &journal,
+            &world.recording.observed,
+            &tokens,
+            Oracle::new(oracle_settings(world.scenario)),
+        )
     };
     failures.extend(verdict.failures);
     failures.extend(final_views(world, &verdict.oracle));

@@ -148,8 +148,7 @@ pub(crate) fn check(
         if tokens.get(index).is_some_and(|token| *token != record.identity) {
             failures.push(format!(
                 "conn.token.required: the room took {actor} for {:?}, but its token says {:?}",
-                record.identity,
-                tokens[index]
+                record.identity, tokens[index]
             ));
         }
         match check_claim(record, epoch, &actor) {
