@@ -596,10 +596,11 @@ fn snapshot_list_diff(before: &DocSnapshot, after: &DocSnapshot) -> BTreeMap<Fie
         let old: BTreeMap<&ItemId, &ListItem> =
             before.lists.get(name).into_iter().flatten().map(|item| (&item.id, item)).collect();
         let new = after.lists.get(name).map(Vec::as_slice).unwrap_or_default();
-        let mut diff = ListDiff::default();
-        diff.put = new.iter().filter(|item| old.get(&item.id) != Some(item)).cloned().collect();
         let kept: BTreeSet<&ItemId> = new.iter().map(|item| &item.id).collect();
-        diff.removed = old.keys().filter(|id| !kept.contains(*id)).map(|id| (*id).clone()).collect();
+        let diff = ListDiff {
+            put: new.iter().filter(|item| old.get(&item.id) != Some(item)).cloned().collect(),
+            removed: old.keys().filter(|id| !kept.contains(*id)).map(|id| (*id).clone()).collect(),
+        };
         if !diff.put.is_empty() || !diff.removed.is_empty() {
             lists.insert(name.clone(), diff);
         }

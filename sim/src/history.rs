@@ -165,7 +165,7 @@ pub(crate) fn check(
     }
     for (index, epochs) in clients.iter() {
         for (epoch_index, epoch) in epochs.iter().enumerate() {
-            let claimed = matched.iter().any(|m| *m == (*index, Some(epoch_index)));
+            let claimed = matched.contains(&(*index, Some(epoch_index)));
             if !claimed && epoch.received.iter().any(|f| matches!(f, Frame::Text(_))) {
                 failures.push(format!(
                     "journal: c{index}'s connection {} from {} received frames, but the room never journaled it",
