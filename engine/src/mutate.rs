@@ -139,7 +139,9 @@ impl Room {
         // `commit` answers the mutating connection first; the rest are pushes to others, since a
         // connection made for one request subscribes to nothing.
         let mut committed = self.commit(conn, 0, None, planned, now_ms).into_iter();
-        self.disconnect(conn);
+        // A connection made for one request opened no Yjs field, so closing it says nothing.
+        let closed = self.disconnect(conn);
+        assert!(closed.is_empty(), "a detached connection announced no awareness");
         let Some(Effect::Send { message: answer, .. }) = committed.next() else {
             unreachable!("commit answers the mutating connection first");
         };

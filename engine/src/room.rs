@@ -436,14 +436,15 @@ impl Room {
         self.push(&crate::commit::Touched { users: true, ..Default::default() })
     }
 
-    /// A connection closed; its subscriptions and open Yjs fields end.
-    pub fn disconnect(&mut self, conn: ConnId) {
+    /// A connection closed; its subscriptions and open Yjs fields end. The effects tell the
+    /// fields' other connections that the awareness it announced is gone (yjs.awareness).
+    pub fn disconnect(&mut self, conn: ConnId) -> Vec<Effect> {
         if let Some(peer) = self.connections.remove(&conn) {
             for (sub, subscription) in &peer.subscriptions {
                 self.watchers.remove(&Watchers::key(subscription, &peer.identity.user), conn, sub);
             }
         }
-        self.yjs.close_all(conn);
+        self.yjs_close_all(conn)
     }
 
     /// Handles one message from a connection at time `now_ms`, returning the effects to carry out.
@@ -477,10 +478,7 @@ impl Room {
                 });
                 reply(answer.unwrap_or_else(|body| ServerMessage::Error(body.with_req(req))))
             }
-            ClientMessage::YjsClose { doc, field } => {
-                self.yjs.close(conn, &doc, &field);
-                Vec::new()
-            }
+            ClientMessage::YjsClose { doc, field } => self.yjs_close(conn, &doc, &field),
         }
     }
 
@@ -496,7 +494,7 @@ impl Room {
                 if *to == conn && body.code == ErrorCode::Internal)
         };
         if effects.iter().any(internal) && !Mutant::InternalKeepsConnection.planted(self.config.mutant) {
-            self.disconnect(conn);
+            effects.extend(self.disconnect(conn));
             let reason = "the room failed to process a mutation".to_string();
             effects.push(Effect::Close { conn, code: 1011, reason });
         }

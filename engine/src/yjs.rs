@@ -16,31 +16,47 @@ const EMPTY_UPDATE: &[u8] = &[0, 0];
 /// Updates kept in a field's log before it is compacted into one.
 const YJS_UPDATES_MAX: u64 = 64;
 
+/// Client ids one connection may announce awareness for in one field (docs/PROTOCOL.md
+/// yjs.awareness); a stock client announces one.
+pub const AWARENESS_CLIENTS_MAX: usize = 16;
+
 type Key = (DocId, FieldName);
 
-/// The Yjs side of a room: the loaded documents and who has each field open.
+/// Awareness a connection announced in a field and has not removed: client id → last clock.
+type Announced = BTreeMap<u64, u32>;
+
+/// The Yjs side of a room: the loaded documents, who has each field open, and whose awareness
+/// each connection announced.
 #[derive(Default)]
 pub(crate) struct Yjs {
     docs: BTreeMap<Key, yrs::Doc>,
     open: BTreeMap<Key, BTreeSet<ConnId>>,
+    announced: BTreeMap<(ConnId, Key), Announced>,
 }
 
 impl Yjs {
-    pub fn close(&mut self, conn: ConnId, doc: &DocId, field: &FieldName) {
-        let key = (doc.clone(), field.clone());
-        if let Some(open) = self.open.get_mut(&key) {
+    /// Closes a field on a connection; returns the awareness it had announced there.
+    fn close(&mut self, conn: ConnId, key: &Key) -> Option<Announced> {
+        if let Some(open) = self.open.get_mut(key) {
             open.remove(&conn);
             if open.is_empty() {
-                self.open.remove(&key);
+                self.open.remove(key);
             }
         }
+        self.announced.remove(&(conn, key.clone())).filter(|ids| !ids.is_empty())
     }
 
-    pub fn close_all(&mut self, conn: ConnId) {
+    /// Closes every field of a connection; returns the awareness it had announced, by field.
+    fn close_all(&mut self, conn: ConnId) -> Vec<(Key, Announced)> {
         self.open.retain(|_, open| {
             open.remove(&conn);
             !open.is_empty()
         });
+        let keys: Vec<(ConnId, Key)> = self.announced.keys().filter(|(c, _)| *c == conn).cloned().collect();
+        keys.into_iter()
+            .filter_map(|key| self.announced.remove(&key).map(|ids| (key.1, ids)))
+            .filter(|(_, ids)| !ids.is_empty())
+            .collect()
     }
 
     /// Forgets a purged document's fields (their rows go with the document's).
@@ -105,8 +121,51 @@ impl Room {
                 Ok(vec![reply(YSync::Step2(&missing).encode()), reply(YSync::Step1(&own).encode())])
             }
             YSync::Step2(update) | YSync::Update(update) => self.yjs_update(conn, &key, update, reader),
-            YSync::Awareness(_) => Ok(self.relay(conn, &key, &frame.payload)),
+            YSync::Awareness(_) => self.awareness(conn, key, &frame.payload),
         }
+    }
+
+    /// yjs.awareness: relays an awareness update and remembers whose awareness the connection
+    /// announced, so that closing the field can remove it.
+    fn awareness(&mut self, conn: ConnId, key: Key, payload: &[u8]) -> Result<Vec<Effect>, Refusal> {
+        let entries = roomlab_protocol::awareness_entries(payload)
+            .map_err(|e| refuse(ErrorCode::BadFrame, format!("malformed awareness update: {e}")))?;
+        let mut announced = self.yjs.announced.get(&(conn, key.clone())).cloned().unwrap_or_default();
+        for entry in entries {
+            match entry.removed {
+                true => announced.remove(&entry.client),
+                false => announced.insert(entry.client, entry.clock),
+            };
+        }
+        if announced.len() > AWARENESS_CLIENTS_MAX {
+            let message =
+                format!("a connection announces at most {AWARENESS_CLIENTS_MAX} awareness client ids");
+            return Err(refuse(ErrorCode::LimitExceeded, message));
+        }
+        let effects = self.relay(conn, &key, payload);
+        self.yjs.announced.insert((conn, key), announced);
+        Ok(effects)
+    }
+
+    /// yjs.awareness: a connection closed a field; the field's other connections learn that the
+    /// awareness it announced is gone (state `null`, one clock past the last relayed).
+    fn remove_awareness(&self, conn: ConnId, key: &Key, announced: Announced) -> Vec<Effect> {
+        self.relay(conn, key, &awareness_removal(&announced))
+    }
+
+    /// Closes one field of a connection (`yjs_close`).
+    pub(crate) fn yjs_close(&mut self, conn: ConnId, doc: &DocId, field: &FieldName) -> Vec<Effect> {
+        let key = (doc.clone(), field.clone());
+        match self.yjs.close(conn, &key) {
+            Some(announced) => self.remove_awareness(conn, &key, announced),
+            None => Vec::new(),
+        }
+    }
+
+    /// Closes every field of a closed connection.
+    pub(crate) fn yjs_close_all(&mut self, conn: ConnId) -> Vec<Effect> {
+        let closed = self.yjs.close_all(conn);
+        closed.into_iter().flat_map(|(key, announced)| self.remove_awareness(conn, &key, announced)).collect()
     }
 
     /// docs/PROTOCOL.md yjs.doc-live, yjs.access (read), yjs.richtext-field.
@@ -220,4 +279,22 @@ impl Room {
         let doc = self.yjs.docs.get(&(doc.clone(), field.clone()))?;
         Some(doc.transact().encode_state_as_update_v1(&StateVector::default()))
     }
+}
+
+/// The y-protocols awareness message that removes `announced`'s clients, in client id order so
+/// that its bytes depend on nothing but the ids (yrs's own encoder iterates a HashMap).
+fn awareness_removal(announced: &Announced) -> Vec<u8> {
+    use yrs::encoding::write::Write;
+    use yrs::updates::encoder::{Encoder, EncoderV1};
+    let mut update = EncoderV1::new();
+    update.write_var(announced.len() as u64);
+    for (client, clock) in announced {
+        update.write_var(*client);
+        update.write_var(clock.wrapping_add(1));
+        update.write_string("null");
+    }
+    let mut message = EncoderV1::new();
+    message.write_var(1u8);
+    message.write_buf(update.to_vec());
+    message.to_vec()
 }

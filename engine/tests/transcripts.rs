@@ -88,9 +88,8 @@ fn check(script: &str) -> String {
             }
             ["disconnect", conn] => {
                 let conn = ConnId(conn.parse().unwrap());
-                room.disconnect(conn);
                 connections.retain(|(c, _)| *c != conn);
-                Vec::new()
+                room.disconnect(conn)
             }
             ["disk", state] => {
                 disk_fails.store(*state == "fails", Ordering::Relaxed);

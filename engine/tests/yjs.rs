@@ -231,3 +231,61 @@ fn awareness_is_relayed_to_the_fields_other_connections_and_never_stored() {
     world.text(2, r#"{"type":"yjs_close","doc":"t1","field":"body"}"#);
     check(world.yjs(&alice, "t1", awareness.clone()), &[3]);
 }
+
+/// An awareness message announcing `entries` (client id, clock, JSON state).
+fn awareness(entries: &[(u64, u64, &str)]) -> Vec<u8> {
+    let mut update = Vec::new();
+    write_var_uint(&mut update, entries.len() as u64);
+    for (client, clock, state) in entries {
+        write_var_uint(&mut update, *client);
+        write_var_uint(&mut update, *clock);
+        write_var_uint(&mut update, state.len() as u64);
+        update.extend_from_slice(state.as_bytes());
+    }
+    let mut message = vec![1];
+    write_var_uint(&mut message, update.len() as u64);
+    message.extend_from_slice(&update);
+    message
+}
+
+/// docs/PROTOCOL.md yjs.awareness: what a connection announced is removed for the others when it
+/// closes the field, by `yjs_close` or by disconnecting; past 16 ids or malformed, it is refused.
+#[test]
+fn awareness_is_removed_when_its_connection_closes_the_field() {
+    let directory = tempfile::tempdir().unwrap();
+    let (mut world, alice, bob, _val) = alice_bob_and_val(&directory.path().join("room.sqlite"));
+    let to = |effects: &[Effect]| -> Vec<(u64, Vec<u8>)> {
+        let mut sent: Vec<(u64, Vec<u8>)> = effects
+            .iter()
+            .map(|effect| match effect {
+                Effect::Yjs { conn, frame } => (conn.0, frame.payload.clone()),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        sent.sort();
+        sent
+    };
+    world.yjs(&alice, "t1", awareness(&[(90, 3, r#"{"n":1}"#), (7, 1, "{}")]));
+    world.yjs(&alice, "t1", awareness(&[(91, 1, "{}"), (91, 2, "null")]));
+    // Alice closes the field: bob and val learn that 7 and 90 left, in id order, a clock later.
+    let removal = awareness(&[(7, 2, "null"), (90, 4, "null")]);
+    let closed = world.text(1, r#"{"type":"yjs_close","doc":"t1","field":"body"}"#);
+    assert_eq!(to(&closed), vec![(2, removal.clone()), (3, removal)]);
+
+    // Bob's socket drops: val, the one left with the field open, learns it.
+    world.yjs(&bob, "t1", awareness(&[(5, 9, "{}")]));
+    assert_eq!(to(&world.room.disconnect(ConnId(2))), vec![(3, awareness(&[(5, 10, "null")]))]);
+    // A connection that announced nothing says nothing when it goes.
+    assert!(world.room.disconnect(ConnId(3)).is_empty());
+
+    let (mut world, alice, _bob, _val) = alice_bob_and_val(&directory.path().join("second.sqlite"));
+    let many: Vec<(u64, u64, &str)> = (1..=17).map(|id| (id, 1, "{}")).collect();
+    assert_eq!(error_code(&world.yjs(&alice, "t1", awareness(&many))), Some(ErrorCode::LimitExceeded));
+    assert_eq!(error_code(&world.yjs(&alice, "t1", awareness(&many[..16]))), None);
+    assert_eq!(error_code(&world.yjs(&alice, "t1", vec![1, 9, 1])), Some(ErrorCode::BadFrame));
+    // A count the bytes cannot hold is refused before anything is reserved for it.
+    assert_eq!(
+        error_code(&world.yjs(&alice, "t1", vec![1, 5, 0xff, 0xff, 0xff, 0xff, 0x0f])),
+        Some(ErrorCode::BadFrame)
+    );
+}

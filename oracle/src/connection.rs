@@ -174,9 +174,9 @@ impl Oracle {
     /// yjs.sync: `yjs_close` stops the field's updates on this connection; it has no answer.
     fn yjs_close(&mut self, conn: Conn, doc: DocId, field: FieldName) -> Vec<Output> {
         let connection = self.connections.get_mut(&conn).expect("routed for a known connection");
-        connection.yjs_open.remove(&(doc, field));
+        connection.yjs_open.remove(&(doc.clone(), field.clone()));
         self.cover("yjs.sync:close");
-        Vec::new()
+        self.remove_awareness(conn, (doc, field))
     }
 
     /// A mutation: answered from the replay window when its mid was processed
@@ -266,12 +266,15 @@ impl Oracle {
     /// mutation.replay.internal-not-remembered: `internal`, then close 1011; the connection's later
     /// inputs are ignored and it gets no more pushes.
     pub(crate) fn fail_connection(&mut self, conn: Conn, body: ErrorBody, rule: &'static str) -> Vec<Output> {
+        let mut outputs = vec![error_to(conn, rule, body)];
+        outputs.extend(self.remove_all_awareness(conn));
         if let Some(connection) = self.connections.get_mut(&conn) {
             connection.closed = true;
             connection.subscriptions.clear();
             connection.yjs_open.clear();
         }
-        vec![error_to(conn, rule, body), Output::Close { conn, code: CLOSE_ROOM_FAILED, rule }]
+        outputs.push(Output::Close { conn, code: CLOSE_ROOM_FAILED, rule });
+        outputs
     }
 }
 

@@ -257,9 +257,12 @@ impl Oracle {
         (answer, self.counted(outputs))
     }
 
-    /// The connection closed (either side).
-    pub fn disconnect(&mut self, conn: Conn) {
+    /// The connection closed (either side); the outputs remove the awareness it announced
+    /// (yjs.awareness).
+    pub fn disconnect(&mut self, conn: Conn) -> Vec<Output> {
+        let outputs = self.remove_all_awareness(conn);
         self.connections.remove(&conn);
+        self.counted(outputs)
     }
 
     /// The room restarted (crash or reopen): every connection is gone; committed state stays

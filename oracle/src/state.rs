@@ -156,6 +156,9 @@ pub(crate) struct Connection {
     pub(crate) subscriptions: BTreeMap<SubId, Subscription>,
     /// Yjs fields this connection synced and did not close (yjs.sync).
     pub(crate) yjs_open: BTreeSet<(DocId, FieldName)>,
+    /// Per field, the awareness client ids this connection announced and did not remove, with
+    /// the last clock of each (yjs.awareness).
+    pub(crate) announced: BTreeMap<(DocId, FieldName), BTreeMap<u64, u32>>,
 }
 
 /// A live subscription and what it last showed.

@@ -15,6 +15,7 @@ impl Oracle {
             closed: false,
             subscriptions: BTreeMap::new(),
             yjs_open: BTreeSet::new(),
+            announced: BTreeMap::new(),
         };
         self.connections.insert(conn, connection);
         let listed_before = self.users.get(&identity.user).map(UserRecord::listed_role);

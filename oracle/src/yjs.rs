@@ -3,7 +3,7 @@
 use crate::state::{Actor, Refusal};
 use crate::views::system_id;
 use crate::{Conn, Oracle, Output};
-use roomlab_protocol::{ErrorCode, FieldName, YSync, YjsFrame};
+use roomlab_protocol::{DocId, ErrorCode, FieldName, YSync, YjsFrame};
 use std::sync::Arc;
 use yrs::updates::decoder::Decode;
 use yrs::updates::encoder::Encode;
@@ -111,7 +111,7 @@ enum Message {
     Step1(Vec<u8>),
     Step2(Vec<u8>),
     Update(Vec<u8>),
-    Awareness,
+    Awareness(Vec<u8>),
 }
 
 impl Oracle {
@@ -138,7 +138,7 @@ impl Oracle {
             Ok(YSync::Step1(bytes)) => Message::Step1(bytes.to_vec()),
             Ok(YSync::Step2(bytes)) => Message::Step2(bytes.to_vec()),
             Ok(YSync::Update(bytes)) => Message::Update(bytes.to_vec()),
-            Ok(YSync::Awareness(_)) => Message::Awareness,
+            Ok(YSync::Awareness(_)) => Message::Awareness(frame.payload.clone()),
             Err(error) => {
                 let refusal =
                     yjs_refusal("conn.malformed.survives", ErrorCode::BadFrame, &frame, error.to_string());
@@ -150,7 +150,7 @@ impl Oracle {
         }
         match message {
             Message::Step1(state_vector) => self.sync_step_1(conn, &frame, &state_vector),
-            Message::Awareness => self.relay(conn, &frame),
+            Message::Awareness(payload) => self.awareness(conn, &frame, &payload),
             Message::Step2(update) | Message::Update(update) => {
                 self.merge_update(conn, &actor, frame, &update, commit_fails)
             }
@@ -270,6 +270,77 @@ impl Oracle {
     }
 
     /// yjs.broadcast: the frame, unchanged, to every other connection with the field open.
+    /// yjs.awareness: an awareness update is relayed like an update and never stored; the room
+    /// remembers which client ids the connection announced (a `null` state removes one), at most
+    /// AWARENESS_CLIENTS_MAX of them.
+    fn awareness(&mut self, conn: Conn, frame: &YjsFrame, payload: &[u8]) -> Vec<Output> {
+        let Some(entries) = awareness_entries(payload) else {
+            let message = "malformed awareness update".to_string();
+            return vec![refused(conn, yjs_refusal("yjs.awareness", ErrorCode::BadFrame, frame, message))];
+        };
+        let key = (frame.doc.clone(), frame.field.clone());
+        let connection = self.connections.get(&conn).expect("routed for a known connection");
+        let mut announced = connection.announced.get(&key).cloned().unwrap_or_default();
+        for (client, clock, removed) in entries {
+            if removed {
+                announced.remove(&client);
+            } else {
+                announced.insert(client, clock);
+            }
+        }
+        if announced.len() > AWARENESS_CLIENTS_MAX {
+            let message = format!("at most {AWARENESS_CLIENTS_MAX} awareness client ids");
+            return vec![refused(
+                conn,
+                yjs_refusal("yjs.awareness", ErrorCode::LimitExceeded, frame, message),
+            )];
+        }
+        self.cover("yjs.awareness:relay");
+        let connection = self.connections.get_mut(&conn).expect("routed for a known connection");
+        connection.announced.insert(key, announced);
+        self.relay(conn, frame)
+    }
+
+    /// yjs.awareness: the connection closed the field (yjs_close, disconnect, or a close by the
+    /// room); its announced client ids are removed for the field's other connections, each with
+    /// state `null` at one past its last clock, in client id order.
+    pub(crate) fn remove_awareness(&mut self, conn: Conn, key: (DocId, FieldName)) -> Vec<Output> {
+        let Some(connection) = self.connections.get_mut(&conn) else { return Vec::new() };
+        let announced = connection.announced.remove(&key).unwrap_or_default();
+        if announced.is_empty() {
+            return Vec::new();
+        }
+        self.cover("yjs.awareness:removed");
+        let mut update = Vec::new();
+        push_var_uint(&mut update, announced.len() as u64);
+        for (client, clock) in &announced {
+            push_var_uint(&mut update, *client);
+            push_var_uint(&mut update, u64::from(clock.wrapping_add(1)));
+            push_var_uint(&mut update, 4);
+            update.extend_from_slice(b"null");
+        }
+        let mut payload = vec![1];
+        push_var_uint(&mut payload, update.len() as u64);
+        payload.extend_from_slice(&update);
+        let frame = YjsFrame { doc: key.0, field: key.1, payload };
+        self.relay(conn, &frame)
+            .into_iter()
+            .map(|output| match output {
+                Output::Yjs { conn, frame, .. } => Output::Yjs { conn, frame, rule: "yjs.awareness" },
+                other => other,
+            })
+            .collect()
+    }
+
+    /// Every field's awareness removal for a connection that is closing.
+    pub(crate) fn remove_all_awareness(&mut self, conn: Conn) -> Vec<Output> {
+        let keys: Vec<(DocId, FieldName)> = match self.connections.get(&conn) {
+            Some(connection) => connection.announced.keys().cloned().collect(),
+            None => return Vec::new(),
+        };
+        keys.into_iter().flat_map(|key| self.remove_awareness(conn, key)).collect()
+    }
+
     fn relay(&mut self, from: Conn, frame: &YjsFrame) -> Vec<Output> {
         let key = (frame.doc.clone(), frame.field.clone());
         self.connections
@@ -285,4 +356,43 @@ impl Oracle {
 /// A refused Yjs frame's error to its sender.
 fn refused(conn: Conn, refusal: Refusal) -> Output {
     Output::Send { conn, message: roomlab_protocol::ServerMessage::Error(*refusal.body), rule: refusal.rule }
+}
+
+/// Client ids one connection may announce awareness for in one field (yjs.awareness).
+pub const AWARENESS_CLIENTS_MAX: usize = 16;
+
+/// The entries of a y-protocols awareness message (var-uint 1, then the update as var-bytes:
+/// a count, then per client its id, clock and JSON state): (client, clock, removed).
+fn awareness_entries(message: &[u8]) -> Option<Vec<(u64, u32, bool)>> {
+    let mut at = 0;
+    if read_var_uint(message, &mut at)? != 1 {
+        return None;
+    }
+    let length = usize::try_from(read_var_uint(message, &mut at)?).ok()?;
+    let update = message.get(at..at.checked_add(length)?)?;
+    let mut at = 0;
+    let count = read_var_uint(update, &mut at)?;
+    let mut entries = Vec::new();
+    for _ in 0..count {
+        let client = read_var_uint(update, &mut at)?;
+        let clock = u32::try_from(read_var_uint(update, &mut at)?).ok()?;
+        let length = usize::try_from(read_var_uint(update, &mut at)?).ok()?;
+        let json = update.get(at..at.checked_add(length)?)?;
+        at += length;
+        entries.push((client, clock, json == b"null"));
+    }
+    Some(entries)
+}
+
+fn read_var_uint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
 }

@@ -38,6 +38,7 @@ const FORBIDDEN_NAMES: &[&str] = &[
     "check_decode",
     "roomlab_protocol::decode",
     "roomlab_protocol::encode",
+    "roomlab_protocol::awareness_entries",
     "decode_server",
     "encode_server",
     "YjsFrame::decode",

@@ -49,8 +49,7 @@ fn run(oracle: &mut Oracle, conn: Conn, input: &Value) -> Vec<(Conn, Value)> {
         return outputs(oracle.connect(conn, identity_of(input, "connect"), NOW));
     }
     if input.get("disconnect").is_some() {
-        oracle.disconnect(conn);
-        return Vec::new();
+        return outputs(oracle.disconnect(conn));
     }
     if input.get("restart").is_some() {
         oracle.restart();
@@ -1466,6 +1465,62 @@ fn yjs(oracle: &mut Oracle, conn: Conn, doc: &str, payload: Vec<u8>, fails: bool
     outputs(oracle.receive_yjs(conn, frame, NOW, fails))
 }
 
+/// An awareness message announcing (client id, clock, JSON state) entries; one-byte lengths.
+fn awareness_message(entries: &[(u8, u8, &str)]) -> Vec<u8> {
+    let mut update = vec![entries.len() as u8];
+    for (client, clock, state) in entries {
+        update.extend_from_slice(&[*client, *clock, state.len() as u8]);
+        update.extend_from_slice(state.as_bytes());
+    }
+    let mut message = vec![1, update.len() as u8];
+    message.extend_from_slice(&update);
+    message
+}
+
+/// yjs.awareness: what a connection announced is removed for the field's other connections when
+/// it closes the field or goes; malformed or past 16 ids, it is refused and not relayed.
+#[test]
+fn yjs_awareness_is_removed_when_its_connection_goes() {
+    let mut oracle = room();
+    for (conn, user) in [(1, "u-1"), (2, "u-2"), (3, "u-3")] {
+        join(&mut oracle, conn, user, "member");
+    }
+    let create = mutate(1, json!({"op":"create","doc":"t1","doc_type":"notes","data":{}}));
+    check(&mut oracle, vec![(1, create, vec![(1, ack(1, 4))])]);
+    let state = StateVector::default().encode_v1();
+    for conn in [1, 2, 3] {
+        yjs(&mut oracle, conn, "t1", sync(0, &state), false);
+    }
+    let announce = awareness_message(&[(90, 3, "{}"), (7, 1, "{}")]);
+    assert_eq!(
+        yjs(&mut oracle, 1, "t1", announce.clone(), false),
+        vec![(2, json!({"yjs": announce.clone()})), (3, json!({"yjs": announce}))]
+    );
+    let removal = awareness_message(&[(7, 2, "null"), (90, 4, "null")]);
+    check(
+        &mut oracle,
+        vec![(
+            1,
+            json!({"type":"yjs_close","doc":"t1","field":"body"}),
+            vec![(2, json!({"yjs": removal.clone()})), (3, json!({"yjs": removal}))],
+        )],
+    );
+    yjs(&mut oracle, 2, "t1", awareness_message(&[(5, 9, "{}"), (6, 1, "{}"), (6, 2, "null")]), false);
+    assert_eq!(
+        outputs(oracle.disconnect(2)),
+        vec![(3, json!({"yjs": awareness_message(&[(5, 10, "null")])}))]
+    );
+    assert_eq!(outputs(oracle.disconnect(3)), vec![]);
+
+    let refused = |code: &str| vec![(1, expected_wire(error(code, json!({"doc": "t1", "field": "body"}))))];
+    join(&mut oracle, 1, "u-1", "member");
+    yjs(&mut oracle, 1, "t1", sync(0, &state), false);
+    let many: Vec<(u8, u8, &str)> = (1..=17).map(|id| (id, 1, "{}")).collect();
+    assert_eq!(yjs(&mut oracle, 1, "t1", awareness_message(&many), false), refused("limit_exceeded"));
+    assert_eq!(yjs(&mut oracle, 1, "t1", awareness_message(&many[..16]), false), vec![]);
+    assert_eq!(yjs(&mut oracle, 1, "t1", vec![1, 9, 1], false), refused("bad_frame"));
+}
+
 #[test]
 fn yjs_sync_relay_access_and_persistence() {
     let mut oracle = room();
@@ -1540,7 +1595,7 @@ fn yjs_sync_relay_access_and_persistence() {
         vec![(3, expected_wire(error("bad_frame", json!({"doc": "t1", "field": "body"}))))]
     );
     // Awareness is relayed to the others with the field open, never stored.
-    let awareness = vec![1, 0];
+    let awareness = awareness_message(&[(33, 2, "{}")]);
     assert_eq!(
         yjs(&mut oracle, 1, "t1", awareness.clone(), false),
         vec![(2, json!({"yjs": awareness.clone()})), (3, json!({"yjs": awareness}))]

@@ -35,4 +35,6 @@ pub use message::{
 };
 pub use mutant::Mutant;
 pub use query::{Direction, Field, Op, Order, Query, QueryError, Record, Where};
-pub use yjs_bounds::{check_yjs_state_vector, check_yjs_update, YJS_NESTING_MAX};
+pub use yjs_bounds::{
+    awareness_entries, check_yjs_state_vector, check_yjs_update, AwarenessEntry, YJS_NESTING_MAX,
+};

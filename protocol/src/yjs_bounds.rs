@@ -35,6 +35,37 @@ pub fn check_yjs_state_vector(bytes: &[u8]) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// One client's entry of an awareness update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwarenessEntry {
+    /// The Yjs client id the state belongs to.
+    pub client: u64,
+    /// Its clock; the newest wins.
+    pub clock: u32,
+    /// Whether the state is `null`: the client's awareness is removed.
+    pub removed: bool,
+}
+
+/// Reads the entries of a y-protocols awareness message (var-uint 1, then the awareness update as
+/// var-bytes: a count, then per client its id, clock and JSON state as a var-string), refusing any
+/// count the bytes left could not hold, so reading allocates no more than the message's length.
+pub fn awareness_entries(message: &[u8]) -> Result<Vec<AwarenessEntry>, DecodeError> {
+    let mut cursor = Cursor::new(message);
+    if cursor.var_uint()? != 1 {
+        return Err(bad("not an awareness message"));
+    }
+    let mut update = Cursor::new(cursor.var_bytes()?);
+    let mut entries = Vec::new();
+    // Each entry takes a client id, a clock and a string length: three bytes at least.
+    for _ in 0..count(&mut update, 3)? {
+        let client = update.var_uint()?;
+        let clock = u32::try_from(update.var_uint()?).map_err(|_| bad("an awareness clock past 2^32"))?;
+        let removed = update.var_bytes()? == b"null";
+        entries.push(AwarenessEntry { client, clock, removed });
+    }
+    Ok(entries)
+}
+
 /// Checks a v1 update (sync step 2 or an update): its blocks, then its delete set.
 pub fn check_yjs_update(bytes: &[u8]) -> Result<(), DecodeError> {
     let mut cursor = Cursor::new(bytes);

@@ -378,8 +378,7 @@ impl Actor {
             Input::Yjs { conn, frame } => room.handle_yjs(conn, frame, &mut self.rng),
             Input::Disconnect { conn } => {
                 self.outboxes.remove(&conn);
-                room.disconnect(conn);
-                Vec::new()
+                room.disconnect(conn)
             }
             Input::Detached { conn, identity, mutation, reply } => {
                 let (answer, effects) = room.mutate_detached(conn, identity, mutation, now_ms);

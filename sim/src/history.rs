@@ -331,8 +331,7 @@ fn replay_input(
         }
         JournalKind::Disconnect => {
             open.remove(&conn);
-            oracle.disconnect(conn);
-            Vec::new()
+            oracle.disconnect(conn)
         }
         JournalKind::Http { identity, mutation } => {
             oracle.http_mutation(oracle_identity(identity), mutation.clone(), now_ms).1
