@@ -254,6 +254,103 @@ pub enum Step {
     },
     /// The next commit in the case's room fails.
     FailCommit,
+    /// Open (or reopen, keeping its document) a stock y-websocket client on a document's `body`.
+    YOpen {
+        /// The connection's name; its document lives as long as the case.
+        name: String,
+        /// The document.
+        doc: String,
+    },
+    /// Edit a stock client's text: insert `text`, `repeat` times over, at `index`; sent if open.
+    YType {
+        /// The client.
+        conn: String,
+        /// Where, in characters, clamped to the text's length.
+        index: u32,
+        /// What.
+        text: String,
+        /// How many times over.
+        repeat: usize,
+    },
+    /// A stock client's text becomes exactly `text` before the deadline.
+    YText {
+        /// The client.
+        conn: String,
+        /// The text.
+        text: String,
+    },
+    /// A stock client's text comes to contain every word.
+    YHas {
+        /// The client.
+        conn: String,
+        /// The words.
+        words: Vec<String>,
+    },
+    /// The stock clients' texts become identical.
+    YSame {
+        /// The clients.
+        conns: Vec<String>,
+    },
+    /// A stock client sets its awareness state.
+    YAware {
+        /// The client.
+        conn: String,
+        /// The state.
+        state: Value,
+    },
+    /// A stock client comes to hold another's awareness state (None: removed).
+    YSeen {
+        /// The client that looks.
+        conn: String,
+        /// The client looked at.
+        of: String,
+        /// The state it should hold, or None for removed.
+        state: Option<Value>,
+    },
+    /// A stock client has received the server's sync step 2 since it last opened.
+    YSynced {
+        /// The client.
+        conn: String,
+    },
+    /// A stock client's socket drops without a close frame.
+    YDrop {
+        /// The client.
+        conn: String,
+    },
+}
+
+impl Step {
+    /// The capabilities a step uses, whatever its case declares: the main socket and HTTP are
+    /// `core`, stock clients are `y-websocket`, and the hooks are their sections.
+    pub fn uses(&self) -> &'static [&'static str] {
+        match self {
+            Step::Connect(_)
+            | Step::Send { .. }
+            | Step::SendRaw { .. }
+            | Step::SendOversize { .. }
+            | Step::Expect { .. }
+            | Step::ExpectNone { .. }
+            | Step::Closed { .. }
+            | Step::Refused { .. }
+            | Step::Http(_)
+            | Step::Pause { .. }
+            | Step::Resume { .. }
+            | Step::Repeat { .. } => &["core"],
+            Step::YjsSend { .. } | Step::YjsExpect { .. } | Step::Close { .. } => &[],
+            Step::YConnect { .. } => &["y-websocket"],
+            Step::YOpen { .. }
+            | Step::YType { .. }
+            | Step::YText { .. }
+            | Step::YHas { .. }
+            | Step::YSame { .. }
+            | Step::YAware { .. }
+            | Step::YSeen { .. }
+            | Step::YSynced { .. }
+            | Step::YDrop { .. } => &["y-websocket"],
+            Step::Restart { .. } => &["restart"],
+            Step::FailCommit => &["fail-commit"],
+        }
+    }
 }
 
 /// An `http` step.
@@ -320,6 +417,15 @@ pub fn parse_cases(file: &str, group: &str, text: &str) -> Result<Vec<Case>, Cas
         }
         case.steps.push(parse_step(line).map_err(error)?);
     }
+    for case in &mut cases {
+        for step in &case.steps {
+            for capability in step.uses() {
+                if !case.needs.iter().any(|need| need == capability) {
+                    case.needs.push(capability.to_string());
+                }
+            }
+        }
+    }
     for case in &cases {
         if case.steps.is_empty() || case.description.is_empty() {
             let message = format!("case {} needs an `about:` line and at least one step", case.id);
@@ -382,7 +488,23 @@ fn parse_step(line: &str) -> Result<Step, String> {
             other => Err(format!("unknown restart option {other}")),
         },
         "fail-commit" if rest.is_empty() => Ok(Step::FailCommit),
-        _ => parse_connection_step(head, rest),
+        "yopen" => match rest.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [name, doc] => Ok(Step::YOpen { name: name.to_string(), doc: doc.to_string() }),
+            _ => Err("yopen needs NAME DOC".into()),
+        },
+        "ysame" => {
+            let conns: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
+            match conns.len() >= 2 {
+                true => Ok(Step::YSame { conns }),
+                false => Err("ysame needs two clients or more".into()),
+            }
+        }
+        _ => match rest.split_once(' ').unwrap_or((rest, "")) {
+            (verb, args) if verb.starts_with('y') && !head.contains(['<', '>', '!']) => {
+                parse_ypeer_step(head.to_string(), verb, args.trim())
+            }
+            _ => parse_connection_step(head, rest),
+        },
     }
 }
 
@@ -422,6 +544,43 @@ fn parse_connection_step(head: &str, rest: &str) -> Result<Step, String> {
         ("<yjs", args) => parse_yjs_expect(conn, args, false),
         ("!<yjs", args) => parse_yjs_expect(conn, args, true),
         _ => Err(format!("unknown step {head} {rest}")),
+    }
+}
+
+/// The steps of a stock client: `A ytype INDEX TEXT [repeat=N]`, `A ytext TEXT` (`-`: empty),
+/// `A yhas WORD...`, `A yaware JSON`, `A yseen B JSON|gone`, `A ysynced`, `A ydrop`.
+fn parse_ypeer_step(conn: String, verb: &str, args: &str) -> Result<Step, String> {
+    match verb {
+        "ytype" => {
+            let words: Vec<&str> = args.split_whitespace().collect();
+            let (index, text, repeat) = match words.as_slice() {
+                [index, text] => (index, text, "1"),
+                [index, text, repeat] => {
+                    (index, text, repeat.strip_prefix("repeat=").ok_or("ytype INDEX TEXT [repeat=N]")?)
+                }
+                _ => return Err("ytype needs INDEX TEXT [repeat=N]".into()),
+            };
+            let index = index.parse().map_err(|_| format!("bad index {index}"))?;
+            let repeat = repeat.parse().map_err(|_| format!("bad repeat {repeat}"))?;
+            Ok(Step::YType { conn, index, text: text.to_string(), repeat })
+        }
+        "ytext" if args == "-" => Ok(Step::YText { conn, text: String::new() }),
+        "ytext" if !args.is_empty() => Ok(Step::YText { conn, text: args.to_string() }),
+        "yhas" if !args.is_empty() => {
+            Ok(Step::YHas { conn, words: args.split_whitespace().map(str::to_string).collect() })
+        }
+        "yaware" => Ok(Step::YAware { conn, state: json(args)? }),
+        "yseen" => {
+            let (of, state) = args.split_once(' ').ok_or("yseen needs CLIENT JSON|gone")?;
+            let state = match state.trim() {
+                "gone" => None,
+                state => Some(json(state)?),
+            };
+            Ok(Step::YSeen { conn, of: of.to_string(), state })
+        }
+        "ydrop" if args.is_empty() => Ok(Step::YDrop { conn }),
+        "ysynced" if args.is_empty() => Ok(Step::YSynced { conn }),
+        other => Err(format!("unknown step {other} {args}")),
     }
 }
 
@@ -582,11 +741,11 @@ mod tests {
     fn parses_and_refuses() {
         check(
             "case a.b#1 a.b SHOULD needs=x,y\n about: it\n connect a u1 admin plan=free\n a closed 1009|4008\n",
-            r#"[("a.b#1", Should, ["x", "y"], [Connect(Connect { name: "a", user: "u1", role: "admin", plan: "free", addons: 0, client: "c-a", room: None, hello: true }), Closed { conn: "a", codes: [1009, 4008] }])]"#,
+            r#"[("a.b#1", Should, ["x", "y", "core"], [Connect(Connect { name: "a", user: "u1", role: "admin", plan: "free", addons: 0, client: "c-a", room: None, hello: true }), Closed { conn: "a", codes: [1009, 4008] }])]"#,
         );
         check(
             "case a#1 a MUST alone\n about: z\n a pause\n b>>$n+1 {\"mid\":\"$i\"}\n a resume\n restart open\n fail-commit",
-            r#"[("a#1", Must, [], [Pause { conn: "a" }, Repeat { conn: "b", count: String("$n+1"), frame: Object {"mid": String("$i")} }, Resume { conn: "a" }, Restart { open: true }, FailCommit])]"#,
+            r#"[("a#1", Must, ["core", "restart", "fail-commit"], [Pause { conn: "a" }, Repeat { conn: "b", count: String("$n+1"), frame: Object {"mid": String("$i")} }, Resume { conn: "a" }, Restart { open: true }, FailCommit])]"#,
         );
         check(
             "case a#1 a MUST\n about: z\n b>>many {}",
@@ -602,7 +761,13 @@ mod tests {
         check("case a#1 a MUST\n", "t.cases:0: case a#1 needs an `about:` line and at least one step");
         check(
             "case a#1 a MUST\n about: z\n http GET /v1/health -> 200 {\"status\":\"ok\"}",
-            r#"[("a#1", Must, [], [Http(HttpStep { method: "GET", path: "/v1/health", identity: None, content_type: None, body: None, status: 200, answer: Some(Object {"status": String("ok")}) })])]"#,
+            r#"[("a#1", Must, ["core"], [Http(HttpStep { method: "GET", path: "/v1/health", identity: None, content_type: None, body: None, status: 200, answer: Some(Object {"status": String("ok")}) })])]"#,
         );
+        check(
+            "case yws.x#1 yws.x MUST\n about: z\n yopen a d1\n a ytype 0 hi repeat=3\n a ytext -\n ysame a b\n b yseen a gone\n a ydrop",
+            r#"[("yws.x#1", Must, ["y-websocket"], [YOpen { name: "a", doc: "d1" }, YType { conn: "a", index: 0, text: "hi", repeat: 3 }, YText { conn: "a", text: "" }, YSame { conns: ["a", "b"] }, YSeen { conn: "b", of: "a", state: None }, YDrop { conn: "a" }])]"#,
+        );
+        check("case a#1 a MUST\n about: z\n ysame a", "t.cases:3: ysame needs two clients or more");
+        check("case a#1 a MUST\n about: z\n a ytype x hi", "t.cases:3: bad index x");
     }
 }

@@ -13,6 +13,7 @@ mod report;
 mod runner;
 mod target;
 mod wire;
+mod ypeer;
 
 pub use case::{parse_cases, Case, CaseError, Level, Step};
 pub use load::{load, LoadPlan, LoadReport};
@@ -31,6 +32,7 @@ pub const CASE_FILES: &[(&str, &str, &str)] = &[
     ("documents", "documents.cases", include_str!("../cases/documents.cases")),
     ("storage", "storage.cases", include_str!("../cases/storage.cases")),
     ("yjs", "yjs.cases", include_str!("../cases/yjs.cases")),
+    ("y-websocket", "y-websocket.cases", include_str!("../cases/y-websocket.cases")),
 ];
 
 /// Rules of docs/PROTOCOL.md that no case checks, each with the reason (`conformance/uncovered.toml`).
@@ -56,6 +58,43 @@ pub fn cases() -> Result<Vec<Case>, CaseError> {
         }
     }
     Ok(all)
+}
+
+/// The cases of every `*.cases` file in `dir` (a user's own), each file its own group named after
+/// it, in file-name order.
+pub fn cases_in(dir: &std::path::Path) -> Result<Vec<Case>, CaseError> {
+    let unreadable = |message: String| CaseError { file: dir.display().to_string(), line: 0, message };
+    let entries = std::fs::read_dir(dir).map_err(|e| unreadable(e.to_string()))?;
+    let mut paths: Vec<std::path::PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "cases"))
+        .collect();
+    paths.sort();
+    let mut all = Vec::new();
+    for path in paths {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| unreadable(format!("{}: {e}", path.display())))?;
+        let group = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        all.extend(parse_cases(&path.display().to_string(), &group, &text)?);
+    }
+    Ok(all)
+}
+
+/// Checks, before any case runs, that every endpoint the target names accepts TCP connections
+/// within `deadline`; the error names the first that does not.
+pub async fn probe(target: &Target, deadline: std::time::Duration) -> Result<(), String> {
+    let urls = [Some(&target.ws_url), Some(&target.http_base), target.yjs_url.as_ref()];
+    for url in urls.into_iter().flatten().filter(|url| !url.is_empty()) {
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+        let shown = url.split('?').next().unwrap_or(url);
+        match tokio::time::timeout(deadline, tokio::net::TcpStream::connect(authority)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(format!("the target is unreachable: {shown} ({error})")),
+            Err(_) => return Err(format!("the target is unreachable: {shown} (no answer in {deadline:?})")),
+        }
+    }
+    Ok(())
 }
 
 /// The cases whose id matches one of `only` (all when empty) and none of `skip`; globs use `*`.

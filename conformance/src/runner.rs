@@ -11,6 +11,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+mod ysteps;
+
 /// The deadline of one step before the target's timeout multiplier.
 pub const STEP_DEADLINE_MS: u64 = 2_000;
 
@@ -20,7 +22,8 @@ pub const RESTART_DEADLINE_MS: u64 = 20_000;
 /// Frames of a `>>` step that may wait for their answers at once.
 const REPEAT_UNANSWERED_MAX: usize = 32;
 
-/// The size of each frame a slow-consumer case floods with (`$flood_bytes`).
+/// The size of each frame a slow-consumer case floods with (`$flood_bytes`), at most; a target
+/// with a smaller `doc_bytes_max` gets half of that.
 const FLOOD_FRAME_BYTES: u64 = 16 << 10;
 
 /// The least the suite assumes the kernel's socket buffers of both ends hold, in bytes.
@@ -62,6 +65,12 @@ struct Run<'a> {
     frames: Vec<FrameRecord>,
     started: Instant,
     step_deadline: Duration,
+    /// The stock y-websocket clients, each with its document, which outlives its sockets.
+    peers: BTreeMap<String, crate::ypeer::YPeer>,
+    /// The document each stock client edits.
+    ydocs: BTreeMap<String, String>,
+    /// Documents the case's stock clients needed created on the main socket.
+    created: std::collections::BTreeSet<String>,
 }
 
 /// Runs `case` in `room` (a room no other case uses).
@@ -84,6 +93,9 @@ pub async fn run_case(target: &Target, case: &Case, room: String) -> CaseReport 
         frames: Vec::new(),
         started,
         step_deadline,
+        peers: BTreeMap::new(),
+        ydocs: BTreeMap::new(),
+        created: Default::default(),
     };
     if target.capabilities.contains("quota-small") {
         for (name, bytes) in [("quota_free", 1000), ("quota_pro", 2000), ("quota_addon", 1000)] {
@@ -200,6 +212,15 @@ impl Run<'_> {
             }
             Step::Repeat { conn, count, frame } => self.repeat(conn, count, frame).await,
             Step::FailCommit => self.fail_commit().await,
+            Step::YOpen { .. }
+            | Step::YType { .. }
+            | Step::YText { .. }
+            | Step::YHas { .. }
+            | Step::YSame { .. }
+            | Step::YAware { .. }
+            | Step::YSeen { .. }
+            | Step::YSynced { .. }
+            | Step::YDrop { .. } => self.ystep(step).await,
         }
     }
 
@@ -281,9 +302,13 @@ impl Run<'_> {
         }
         let queue = welcome.pointer("/limits/outbound_queue_max").and_then(Value::as_u64);
         if let (Some(queue), None) = (queue, self.bindings.value("flood_count")) {
-            // Enough frames to fill both ends' socket buffers, then the server's queue, and one more.
-            let count = socket_buffer_bytes().div_ceil(FLOOD_FRAME_BYTES) + queue + 1;
-            self.bindings.bind("flood_bytes", Value::from(FLOOD_FRAME_BYTES));
+            // Frames within the target's document limit (half of it leaves room for the rest of
+            // the document), enough to fill both ends' socket buffers, then the server's queue,
+            // and one more.
+            let doc_bytes_max = welcome.pointer("/limits/doc_bytes_max").and_then(Value::as_u64);
+            let bytes = doc_bytes_max.map_or(FLOOD_FRAME_BYTES, |max| FLOOD_FRAME_BYTES.min(max / 2)).max(1);
+            let count = socket_buffer_bytes().div_ceil(bytes) + queue + 1;
+            self.bindings.bind("flood_bytes", Value::from(bytes));
             self.bindings.bind("flood_count", Value::from(count));
         }
         if let Some(seq) = welcome.get("seq") {
@@ -619,11 +644,24 @@ impl Run<'_> {
         }
     }
 
+    /// Waits for the target to answer again: `/v1/health`, or for a y-websocket-only target, an
+    /// upgrade of its `yjs_url`.
     async fn wait_healthy(&mut self, deadline: Duration) -> Result<(), Stop> {
         let until = Instant::now() + deadline;
         loop {
-            let answer = wire::http(&self.target.http_base, "GET", "/v1/health", &[], Vec::new()).await;
-            if answer.is_ok_and(|a| a.status == 200) {
+            let healthy = match (&self.target.yjs_url, self.target.http_base.is_empty()) {
+                (Some(template), true) => {
+                    let url = template
+                        .replace("{room}", &self.room)
+                        .replace("{doc}", "health")
+                        .replace("{field}", "body");
+                    matches!(Connection::open(&url).await, Ok(Upgrade::Open(_)))
+                }
+                _ => wire::http(&self.target.http_base, "GET", "/v1/health", &[], Vec::new())
+                    .await
+                    .is_ok_and(|a| a.status == 200),
+            };
+            if healthy {
                 return Ok(());
             }
             if Instant::now() >= until {

@@ -53,6 +53,8 @@ pub enum TokenSource {
     /// A shell command that prints a token; `{room}`, `{user}`, `{role}`, `{plan}`, `{addons}` and
     /// `{exp}` (Unix seconds) are filled in.
     Command(String),
+    /// The target takes no tokens (a stock y-websocket server).
+    None,
 }
 
 /// An in-process hook of a target that lives in the suite's own process; its argument is the
@@ -96,9 +98,10 @@ impl std::fmt::Debug for TargetAction {
 pub struct Target {
     /// A name for reports.
     pub name: String,
-    /// The WebSocket URL template, with `{room}` and `{token}`.
+    /// The WebSocket URL template, with `{room}` and `{token}` (empty for a y-websocket-only
+    /// target).
     pub ws_url: String,
-    /// The HTTP base URL (`http://host:port`).
+    /// The HTTP base URL (`http://host:port`; empty for a y-websocket-only target).
     pub http_base: String,
     /// The y-websocket endpoint's URL, with `{room}`, `{doc}`, `{field}` and `{token}`.
     pub yjs_url: Option<String>,
@@ -139,13 +142,13 @@ pub enum TargetError {
 #[serde(deny_unknown_fields)]
 struct TargetFile {
     name: String,
-    ws_url: String,
-    http_base: String,
+    ws_url: Option<String>,
+    http_base: Option<String>,
     yjs_url: Option<String>,
     capabilities: Vec<String>,
     #[serde(default = "one")]
     timeout_multiplier: f64,
-    token: TokenFile,
+    token: Option<TokenFile>,
     restart: Option<CommandFile>,
     fail_commit: Option<CommandFile>,
 }
@@ -197,33 +200,48 @@ impl Target {
     /// Parses the text of a target file.
     pub fn parse(text: &str) -> Result<Target, String> {
         let file: TargetFile = toml::from_str(text).map_err(|e| e.to_string())?;
-        let tokens = match (file.token.secret, file.token.command) {
-            (Some(secret), None) => TokenSource::Secret(secret.into_bytes()),
-            (None, Some(command)) => TokenSource::Command(command),
-            _ => return Err("[token] needs exactly one of `secret` and `command`".into()),
-        };
-        if !file.ws_url.contains("{room}") || !file.ws_url.contains("{token}") {
-            return Err("ws_url must contain {room} and {token}".into());
-        }
-        let placeholders = ["{room}", "{doc}", "{field}", "{token}"];
-        if file.yjs_url.as_ref().is_some_and(|url| !placeholders.iter().all(|p| url.contains(p))) {
-            return Err("yjs_url must contain {room}, {doc}, {field} and {token}".into());
-        }
-        if file.capabilities.iter().any(|c| c == "y-websocket") && file.yjs_url.is_none() {
-            return Err("the y-websocket capability needs yjs_url".into());
-        }
-        if !(file.timeout_multiplier > 0.0 && file.timeout_multiplier <= 100.0) {
-            return Err("timeout_multiplier must be in (0, 100]".into());
-        }
         let mut capabilities = BTreeSet::new();
-        for capability in file.capabilities {
-            let known = CAPABILITIES.iter().any(|(known, _)| *known == capability);
+        for capability in &file.capabilities {
+            let known = CAPABILITIES.iter().any(|(known, _)| known == capability);
             if !known || DECLARED_BY_SECTIONS.contains(&capability.as_str()) {
                 return Err(format!(
                     "unknown capability {capability:?} (see `roomlab conform --capabilities`)"
                 ));
             }
-            capabilities.insert(capability);
+            capabilities.insert(capability.clone());
+        }
+        let tokens = match file.token.map(|t| (t.secret, t.command)) {
+            None => TokenSource::None,
+            Some((Some(secret), None)) => TokenSource::Secret(secret.into_bytes()),
+            Some((None, Some(command))) => TokenSource::Command(command),
+            Some(_) => return Err("[token] needs exactly one of `secret` and `command`".into()),
+        };
+        // Everything but the stock y-websocket protocol is spoken on the main socket and HTTP.
+        let main = capabilities.iter().any(|c| c != "y-websocket");
+        let needs = |what: &str, present: bool| match !main || present {
+            true => Ok(()),
+            false => Err(format!("{what} is needed by the capabilities {capabilities:?}")),
+        };
+        needs("ws_url", file.ws_url.is_some())?;
+        needs("http_base", file.http_base.is_some())?;
+        needs("[token]", !matches!(tokens, TokenSource::None))?;
+        let ws_url = file.ws_url.unwrap_or_default();
+        if main && (!ws_url.contains("{room}") || !ws_url.contains("{token}")) {
+            return Err("ws_url must contain {room} and {token}".into());
+        }
+        let placeholders = ["{room}", "{doc}", "{field}"];
+        if file.yjs_url.as_ref().is_some_and(|url| !placeholders.iter().all(|p| url.contains(p))) {
+            return Err("yjs_url must contain {room}, {doc} and {field} (and {token} if it takes one)".into());
+        }
+        let token_in_url = file.yjs_url.as_ref().is_some_and(|url| url.contains("{token}"));
+        if token_in_url && matches!(tokens, TokenSource::None) {
+            return Err("yjs_url takes a {token}, so the target needs [token]".into());
+        }
+        if capabilities.contains("y-websocket") && file.yjs_url.is_none() {
+            return Err("the y-websocket capability needs yjs_url".into());
+        }
+        if !(file.timeout_multiplier > 0.0 && file.timeout_multiplier <= 100.0) {
+            return Err("timeout_multiplier must be in (0, 100]".into());
         }
         let restart = file.restart.map(|r| TargetAction::Command(r.command));
         if file.fail_commit.as_ref().is_some_and(|f| !f.command.contains("{room}")) {
@@ -232,8 +250,8 @@ impl Target {
         let fail_commit = file.fail_commit.map(|f| TargetAction::Command(f.command));
         let mut target = Target {
             name: file.name,
-            ws_url: file.ws_url,
-            http_base: file.http_base.trim_end_matches('/').to_string(),
+            ws_url,
+            http_base: file.http_base.unwrap_or_default().trim_end_matches('/').to_string(),
             yjs_url: file.yjs_url,
             tokens,
             restart: None,
@@ -320,6 +338,20 @@ mod tests {
         check(
             &format!("{base}capabilities = []\n[token]\n"),
             "[token] needs exactly one of `secret` and `command`",
+        );
+        let yjs = "name = \"y\"\nyjs_url = \"ws://h/{room}/{doc}/{field}\"\n";
+        check(&format!("{yjs}capabilities = [\"y-websocket\"]\n"), r#"y {"y-websocket"} None None"#);
+        check(
+            &format!("{yjs}capabilities = [\"y-websocket\", \"core\"]\n"),
+            r#"ws_url is needed by the capabilities {"core", "y-websocket"}"#,
+        );
+        check(
+            "name = \"y\"\nyjs_url = \"ws://h/{room}/{doc}/{field}?t={token}\"\ncapabilities = [\"y-websocket\"]\n",
+            "yjs_url takes a {token}, so the target needs [token]",
+        );
+        check(
+            "name = \"y\"\nyjs_url = \"ws://h/{doc}\"\ncapabilities = [\"y-websocket\"]\n",
+            "yjs_url must contain {room}, {doc} and {field} (and {token} if it takes one)",
         );
     }
 }

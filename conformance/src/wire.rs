@@ -40,6 +40,8 @@ pub struct Connection {
     pub inbox: VecDeque<Incoming>,
     /// Set once the close (or the end of the stream) has been received.
     pub closed: bool,
+    /// The task reading the socket; aborting it (with the sink dropped) drops the socket.
+    reader: tokio::task::AbortHandle,
 }
 
 /// How an upgrade went.
@@ -60,12 +62,12 @@ impl Connection {
             Err(tungstenite::Error::Http(response)) => {
                 return Ok(Upgrade::Status(response.status().as_u16()))
             }
-            Err(error) => return Err(format!("connecting to {url}: {error}")),
+            Err(error) => return Err(format!("connecting to {}: {error}", redact(url))),
         };
         let (sink, mut stream) = socket.split();
         let (sender, receiver) = mpsc::channel(INBOX_MAX);
         let (paused, mut reading) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             loop {
                 // A dropped connection drops the sender too; then nothing pauses the reader.
                 let _ = reading.wait_for(|paused| !paused).await;
@@ -83,8 +85,10 @@ impl Connection {
                 }
             }
             let _ = sender.send(Incoming::Closed(None, "stream ended".into())).await;
-        });
-        Ok(Upgrade::Open(Connection { sink, receiver, paused, inbox: VecDeque::new(), closed: false }))
+        })
+        .abort_handle();
+        let inbox = VecDeque::new();
+        Ok(Upgrade::Open(Connection { sink, receiver, paused, inbox, closed: false, reader }))
     }
 
     /// Stops (true) or resumes (false) reading from the socket.
@@ -95,6 +99,11 @@ impl Connection {
     /// Sends a frame.
     pub async fn send(&mut self, message: Message) -> Result<(), String> {
         self.sink.send(message).await.map_err(|e| format!("sending: {e}"))
+    }
+
+    /// Drops the socket without a close frame, as a crashed client or a lost network does.
+    pub fn drop_abruptly(self) {
+        self.reader.abort();
     }
 
     /// Closes the connection from the client's side.
@@ -161,6 +170,20 @@ fn kind_number(kind: YjsKind) -> u64 {
         YjsKind::Step2 => 1,
         YjsKind::Update => 2,
     }
+}
+
+/// The URL with the value of its `token` parameter hidden, for messages: a token signed with the
+/// target's secret is a credential.
+pub fn redact(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else { return url.to_string() };
+    let parameters: Vec<String> = query
+        .split('&')
+        .map(|p| match p.split_once('=') {
+            Some(("token", _)) => "token=<redacted>".to_string(),
+            _ => p.to_string(),
+        })
+        .collect();
+    format!("{base}?{}", parameters.join("&"))
 }
 
 /// The main-socket Yjs frame for a sync message (PROTOCOL §19).
@@ -289,6 +312,7 @@ pub async fn token(target: &Target, request: &TokenRequest<'_>, ttl_s: i64) -> R
                 .replace("{exp}", &exp.to_string());
             shell(&command).await.map_err(|e| format!("token {e}"))
         }
+        TokenSource::None => Err("the target has no [token] section".into()),
     }
 }
 
@@ -363,6 +387,14 @@ pub async fn http(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_redacted_from_urls() {
+        let redacted = |url: &str| redact(url);
+        assert_eq!(redacted("ws://h/ws/r?token=abc.def&x=1"), "ws://h/ws/r?token=<redacted>&x=1");
+        assert_eq!(redacted("ws://h/ws/r?x=1&token=abc"), "ws://h/ws/r?x=1&token=<redacted>");
+        assert_eq!(redacted("ws://h/yjs/r/d/f"), "ws://h/yjs/r/d/f");
+    }
 
     #[tokio::test]
     async fn token_commands_fill_their_template() {
