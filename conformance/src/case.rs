@@ -254,15 +254,23 @@ pub enum Step {
     },
     /// The next commit in the case's room fails.
     FailCommit,
+    /// A stock y-websocket client's step.
+    Peer(PeerStep),
+}
+
+/// A step of the stock y-websocket clients a case plays (`yopen`, `ytype`, `ytext`, `yhas`,
+/// `ysame`, `yaware`, `yseen`, `ysynced`, `ydrop`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeerStep {
     /// Open (or reopen, keeping its document) a stock y-websocket client on a document's `body`.
-    YOpen {
+    Open {
         /// The connection's name; its document lives as long as the case.
         name: String,
         /// The document.
         doc: String,
     },
     /// Edit a stock client's text: insert `text`, `repeat` times over, at `index`; sent if open.
-    YType {
+    Type {
         /// The client.
         conn: String,
         /// Where, in characters, clamped to the text's length.
@@ -273,33 +281,33 @@ pub enum Step {
         repeat: usize,
     },
     /// A stock client's text becomes exactly `text` before the deadline.
-    YText {
+    Text {
         /// The client.
         conn: String,
         /// The text.
         text: String,
     },
     /// A stock client's text comes to contain every word.
-    YHas {
+    Has {
         /// The client.
         conn: String,
         /// The words.
         words: Vec<String>,
     },
     /// The stock clients' texts become identical.
-    YSame {
+    Same {
         /// The clients.
         conns: Vec<String>,
     },
     /// A stock client sets its awareness state.
-    YAware {
+    Aware {
         /// The client.
         conn: String,
         /// The state.
         state: Value,
     },
     /// A stock client comes to hold another's awareness state (None: removed).
-    YSeen {
+    Seen {
         /// The client that looks.
         conn: String,
         /// The client looked at.
@@ -308,12 +316,12 @@ pub enum Step {
         state: Option<Value>,
     },
     /// A stock client has received the server's sync step 2 since it last opened.
-    YSynced {
+    Synced {
         /// The client.
         conn: String,
     },
     /// A stock client's socket drops without a close frame.
-    YDrop {
+    Drop {
         /// The client.
         conn: String,
     },
@@ -338,15 +346,7 @@ impl Step {
             | Step::Repeat { .. } => &["core"],
             Step::YjsSend { .. } | Step::YjsExpect { .. } | Step::Close { .. } => &[],
             Step::YConnect { .. } => &["y-websocket"],
-            Step::YOpen { .. }
-            | Step::YType { .. }
-            | Step::YText { .. }
-            | Step::YHas { .. }
-            | Step::YSame { .. }
-            | Step::YAware { .. }
-            | Step::YSeen { .. }
-            | Step::YSynced { .. }
-            | Step::YDrop { .. } => &["y-websocket"],
+            Step::Peer(_) => &["y-websocket"],
             Step::Restart { .. } => &["restart"],
             Step::FailCommit => &["fail-commit"],
         }
@@ -489,13 +489,13 @@ fn parse_step(line: &str) -> Result<Step, String> {
         },
         "fail-commit" if rest.is_empty() => Ok(Step::FailCommit),
         "yopen" => match rest.split_whitespace().collect::<Vec<_>>().as_slice() {
-            [name, doc] => Ok(Step::YOpen { name: name.to_string(), doc: doc.to_string() }),
+            [name, doc] => Ok(Step::Peer(PeerStep::Open { name: name.to_string(), doc: doc.to_string() })),
             _ => Err("yopen needs NAME DOC".into()),
         },
         "ysame" => {
             let conns: Vec<String> = rest.split_whitespace().map(str::to_string).collect();
             match conns.len() >= 2 {
-                true => Ok(Step::YSame { conns }),
+                true => Ok(Step::Peer(PeerStep::Same { conns })),
                 false => Err("ysame needs two clients or more".into()),
             }
         }
@@ -562,24 +562,25 @@ fn parse_ypeer_step(conn: String, verb: &str, args: &str) -> Result<Step, String
             };
             let index = index.parse().map_err(|_| format!("bad index {index}"))?;
             let repeat = repeat.parse().map_err(|_| format!("bad repeat {repeat}"))?;
-            Ok(Step::YType { conn, index, text: text.to_string(), repeat })
+            Ok(Step::Peer(PeerStep::Type { conn, index, text: text.to_string(), repeat }))
         }
-        "ytext" if args == "-" => Ok(Step::YText { conn, text: String::new() }),
-        "ytext" if !args.is_empty() => Ok(Step::YText { conn, text: args.to_string() }),
-        "yhas" if !args.is_empty() => {
-            Ok(Step::YHas { conn, words: args.split_whitespace().map(str::to_string).collect() })
-        }
-        "yaware" => Ok(Step::YAware { conn, state: json(args)? }),
+        "ytext" if args == "-" => Ok(Step::Peer(PeerStep::Text { conn, text: String::new() })),
+        "ytext" if !args.is_empty() => Ok(Step::Peer(PeerStep::Text { conn, text: args.to_string() })),
+        "yhas" if !args.is_empty() => Ok(Step::Peer(PeerStep::Has {
+            conn,
+            words: args.split_whitespace().map(str::to_string).collect(),
+        })),
+        "yaware" => Ok(Step::Peer(PeerStep::Aware { conn, state: json(args)? })),
         "yseen" => {
             let (of, state) = args.split_once(' ').ok_or("yseen needs CLIENT JSON|gone")?;
             let state = match state.trim() {
                 "gone" => None,
                 state => Some(json(state)?),
             };
-            Ok(Step::YSeen { conn, of: of.to_string(), state })
+            Ok(Step::Peer(PeerStep::Seen { conn, of: of.to_string(), state }))
         }
-        "ydrop" if args.is_empty() => Ok(Step::YDrop { conn }),
-        "ysynced" if args.is_empty() => Ok(Step::YSynced { conn }),
+        "ydrop" if args.is_empty() => Ok(Step::Peer(PeerStep::Drop { conn })),
+        "ysynced" if args.is_empty() => Ok(Step::Peer(PeerStep::Synced { conn })),
         other => Err(format!("unknown step {other} {args}")),
     }
 }
@@ -765,7 +766,7 @@ mod tests {
         );
         check(
             "case yws.x#1 yws.x MUST\n about: z\n yopen a d1\n a ytype 0 hi repeat=3\n a ytext -\n ysame a b\n b yseen a gone\n a ydrop",
-            r#"[("yws.x#1", Must, ["y-websocket"], [YOpen { name: "a", doc: "d1" }, YType { conn: "a", index: 0, text: "hi", repeat: 3 }, YText { conn: "a", text: "" }, YSame { conns: ["a", "b"] }, YSeen { conn: "b", of: "a", state: None }, YDrop { conn: "a" }])]"#,
+            r#"[("yws.x#1", Must, ["y-websocket"], [Peer(Open { name: "a", doc: "d1" }), Peer(Type { conn: "a", index: 0, text: "hi", repeat: 3 }), Peer(Text { conn: "a", text: "" }), Peer(Same { conns: ["a", "b"] }), Peer(Seen { conn: "b", of: "a", state: None }), Peer(Drop { conn: "a" })])]"#,
         );
         check("case a#1 a MUST\n about: z\n ysame a", "t.cases:3: ysame needs two clients or more");
         check("case a#1 a MUST\n about: z\n a ytype x hi", "t.cases:3: bad index x");

@@ -15,7 +15,7 @@ mod target;
 mod wire;
 mod ypeer;
 
-pub use case::{parse_cases, Case, CaseError, Level, Step};
+pub use case::{parse_cases, Case, CaseError, Level, PeerStep, Step};
 pub use load::{load, LoadPlan, LoadReport};
 pub use pattern::Bindings;
 pub use report::{Baseline, CaseReport, FrameRecord, RunReport, Verdict};

@@ -212,15 +212,7 @@ impl Run<'_> {
             }
             Step::Repeat { conn, count, frame } => self.repeat(conn, count, frame).await,
             Step::FailCommit => self.fail_commit().await,
-            Step::YOpen { .. }
-            | Step::YType { .. }
-            | Step::YText { .. }
-            | Step::YHas { .. }
-            | Step::YSame { .. }
-            | Step::YAware { .. }
-            | Step::YSeen { .. }
-            | Step::YSynced { .. }
-            | Step::YDrop { .. } => self.ystep(step).await,
+            Step::Peer(peer) => self.ystep(peer).await,
         }
     }
 

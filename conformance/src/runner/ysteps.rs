@@ -3,7 +3,7 @@
 //! hold, not the bytes of any one frame.
 
 use super::{error, failed, Run, Stop};
-use crate::case::{Connect, Step};
+use crate::case::{Connect, PeerStep};
 use crate::wire::{Connection, Incoming, TokenRequest, Upgrade};
 use crate::ypeer::{Received, YPeer};
 use serde_json::Value;
@@ -21,10 +21,10 @@ const POLL_MS: u64 = 10;
 const CLIENT_ID_BASE: u64 = 0x5000;
 
 impl Run<'_> {
-    pub(super) async fn ystep(&mut self, step: &Step) -> Result<(), Stop> {
+    pub(super) async fn ystep(&mut self, step: &PeerStep) -> Result<(), Stop> {
         match step {
-            Step::YOpen { name, doc } => self.yopen(name, doc).await,
-            Step::YType { conn, index, text, repeat } => {
+            PeerStep::Open { name, doc } => self.yopen(name, doc).await,
+            PeerStep::Type { conn, index, text, repeat } => {
                 let peer = self.peer(conn)?;
                 let message = peer.insert(*index, &text.repeat(*repeat));
                 if self.connections.contains_key(conn) {
@@ -34,7 +34,7 @@ impl Run<'_> {
                 }
                 Ok(())
             }
-            Step::YText { conn, text } => {
+            PeerStep::Text { conn, text } => {
                 let conns = [conn.clone()];
                 self.until(&conns, |run| {
                     let got = run.peer_ref(conn)?.text();
@@ -42,7 +42,7 @@ impl Run<'_> {
                 })
                 .await
             }
-            Step::YHas { conn, words } => {
+            PeerStep::Has { conn, words } => {
                 let conns = [conn.clone()];
                 self.until(&conns, |run| {
                     let got = run.peer_ref(conn)?.text();
@@ -54,13 +54,13 @@ impl Run<'_> {
                 })
                 .await
             }
-            Step::YSame { conns } => self.until(conns, |run| run.same(conns)).await,
-            Step::YAware { conn, state } => {
+            PeerStep::Same { conns } => self.until(conns, |run| run.same(conns)).await,
+            PeerStep::Aware { conn, state } => {
                 let message = self.peer(conn)?.set_awareness(state);
                 self.ysend(conn, message, format!("awareness {state}")).await
             }
-            Step::YSeen { conn, of, state } => self.yseen(conn, of, state.as_ref()).await,
-            Step::YSynced { conn } => {
+            PeerStep::Seen { conn, of, state } => self.yseen(conn, of, state.as_ref()).await,
+            PeerStep::Synced { conn } => {
                 let conns = [conn.clone()];
                 self.until(&conns, |run| match run.peer_ref(conn)?.synced() {
                     true => Ok(()),
@@ -68,7 +68,7 @@ impl Run<'_> {
                 })
                 .await
             }
-            Step::YDrop { conn } => {
+            PeerStep::Drop { conn } => {
                 let connection =
                     self.connections.remove(conn).ok_or_else(|| error(format!("{conn} is not open")))?;
                 self.fields.remove(conn);
@@ -76,7 +76,6 @@ impl Run<'_> {
                 connection.drop_abruptly();
                 Ok(())
             }
-            _ => unreachable!("ystep is called for stock-client steps only"),
         }
     }
 
