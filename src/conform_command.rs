@@ -96,10 +96,8 @@ pub fn run_conform(args: ConformArgs) -> Result<u8> {
         if own.is_empty() {
             return Err(crate::usage(format!("{}: no *.cases file there", dir.display())));
         }
-        if let Some(case) = own.iter().find(|case| cases.iter().any(|c| c.id == case.id)) {
-            return Err(crate::usage(format!("{}: a built-in case has this id already", case.id)));
-        }
         cases.extend(own);
+        roomlab_conformance::check_unique(&cases).map_err(|e| crate::usage(e.to_string()))?;
     }
     let cases = roomlab_conformance::select(cases, &args.only, &args.skip).map_err(crate::usage)?;
     if args.list {

@@ -47,17 +47,21 @@ pub fn cases() -> Result<Vec<Case>, CaseError> {
     for (group, file, text) in CASE_FILES {
         all.extend(parse_cases(file, group, text)?);
     }
-    let mut ids = BTreeSet::new();
-    for case in &all {
-        if !ids.insert(case.id.clone()) {
-            return Err(CaseError {
-                file: case.group.clone(),
-                line: 0,
-                message: format!("duplicate case id {}", case.id),
-            });
-        }
-    }
+    check_unique(&all)?;
     Ok(all)
+}
+
+/// Refuses a list of cases in which two share an id.
+pub fn check_unique(cases: &[Case]) -> Result<(), CaseError> {
+    let mut ids = BTreeSet::new();
+    match cases.iter().find(|case| !ids.insert(case.id.as_str())) {
+        Some(case) => Err(CaseError {
+            file: case.group.clone(),
+            line: 0,
+            message: format!("duplicate case id {}", case.id),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The cases of every `*.cases` file in `dir` (a user's own), each file its own group named after

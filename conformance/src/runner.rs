@@ -67,8 +67,6 @@ struct Run<'a> {
     step_deadline: Duration,
     /// The stock y-websocket clients, each with its document, which outlives its sockets.
     peers: BTreeMap<String, crate::ypeer::YPeer>,
-    /// The document each stock client edits.
-    ydocs: BTreeMap<String, String>,
     /// Documents the case's stock clients needed created on the main socket.
     created: std::collections::BTreeSet<String>,
 }
@@ -94,7 +92,6 @@ pub async fn run_case(target: &Target, case: &Case, room: String) -> CaseReport 
         started,
         step_deadline,
         peers: BTreeMap::new(),
-        ydocs: BTreeMap::new(),
         created: Default::default(),
     };
     if target.capabilities.contains("quota-small") {
@@ -183,7 +180,7 @@ impl Run<'_> {
                 Ok(())
             }
             Step::YConnect { name, doc, field, user, role } => {
-                self.yconnect(name, (doc, field), user, role).await
+                self.open_field(name, (doc, field), user, role).await
             }
             Step::YjsSend { conn, doc, field, kind, payload } => {
                 let frame = match self.raw_field(conn, doc, field)? {
@@ -246,20 +243,27 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Opens the target's y-websocket endpoint for (doc, field) as `name`.
-    async fn yconnect(
+    /// The target's y-websocket URL for (doc, field) in the case's room, `{token}` still in it.
+    fn yjs_url(&self, doc: &str, field: &str) -> Result<String, Stop> {
+        let template = self.target.yjs_url.as_ref().ok_or_else(|| error("the target has no yjs_url"))?;
+        Ok(template.replace("{room}", &self.room).replace("{doc}", doc).replace("{field}", field))
+    }
+
+    /// Opens a y-websocket connection `name` for (doc, field), with a token for (user, role) if
+    /// the target's URL takes one.
+    async fn open_field(
         &mut self,
         name: &str,
         (doc, field): (&str, &str),
         user: &str,
         role: &str,
     ) -> Result<(), Stop> {
-        let template = self.target.yjs_url.as_ref().ok_or_else(|| error("the target has no yjs_url"))?;
-        let request = TokenRequest { room: &self.room, user, role, plan: "pro", addons: 0 };
-        let token = wire::token(self.target, &request, 3600).await.map_err(error)?;
-        let url = (template.replace("{room}", &self.room).replace("{doc}", doc))
-            .replace("{field}", field)
-            .replace("{token}", &token);
+        let mut url = self.yjs_url(doc, field)?;
+        if url.contains("{token}") {
+            let request = TokenRequest { room: &self.room, user, role, plan: "pro", addons: 0 };
+            let token = wire::token(self.target, &request, 3600).await.map_err(error)?;
+            url = url.replace("{token}", &token);
+        }
         let connection = match Connection::open(&url).await.map_err(error)? {
             Upgrade::Open(connection) => connection,
             Upgrade::Status(status) => {
@@ -641,15 +645,13 @@ impl Run<'_> {
     async fn wait_healthy(&mut self, deadline: Duration) -> Result<(), Stop> {
         let until = Instant::now() + deadline;
         loop {
-            let healthy = match (&self.target.yjs_url, self.target.http_base.is_empty()) {
-                (Some(template), true) => {
-                    let url = template
-                        .replace("{room}", &self.room)
-                        .replace("{doc}", "health")
-                        .replace("{field}", "body");
-                    matches!(Connection::open(&url).await, Ok(Upgrade::Open(_)))
-                }
-                _ => wire::http(&self.target.http_base, "GET", "/v1/health", &[], Vec::new())
+            let healthy = match self.target.http_base.is_empty() {
+                // A y-websocket-only target: its endpoint upgrades again (no token needed to tell).
+                true => match self.yjs_url("health", "body") {
+                    Ok(url) => matches!(Connection::open(&url).await, Ok(Upgrade::Open(_))),
+                    Err(_) => false,
+                },
+                false => wire::http(&self.target.http_base, "GET", "/v1/health", &[], Vec::new())
                     .await
                     .is_ok_and(|a| a.status == 200),
             };

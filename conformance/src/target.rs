@@ -18,6 +18,10 @@
 //! [fail_commit]                        # optional: the next commit in {room} fails (disk error)
 //! command = "my-server-ctl fail-next-commit {room}"
 //! ```
+//!
+//! `ws_url`, `http_base` and `[token]` are needed by every capability but `y-websocket`; a stock
+//! y-websocket server needs only `name`, `yjs_url` (without `{token}`) and
+//! `capabilities = ["y-websocket"]`.
 
 use serde::Deserialize;
 use std::collections::BTreeSet;

@@ -33,9 +33,10 @@ pub struct YPeer {
     doc: yrs::Doc,
     /// The document's shared text: the field's name, as roomlab's spec and stock editors use.
     field: String,
-    /// This peer's awareness clock and state.
+    /// The document it edits, for as long as the case runs.
+    doc_name: String,
+    /// This peer's awareness clock.
     clock: u32,
-    state: Option<String>,
     /// Awareness states received, by client id.
     seen: BTreeMap<u64, AwarenessState>,
     /// A sync step 2 arrived since the peer last opened.
@@ -45,18 +46,23 @@ pub struct YPeer {
 }
 
 impl YPeer {
-    /// A peer with `client_id` editing the text named `field`.
-    pub fn new(client_id: u64, field: &str) -> YPeer {
+    /// A peer with `client_id` editing the text named `field` of document `doc`.
+    pub fn new(client_id: u64, doc: &str, field: &str) -> YPeer {
         let options = yrs::Options::with_client_id(yrs::block::ClientID::new(client_id));
         YPeer {
             doc: yrs::Doc::with_options(options),
             field: field.to_string(),
+            doc_name: doc.to_string(),
             clock: 0,
-            state: None,
             seen: BTreeMap::new(),
             synced: false,
             sync_messages: 0,
         }
+    }
+
+    /// The document it edits.
+    pub fn doc(&self) -> &str {
+        &self.doc_name
     }
 
     /// The client id its edits and awareness carry.
@@ -108,7 +114,6 @@ impl YPeer {
     /// Sets the peer's awareness state and returns the awareness message announcing it.
     pub fn set_awareness(&mut self, state: &serde_json::Value) -> Vec<u8> {
         self.clock += 1;
-        self.state = Some(state.to_string());
         let entry = AwarenessUpdateEntry { clock: self.clock, json: state.to_string().into() };
         let update = AwarenessUpdate { clients: [(self.doc.client_id(), entry)].into_iter().collect() };
         Message::Awareness(update).encode_v1()
@@ -203,7 +208,7 @@ mod tests {
 
     #[test]
     fn peers_converge_through_updates_and_step2() {
-        let (mut a, mut b) = (YPeer::new(1, "body"), YPeer::new(2, "body"));
+        let (mut a, mut b) = (YPeer::new(1, "d", "body"), YPeer::new(2, "d", "body"));
         let update = a.insert(0, "hello");
         relay(&mut b, &update);
         // b edits while a cannot hear it, then a's step 1 is answered with what a lacks.
@@ -216,7 +221,7 @@ mod tests {
 
     #[test]
     fn awareness_is_set_and_removed() {
-        let (mut a, mut b) = (YPeer::new(1, "body"), YPeer::new(2, "body"));
+        let (mut a, mut b) = (YPeer::new(1, "d", "body"), YPeer::new(2, "d", "body"));
         relay(&mut b, &a.set_awareness(&serde_json::json!({"name": "a"})));
         assert_eq!(b.awareness_of(1), Some(Some(&serde_json::json!({"name": "a"}))));
         let entry = AwarenessUpdateEntry { clock: 2, json: "null".into() };
@@ -229,7 +234,7 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed_not_a_panic() {
-        let mut a = YPeer::new(1, "body");
+        let mut a = YPeer::new(1, "d", "body");
         for bytes in [&[0u8, 2, 5, 1][..], &[0, 1, 3, 0xff, 0xff, 0xff], &[9]] {
             assert!(matches!(a.receive(bytes), Received::Malformed(_) | Received::Applied(_)));
         }

@@ -23,6 +23,7 @@ pub const AWARENESS_CLIENTS_MAX: usize = 16;
 type Key = (DocId, FieldName);
 
 /// Awareness a connection announced in a field and has not removed: client id → last clock.
+/// Never kept empty.
 type Announced = BTreeMap<u64, u32>;
 
 /// The Yjs side of a room: the loaded documents, who has each field open, and whose awareness
@@ -43,7 +44,7 @@ impl Yjs {
                 self.open.remove(key);
             }
         }
-        self.announced.remove(&(conn, key.clone())).filter(|ids| !ids.is_empty())
+        self.announced.remove(&(conn, key.clone()))
     }
 
     /// Closes every field of a connection; returns the awareness it had announced, by field.
@@ -53,10 +54,7 @@ impl Yjs {
             !open.is_empty()
         });
         let keys: Vec<(ConnId, Key)> = self.announced.keys().filter(|(c, _)| *c == conn).cloned().collect();
-        keys.into_iter()
-            .filter_map(|key| self.announced.remove(&key).map(|ids| (key.1, ids)))
-            .filter(|(_, ids)| !ids.is_empty())
-            .collect()
+        keys.into_iter().filter_map(|key| self.announced.remove(&key).map(|ids| (key.1, ids))).collect()
     }
 
     /// Forgets a purged document's fields (their rows go with the document's).
@@ -143,7 +141,10 @@ impl Room {
             return Err(refuse(ErrorCode::LimitExceeded, message));
         }
         let effects = self.relay(conn, &key, payload);
-        self.yjs.announced.insert((conn, key), announced);
+        match announced.is_empty() {
+            true => self.yjs.announced.remove(&(conn, key)),
+            false => self.yjs.announced.insert((conn, key), announced),
+        };
         Ok(effects)
     }
 
@@ -282,19 +283,19 @@ impl Room {
 }
 
 /// The y-protocols awareness message that removes `announced`'s clients, in client id order so
-/// that its bytes depend on nothing but the ids (yrs's own encoder iterates a HashMap).
+/// that its bytes depend on nothing but the ids.
 fn awareness_removal(announced: &Announced) -> Vec<u8> {
-    use yrs::encoding::write::Write;
-    use yrs::updates::encoder::{Encoder, EncoderV1};
-    let mut update = EncoderV1::new();
-    update.write_var(announced.len() as u64);
+    use roomlab_protocol::write_var_uint;
+    let mut update = Vec::new();
+    write_var_uint(&mut update, announced.len() as u64);
     for (client, clock) in announced {
-        update.write_var(*client);
-        update.write_var(clock.wrapping_add(1));
-        update.write_string("null");
+        write_var_uint(&mut update, *client);
+        write_var_uint(&mut update, u64::from(clock.wrapping_add(1)));
+        write_var_uint(&mut update, 4);
+        update.extend_from_slice(b"null");
     }
-    let mut message = EncoderV1::new();
-    message.write_var(1u8);
-    message.write_buf(update.to_vec());
-    message.to_vec()
+    let mut message = Vec::with_capacity(update.len() + 4);
+    write_var_uint(&mut message, update.len() as u64);
+    message.extend_from_slice(&update);
+    YSync::Awareness(&message).encode()
 }

@@ -4,7 +4,7 @@
 
 use super::{error, failed, Run, Stop};
 use crate::case::{Connect, PeerStep};
-use crate::wire::{Connection, Incoming, TokenRequest, Upgrade};
+use crate::wire::Incoming;
 use crate::ypeer::{Received, YPeer};
 use serde_json::Value;
 use std::time::Duration;
@@ -35,16 +35,14 @@ impl Run<'_> {
                 Ok(())
             }
             PeerStep::Text { conn, text } => {
-                let conns = [conn.clone()];
-                self.until(&conns, |run| {
+                self.until(|run| {
                     let got = run.peer_ref(conn)?.text();
                     (got == *text).then_some(()).ok_or_else(|| format!("{conn} holds {}", shown(&got)))
                 })
                 .await
             }
             PeerStep::Has { conn, words } => {
-                let conns = [conn.clone()];
-                self.until(&conns, |run| {
+                self.until(|run| {
                     let got = run.peer_ref(conn)?.text();
                     let missing: Vec<&String> = words.iter().filter(|w| !got.contains(w.as_str())).collect();
                     match missing.is_empty() {
@@ -54,15 +52,14 @@ impl Run<'_> {
                 })
                 .await
             }
-            PeerStep::Same { conns } => self.until(conns, |run| run.same(conns)).await,
+            PeerStep::Same { conns } => self.until(|run| run.same(conns)).await,
             PeerStep::Aware { conn, state } => {
                 let message = self.peer(conn)?.set_awareness(state);
                 self.ysend(conn, message, format!("awareness {state}")).await
             }
             PeerStep::Seen { conn, of, state } => self.yseen(conn, of, state.as_ref()).await,
             PeerStep::Synced { conn } => {
-                let conns = [conn.clone()];
-                self.until(&conns, |run| match run.peer_ref(conn)?.synced() {
+                self.until(|run| match run.peer_ref(conn)?.synced() {
                     true => Ok(()),
                     false => Err(format!("{conn} has received no sync step 2 since it opened")),
                 })
@@ -92,32 +89,14 @@ impl Run<'_> {
     /// Opens a stock client on `doc`, or reopens one, which keeps its document and so uploads its
     /// offline edits when it answers the server's step 1.
     async fn yopen(&mut self, name: &str, doc: &str) -> Result<(), Stop> {
-        if let Some(open_doc) = self.ydocs.get(name).filter(|d| *d != doc) {
-            return Err(error(format!("{name} edits {open_doc}; a client keeps its document")));
+        if let Some(peer) = self.peers.get(name).filter(|peer| peer.doc() != doc) {
+            return Err(error(format!("{name} edits {}; a client keeps its document", peer.doc())));
         }
         self.ensure_document(doc).await?;
-        let template = self.target.yjs_url.clone().ok_or_else(|| error("the target has no yjs_url"))?;
-        let mut url = template.replace("{room}", &self.room).replace("{doc}", doc).replace("{field}", FIELD);
-        if url.contains("{token}") {
-            let user = format!("y-{name}");
-            let request =
-                TokenRequest { room: &self.room, user: &user, role: "member", plan: "pro", addons: 0 };
-            let token = crate::wire::token(self.target, &request, 3600).await.map_err(error)?;
-            url = url.replace("{token}", &token);
-        }
-        let connection = match Connection::open(&url).await.map_err(error)? {
-            Upgrade::Open(connection) => connection,
-            Upgrade::Status(status) => {
-                return Err(failed(format!("y-websocket upgrade answered HTTP {status}")))
-            }
-        };
-        self.record(name, true, format!("(y-websocket open of {doc})"));
-        self.connections.insert(name.to_string(), connection);
-        self.fields.insert(name.to_string(), (doc.to_string(), FIELD.to_string()));
+        self.open_field(name, (doc, FIELD), &format!("y-{name}"), "member").await?;
         let next_id = CLIENT_ID_BASE + self.peers.len() as u64;
-        let peer = self.peers.entry(name.to_string()).or_insert_with(|| YPeer::new(next_id, FIELD));
+        let peer = self.peers.entry(name.to_string()).or_insert_with(|| YPeer::new(next_id, doc, FIELD));
         let step1 = peer.opened();
-        self.ydocs.insert(name.to_string(), doc.to_string());
         self.ysend(name, step1, "sync step 1".into()).await
     }
 
@@ -195,18 +174,13 @@ impl Run<'_> {
     }
 
     /// Waits until `done` holds, or fails with its last reason. Meanwhile every open stock client
-    /// handles what it receives, as real ones do whatever a test looks at; `conns` are the
-    /// clients `done` reads.
-    async fn until(
-        &mut self,
-        conns: &[String],
-        done: impl Fn(&Self) -> Result<(), String>,
-    ) -> Result<(), Stop> {
+    /// handles what it receives, as real ones do whatever a test looks at.
+    async fn until(&mut self, done: impl Fn(&Self) -> Result<(), String>) -> Result<(), Stop> {
         let deadline = Instant::now() + self.step_deadline;
         loop {
             let open: Vec<String> =
                 self.peers.keys().filter(|name| self.connections.contains_key(*name)).cloned().collect();
-            for conn in conns.iter().chain(&open) {
+            for conn in &open {
                 self.pump(conn).await?;
             }
             match done(self) {
@@ -246,8 +220,7 @@ impl Run<'_> {
 
     async fn yseen(&mut self, conn: &str, of: &str, state: Option<&Value>) -> Result<(), Stop> {
         let id = self.peer(of)?.client_id();
-        let conns = [conn.to_string()];
-        self.until(&conns, |run| {
+        self.until(|run| {
             let held = run.peer_ref(conn)?.awareness_of(id);
             let wanted = match state {
                 Some(state) => held == Some(Some(state)),
