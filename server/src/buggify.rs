@@ -69,7 +69,14 @@ pub struct Buggify {
 struct State {
     rng: ChaCha8Rng,
     fired: BTreeMap<FaultPoint, u64>,
+    /// Firings not yet taken by [`Buggify::take_firings`], oldest first (at most
+    /// [`FIRINGS_PENDING_MAX`]; older ones are dropped and only counted).
+    pending: std::collections::VecDeque<FaultPoint>,
 }
+
+/// Firings kept for [`Buggify::take_firings`] between two takes; a host that never takes them
+/// keeps only the counts.
+pub const FIRINGS_PENDING_MAX: usize = 1024;
 
 impl Buggify {
     /// Points `enabled`, each firing at `percent` of its opportunities, decided by a stream from
@@ -77,7 +84,8 @@ impl Buggify {
     pub fn new(seed: u64, enabled: BTreeSet<FaultPoint>, percent: f64) -> Buggify {
         let fired = enabled.iter().map(|point| (*point, 0)).collect();
         let odds_per_10k = (percent.clamp(0.0, 100.0) * 100.0).round() as u64;
-        let state = Mutex::new(State { rng: ChaCha8Rng::seed_from_u64(seed ^ 0xb066_1f7b_0661_f7b0), fired });
+        let rng = ChaCha8Rng::seed_from_u64(seed ^ 0xb066_1f7b_0661_f7b0);
+        let state = Mutex::new(State { rng, fired, pending: std::collections::VecDeque::new() });
         Buggify { enabled, odds_per_10k, state }
     }
 
@@ -95,8 +103,22 @@ impl Buggify {
         let fires = state.rng.next_u64() % 10_000 < self.odds_per_10k;
         if fires {
             *state.fired.entry(point).or_default() += 1;
+            if state.pending.len() == FIRINGS_PENDING_MAX {
+                state.pending.pop_front();
+            }
+            state.pending.push_back(point);
         }
         fires
+    }
+
+    /// The firings since the last take, oldest first, so a simulation can put each on its trace
+    /// at the time it happened.
+    pub fn take_firings(&self) -> Vec<FaultPoint> {
+        let mut state = self.state();
+        if state.pending.is_empty() {
+            return Vec::new();
+        }
+        state.pending.drain(..).collect()
     }
 
     /// A number in `0..n` from the same stream, for a point that fired.
@@ -142,6 +164,13 @@ mod tests {
         assert!((800..1200).contains(&fired), "{fired}");
         assert!(!(0..1000).any(|_| buggify.fire(FaultPoint::SilenceEarly)));
         assert_eq!(buggify.fired(), BTreeMap::from([("buggify:room-stall".to_string(), fired as u64)]));
+        // Every firing is there to take, once, for the trace; the pending log has its limit.
+        let firings = buggify.take_firings();
+        assert_eq!(firings.len(), fired.min(FIRINGS_PENDING_MAX));
+        assert!(firings.iter().all(|point| *point == FaultPoint::RoomStall));
+        assert!(buggify.take_firings().is_empty());
+        buggify.fire(FaultPoint::RoomStall);
+        assert!(buggify.take_firings().len() <= 1);
     }
 
     #[test]

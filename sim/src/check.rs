@@ -24,18 +24,20 @@ impl Failures {
         }
     }
 
-    pub fn extend(&mut self, failures: impl IntoIterator<Item = String>) {
-        for failure in failures {
-            self.push(failure);
-        }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
     pub fn into_vec(self) -> Vec<String> {
         self.0
+    }
+}
+
+impl Extend<String> for Failures {
+    fn extend<I: IntoIterator<Item = String>>(&mut self, failures: I) {
+        for failure in failures {
+            self.push(failure);
+        }
     }
 }
 
@@ -195,7 +197,9 @@ fn membership_keeps_seq(world: &World<'_>, room: &Room, now_ms: u64) -> Vec<Stri
 /// final views and Yjs texts against the oracle, and the clients' own histories. Also gives the
 /// rule coverage of the run.
 pub(crate) fn final_checks(world: &World<'_>, now_ms: u64) -> (Vec<String>, BTreeMap<String, RuleCount>) {
-    let mut failures = checkpoint(world, now_ms);
+    let mut failures = Vec::new();
+    let checkpoint_found = checkpoint(world, now_ms);
+    noted(world, now_ms, "final checkpoint", checkpoint_found, &mut failures);
     let verdict = {
         let journal = world.recording.journal.lock().expect("journal lock");
         let tokens: BTreeMap<usize, roomlab_oracle::Identity> = world
@@ -212,13 +216,45 @@ pub(crate) fn final_checks(world: &World<'_>, now_ms: u64) -> (Vec<String>, BTre
             Oracle::new(oracle_settings(world.scenario)),
         )
     };
-    failures.extend(verdict.failures);
-    failures.extend(final_views(world, &verdict.oracle));
-    failures.extend(yjs_convergence(world, &verdict.oracle));
-    failures.extend(client_histories(world));
-    failures.extend(own_lifecycles(world));
-    failures.extend(quota_refusals(world));
+    let checked: u64 = verdict.rules.values().map(|count| count.checked).sum();
+    let history_name = format!("history against the oracle ({checked} checks of received frames by rule)");
+    noted(world, now_ms, &history_name, verdict.failures, &mut failures);
+    noted(
+        world,
+        now_ms,
+        "final views against the oracle",
+        final_views(world, &verdict.oracle),
+        &mut failures,
+    );
+    noted(
+        world,
+        now_ms,
+        "Yjs texts against the oracle",
+        yjs_convergence(world, &verdict.oracle),
+        &mut failures,
+    );
+    noted(world, now_ms, "client histories", client_histories(world), &mut failures);
+    noted(world, now_ms, "own lifecycles", own_lifecycles(world), &mut failures);
+    noted(world, now_ms, "quota refusals", quota_refusals(world), &mut failures);
     (failures, verdict.rules)
+}
+
+/// Records one check's outcome on the trace (passed, or how many failures it found) and keeps
+/// its failures, so a trace shows every check that ran, not only the ones that failed.
+pub(crate) fn noted(
+    world: &World<'_>,
+    now_ms: u64,
+    name: &str,
+    found: Vec<String>,
+    failures: &mut impl Extend<String>,
+) {
+    let outcome = match found.len() {
+        0 => "passed".to_string(),
+        1 => "1 failure".to_string(),
+        n => format!("{n} failures"),
+    };
+    world.note(now_ms, &format!("check {name}: {outcome}"));
+    failures.extend(found);
 }
 
 /// The oracle's settings: the limits and quotas the scenario gives the room, taken from the

@@ -157,7 +157,9 @@ pub fn first_divergence(a: &[Event], b: &[Event]) -> Option<(usize, Option<Event
 }
 
 /// The trace as Chrome / Perfetto trace-event JSON: one instant event per frame, fault and check,
-/// one track (thread) per actor, so a run can be opened in ui.perfetto.dev.
+/// one track (thread) per actor, so a run can be opened in ui.perfetto.dev. A frame's event is
+/// named by its direction and type (`< query:diff`) and carries the frame itself as its argument,
+/// as JSON rather than as an escaped string, which keeps the file smaller.
 pub fn perfetto_json(events: &[Event]) -> String {
     let mut tracks: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for event in events {
@@ -169,18 +171,30 @@ pub fn perfetto_json(events: &[Event]) -> String {
         out.push(serde_json::json!({"ph": "M", "name": "thread_name", "pid": 1, "tid": tid, "args": {"name": actor}}));
     }
     for event in events {
-        let (category, name) = match event.text.split_once(' ') {
-            Some((head, _)) if head == ">" || head == "<" => {
-                ("frame", event.text.chars().take(80).collect::<String>())
-            }
-            _ => ("world", event.text.chars().take(80).collect::<String>()),
-        };
+        let (category, name, args) = perfetto_parts(&event.text);
         out.push(serde_json::json!({
             "ph": "i", "s": "t", "pid": 1, "tid": tracks[event.actor.as_str()],
-            "ts": event.time_ms * 1000, "cat": category, "name": name, "args": {"text": event.text},
+            "ts": event.time_ms * 1000, "cat": category, "name": name, "args": args,
         }));
     }
     serde_json::json!({ "traceEvents": out, "displayTimeUnit": "ms" }).to_string()
+}
+
+/// An event's category, name and arguments: a text frame is named by direction and type with the
+/// frame as JSON; anything else (faults, checks, Yjs frames, connection events) by its first 80
+/// characters with the whole text.
+fn perfetto_parts(text: &str) -> (&'static str, String, serde_json::Value) {
+    let frame = text.split_once(' ').filter(|(head, _)| *head == ">" || *head == "<");
+    let Some((direction, frame)) = frame else {
+        return ("world", text.chars().take(80).collect(), serde_json::json!({ "text": text }));
+    };
+    match serde_json::from_str::<serde_json::Value>(frame) {
+        Ok(frame @ serde_json::Value::Object(_)) => {
+            let kind = frame.get("type").and_then(serde_json::Value::as_str).unwrap_or("frame");
+            ("frame", format!("{direction} {kind}"), serde_json::json!({ "frame": frame }))
+        }
+        _ => ("frame", text.chars().take(80).collect(), serde_json::json!({ "text": text })),
+    }
 }
 
 #[cfg(test)]
@@ -210,6 +224,16 @@ mod tests {
         assert_eq!(first_divergence(a.events(), &a.events()[..1]).map(|d| d.0), Some(1));
         let json: serde_json::Value = serde_json::from_str(&perfetto_json(a.events())).unwrap();
         assert_eq!(json["traceEvents"].as_array().unwrap().len(), 3);
+        // A text frame is named by its direction and type and carried as JSON; other lines whole.
+        let mut frames = Trace::new(true);
+        frames.record_prefixed(5, "c1", "< ", r#"{"type":"pong","nonce":3}"#);
+        frames.record(6, "world", "buggify:room-stall fired");
+        let json: serde_json::Value = serde_json::from_str(&perfetto_json(frames.events())).unwrap();
+        let events = json["traceEvents"].as_array().unwrap();
+        assert_eq!(events[2]["name"], "< pong");
+        assert_eq!(events[2]["args"]["frame"]["nonce"], 3);
+        assert_eq!(events[3]["args"]["text"], "buggify:room-stall fired");
+        assert_eq!((events[3]["cat"].as_str(), events[3]["ts"].as_u64()), (Some("world"), Some(6000)));
     }
 
     /// Frames are counted by direction as the taps record them; faults, checks and Yjs lines

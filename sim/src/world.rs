@@ -485,8 +485,10 @@ pub fn run(config: &RunConfig) -> Report {
     let mut quiet_since: Option<u64> = None;
     let mut next_poll = 0;
     let mut next_checkpoint = CHECKPOINT_MS;
+    let mut quota_edges_noted = 0;
     loop {
         let now = sim.elapsed().as_millis() as u64;
+        note_firings(&world, now, buggify.as_deref(), quota_edges.as_deref(), &mut quota_edges_noted);
         if now >= next_poll {
             next_poll = now + POLL_MS;
             match phase.load(Ordering::Relaxed) {
@@ -526,7 +528,7 @@ pub fn run(config: &RunConfig) -> Report {
         }
         if now >= next_checkpoint {
             next_checkpoint = now + CHECKPOINT_MS;
-            failures.extend(check::checkpoint(&world, now));
+            check::noted(&world, now, "checkpoint", check::checkpoint(&world, now), &mut failures);
             if !failures.is_empty() {
                 break;
             }
@@ -577,6 +579,25 @@ pub fn run(config: &RunConfig) -> Report {
     drop(sim);
     PANICS.with(|p| *p.borrow_mut() = None);
     report
+}
+
+/// Puts the BUGGIFY points that fired during the last step on the trace, at the time the step
+/// ended: the server's points as they fired, and the workload's quota-exact writes by count.
+fn note_firings(
+    world: &World<'_>,
+    now_ms: u64,
+    buggify: Option<&roomlab_server::Buggify>,
+    quota_edges: Option<&std::cell::Cell<u64>>,
+    quota_edges_noted: &mut u64,
+) {
+    for point in buggify.map(|b| b.take_firings()).unwrap_or_default() {
+        world.note(now_ms, &format!("{} fired", point.name()));
+    }
+    let quota_edges = quota_edges.map_or(0, |count| count.get());
+    for _ in *quota_edges_noted..quota_edges {
+        world.note(now_ms, "buggify:quota-exact fired: a write sized to land exactly at its user's limit");
+    }
+    *quota_edges_noted = quota_edges;
 }
 
 /// What the checks and the fault driver may look at.
