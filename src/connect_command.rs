@@ -254,6 +254,8 @@ fn close_words(code: u16) -> &'static str {
         1000 => "normal closure",
         1001 => "the server is going away (shutting down); reconnect later",
         1005 => "no code given",
+        1007 => "a text frame was not valid UTF-8",
+        1008 => "no hello was sent within the server's deadline",
         1009 => "a frame was too large for the server",
         1011 => "the room failed (a mutation was answered internal, or a commit failed); reconnect and resend what was not acknowledged",
         4001 => "unauthorized: the token is missing, forged, expired or for another room; mint a new one",

@@ -307,6 +307,17 @@ impl Run<'_> {
             self.bindings.bind("flood_bytes", Value::from(bytes));
             self.bindings.bind("flood_count", Value::from(count));
         }
+        let frame_bytes_max = welcome.pointer("/limits/frame_bytes_max").and_then(Value::as_u64);
+        let doc_bytes_max = welcome.pointer("/limits/doc_bytes_max").and_then(Value::as_u64);
+        if let (Some(frame), Some(doc), None) =
+            (frame_bytes_max, doc_bytes_max, self.bindings.value("oversize_docs"))
+        {
+            // Documents of half the document limit, enough of them that one answer holding them
+            // all is over the frame limit (limits.frame-size).
+            let bytes = (doc / 2).max(1);
+            self.bindings.bind("oversize_doc_bytes", Value::from(bytes));
+            self.bindings.bind("oversize_docs", Value::from(frame.div_ceil(bytes) + 1));
+        }
         if let Some(seq) = welcome.get("seq") {
             self.bindings.bind(&format!("{name}.seq"), seq.clone());
         }

@@ -7,7 +7,7 @@ use crate::room::{
 use crate::schema::Schema;
 use crate::state::{Bucket, Document, Session, Team, UserRecord};
 use crate::storage::{self, DocumentRow, ItemRow, StagedRow};
-use crate::watch::WatchKey;
+use crate::watch::{WatchKey, Watchers};
 use crate::EngineError;
 use roomlab_protocol::{
     BucketName, DocId, DocSnapshot, DocType, ErrorBody, ErrorCode, FieldName, ItemId, ListDiff, ListItem,
@@ -493,7 +493,9 @@ impl Room {
                 self.docs.remove(&id)
             }
         };
-        if let Some(lifecycle) = lifecycle {
+        // sys.index.live: the views list user documents, so a schema document's create or
+        // delete changes neither (its access change is pushed as one, touched.schemas).
+        if let Some(lifecycle) = lifecycle.filter(|_| !id.is_system()) {
             if lifecycle.alters(SystemView::Index) {
                 (self.index_seq, touched.index) = (self.seq, true);
             }
@@ -542,10 +544,20 @@ impl Room {
         for (conn, sub) in targets {
             let peer = connections.get_mut(&conn).expect("watchers name live connections");
             let reader = self.effective(&peer.identity);
-            let Peer { subscriptions, .. } = peer;
+            let Peer { subscriptions, identity, .. } = peer;
             let subscription = subscriptions.get_mut(&sub).expect("watchers name live subscriptions");
-            let pushed = self.push_one(&sub, subscription, &mut pushing, &reader);
-            effects.extend(pushed.map(|message| Effect::Send { conn, message }));
+            let Some(message) = self.push_one(&sub, subscription, &mut pushing, &reader) else { continue };
+            let message = match self.fits_frame(&message, "the push") {
+                Ok(()) => message,
+                // The push cannot be sent and the view behind it would drift: the subscription
+                // ends with the refusal in the push's place (limits.frame-size).
+                Err(body) => {
+                    self.watchers.remove(&Watchers::key(subscription, &identity.user), conn, &sub);
+                    subscriptions.remove(&sub);
+                    ServerMessage::Error(body.with_sub(sub))
+                }
+            };
+            effects.push(Effect::Send { conn, message });
         }
         self.connections = connections;
         effects
@@ -562,9 +574,11 @@ impl Room {
         match subscription {
             Subscription::Query { query, result } => self.query_push(sub, query, result, reader, pushing),
             Subscription::Doc { doc, last } => {
+                // A change of access can change what a listing shows without a membership change.
+                let access = !touched.schemas.is_empty() || touched.readers.contains(&reader.user);
                 let affected = match doc.as_str() {
-                    "sys:index" => touched.index,
-                    "sys:trash" => touched.trash,
+                    "sys:index" => touched.index || access,
+                    "sys:trash" => touched.trash || access,
                     "sys:users" => touched.users,
                     "sys:teams" => touched.teams,
                     "sys:session" => touched.sessions.contains(&reader.user),
@@ -584,8 +598,14 @@ impl Room {
                     return Some(message);
                 }
                 let (message, key) = self.doc_message(sub, doc, reader);
-                let synthesized = doc.is_system() && doc.schema_for().is_none();
-                if key == *last && !synthesized {
+                // Synthesized views are pushed on every change that alters them (sys.index.live);
+                // a listing that only access touched, only when what it shows changed.
+                let always = match doc.as_str() {
+                    "sys:index" => touched.index,
+                    "sys:trash" => touched.trash,
+                    _ => doc.is_system() && doc.schema_for().is_none(),
+                };
+                if key == *last && !always {
                     return None;
                 }
                 *last = key;

@@ -316,13 +316,14 @@ impl Model {
     }
 
     fn bucket(&self, user: &UserId, name: &BucketName, backend: Option<Backend>) -> Result<&Bucket, Refusal> {
-        if name.as_str().strip_prefix("user:").is_some_and(|owner| owner != user.as_str()) {
-            return Err(refuse(ErrorCode::Forbidden));
-        }
+        // errors.precedence: the bucket's existence and backend before the user scope.
         let bucket = self.state.buckets.get(name).ok_or_else(|| refuse(ErrorCode::NotFound))?;
         if backend.is_some_and(|backend| backend != bucket.contract.backend) {
             let body = refuse(ErrorCode::Incompatible);
             return Err(Box::new(ErrorBody { contract: Some(bucket.contract.clone()), ..*body }));
+        }
+        if name.as_str().strip_prefix("user:").is_some_and(|owner| owner != user.as_str()) {
+            return Err(refuse(ErrorCode::Forbidden));
         }
         Ok(bucket)
     }

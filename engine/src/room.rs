@@ -138,6 +138,9 @@ impl Eq for StorageFaults {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ViewKey {
     Snapshot(u64),
+    /// `sys:index` or `sys:trash`: its `seq` and a hash of what it lists, which access changes
+    /// alter without a new `seq`.
+    Listed(u64, u64),
     Deleted(u64),
     Missing,
 }
@@ -468,7 +471,7 @@ impl Room {
                 self.close_after_internal(conn, effects)
             }
             ClientMessage::BucketGet { req, bucket, if_version } => {
-                reply(self.bucket_get(conn, req, bucket, if_version))
+                reply(self.bounded_reply(req, self.bucket_get(conn, req, bucket, if_version)))
             }
             ClientMessage::AssetList { req, bucket } => {
                 let reader = self.reader(conn);
@@ -476,7 +479,8 @@ impl Room {
                     let assets = b.assets.values().cloned().collect();
                     ServerMessage::AssetsList { sub: None, req: Some(req), bucket, assets }
                 });
-                reply(answer.unwrap_or_else(|body| ServerMessage::Error(body.with_req(req))))
+                let answer = answer.unwrap_or_else(|body| ServerMessage::Error(body.with_req(req)));
+                reply(self.bounded_reply(req, answer))
             }
             ClientMessage::YjsClose { doc, field } => self.yjs_close(conn, &doc, &field),
         }
@@ -593,6 +597,7 @@ impl Room {
     ) -> Result<ServerMessage, Refusal> {
         let reader = self.reader(conn);
         let (subscription, first) = self.first_answer(&reader, sub, target)?;
+        self.fits_frame(&first, "the first answer")?;
         self.watchers.insert(Watchers::key(&subscription, &reader.user), conn, sub.clone());
         let connection = self.connections.get_mut(&conn).expect("connected");
         connection.subscriptions.insert(sub.clone(), subscription);
@@ -701,12 +706,13 @@ impl Room {
         name: &BucketName,
         backend: Backend,
     ) -> Result<&Bucket, Refusal> {
-        if !Room::bucket_scope_admits(&reader.user, name) {
-            return Err(refuse(ErrorCode::Forbidden, format!("{name} is another user's bucket")));
-        }
+        // errors.precedence: the bucket's existence and backend before access to it, as for writes.
         let bucket =
             self.buckets.get(name).ok_or_else(|| refuse(ErrorCode::NotFound, format!("no bucket {name}")))?;
         check_backend(name, bucket, backend)?;
+        if !Room::bucket_scope_admits(&reader.user, name) {
+            return Err(refuse(ErrorCode::Forbidden, format!("{name} is another user's bucket")));
+        }
         Ok(bucket)
     }
 
@@ -733,7 +739,16 @@ impl Room {
         let sub = sub.clone();
         match self.view(doc, reader) {
             View::Snapshot(snapshot) => {
-                let key = ViewKey::Snapshot(snapshot.seq);
+                let key = match doc.as_str() {
+                    "sys:index" | "sys:trash" => {
+                        use std::hash::{Hash, Hasher};
+                        // DefaultHasher::new has fixed keys: the same data hashes alike in every run.
+                        let mut hasher = std::hash::DefaultHasher::new();
+                        snapshot.data.to_string().hash(&mut hasher);
+                        ViewKey::Listed(snapshot.seq, hasher.finish())
+                    }
+                    _ => ViewKey::Snapshot(snapshot.seq),
+                };
                 (ServerMessage::DocSnapshot { sub, doc: snapshot }, key)
             }
             View::Deleted(seq) => {
@@ -869,6 +884,48 @@ pub(crate) fn user_row(id: &UserId, record: &UserRecord) -> storage::UserRow {
         plan: text(json!(record.plan)),
         addons: record.addons,
         usage: record.usage,
+    }
+}
+
+/// The length of a message's frame: its JSON text, as the codec writes it, counted without
+/// keeping the text.
+pub(crate) fn frame_len(message: &ServerMessage) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    serde_json::to_writer(&mut counter, message).expect("server messages always serialize");
+    counter.0
+}
+
+impl Room {
+    /// Refuses a frame over `frame_bytes_max` (docs/PROTOCOL.md limits.frame-size): the server
+    /// never sends what a conforming peer must refuse.
+    pub(crate) fn fits_frame(&self, message: &ServerMessage, what: &str) -> Result<(), Refusal> {
+        let (bytes, bytes_max) = (frame_len(message), self.config.limits.frame_bytes_max);
+        if bytes <= bytes_max {
+            return Ok(());
+        }
+        Err(refuse(
+            ErrorCode::LimitExceeded,
+            format!("{what} would be a frame of {bytes} bytes, over frame_bytes_max ({bytes_max})"),
+        ))
+    }
+
+    /// A reply to request `req`, or `limit_exceeded` with `req` in its place when its frame would
+    /// be over `frame_bytes_max`.
+    fn bounded_reply(&self, req: u64, reply: ServerMessage) -> ServerMessage {
+        match self.fits_frame(&reply, "the answer") {
+            Ok(()) => reply,
+            Err(body) => ServerMessage::Error(body.with_req(req)),
+        }
     }
 }
 

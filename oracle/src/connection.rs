@@ -17,6 +17,19 @@ fn error_to(conn: Conn, rule: &'static str, body: ErrorBody) -> Output {
     Output::Send { conn, message: ServerMessage::Error(body), rule }
 }
 
+/// limits.frame-size: `None` when the message's frame (its JSON text) fits in `frame_bytes_max`,
+/// else the `limit_exceeded` refusal that goes out in its place.
+pub(crate) fn oversized(message: &ServerMessage, frame_bytes_max: usize) -> Option<Refusal> {
+    let bytes = serde_json::to_string(message).expect("server messages serialize").len();
+    (bytes > frame_bytes_max).then(|| {
+        Refusal::new(
+            "limits.frame-size",
+            ErrorCode::LimitExceeded,
+            format!("the frame would be {bytes} bytes, over frame_bytes_max ({frame_bytes_max})"),
+        )
+    })
+}
+
 impl Oracle {
     /// Routes one text message (conn.hello.first: nothing but `hello` before `hello`).
     pub(crate) fn handle_message(
@@ -103,7 +116,14 @@ impl Oracle {
             return vec![error_to(conn, refusal.rule, refusal.body.with_sub(sub))];
         }
         let viewer = self.actor(&connection.identity);
-        match self.first_answer(&viewer, &sub, target) {
+        let frame_bytes_max = self.settings.limits.frame_bytes_max;
+        let answer = self.first_answer(&viewer, &sub, target).and_then(|(message, subscription)| {
+            match oversized(&message, frame_bytes_max) {
+                Some(refusal) => Err(refusal),
+                None => Ok((message, subscription)),
+            }
+        });
+        match answer {
             Ok((message, subscription)) => {
                 let rule = match target {
                     Target::Query(_) => "query.initial",
@@ -155,7 +175,15 @@ impl Oracle {
             ),
             Err(refusal) => (ServerMessage::Error(refusal.body.with_req(req)), refusal.rule),
         };
-        vec![Output::Send { conn, message, rule }]
+        vec![self.reply_within_frame(conn, req, message, rule)]
+    }
+
+    /// A reply to request `req`, or limits.frame-size's refusal in its place.
+    fn reply_within_frame(&self, conn: Conn, req: u64, message: ServerMessage, rule: &'static str) -> Output {
+        match oversized(&message, self.settings.limits.frame_bytes_max) {
+            None => Output::Send { conn, message, rule },
+            Some(refusal) => error_to(conn, refusal.rule, refusal.body.with_req(req)),
+        }
     }
 
     /// assets.list: one listing of an asset bucket, by object key.
@@ -168,7 +196,7 @@ impl Oracle {
             ),
             Err(refusal) => (ServerMessage::Error(refusal.body.with_req(req)), refusal.rule),
         };
-        vec![Output::Send { conn, message, rule }]
+        vec![self.reply_within_frame(conn, req, message, rule)]
     }
 
     /// yjs.sync: `yjs_close` stops the field's updates on this connection; it has no answer.

@@ -209,6 +209,11 @@ impl Oracle {
         }
     }
 
+    /// How the room is configured.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// A connection opened with a verified token (users.recorded happens here: sys:users may change
     /// and be pushed).
     pub fn connect(&mut self, conn: Conn, identity: Identity, now_ms: u64) -> Vec<Output> {

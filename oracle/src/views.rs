@@ -301,10 +301,25 @@ impl Oracle {
             // Taken out while the room is read, so that each subscription's view is updated in place.
             let mut subscriptions =
                 std::mem::take(&mut self.connections.get_mut(&conn).expect("listed").subscriptions);
+            let mut ended = Vec::new();
             for (sub, subscription) in subscriptions.iter_mut() {
-                if let Some((message, rule)) = self.push_for(&viewer, sub, subscription, change, &mut cache) {
-                    outputs.push(Output::Send { conn, message, rule });
+                let Some((message, rule)) = self.push_for(&viewer, sub, subscription, change, &mut cache)
+                else {
+                    continue;
+                };
+                // limits.frame-size: a push too large to send ends its subscription, with the
+                // refusal in its place.
+                match crate::connection::oversized(&message, self.settings.limits.frame_bytes_max) {
+                    None => outputs.push(Output::Send { conn, message, rule }),
+                    Some(refusal) => {
+                        let message = ServerMessage::Error(refusal.body.with_sub(sub.clone()));
+                        outputs.push(Output::Send { conn, message, rule: refusal.rule });
+                        ended.push(sub.clone());
+                    }
                 }
+            }
+            for sub in ended {
+                subscriptions.remove(&sub);
             }
             self.connections.get_mut(&conn).expect("listed").subscriptions = subscriptions;
         }

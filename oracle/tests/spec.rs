@@ -1694,3 +1694,52 @@ fn answer_gives_a_fresh_subscription_and_coverage_counts_branches() {
     assert_eq!(coverage.get("docs.create:exists"), Some(&1));
     assert_eq!(coverage.get("conn.hello.first"), Some(&1));
 }
+
+/// Each output as (connection, type, and the error code or `sub` it names), for scripts whose
+/// frames are too long to write out.
+fn kinds(outputs: &[(Conn, Value)]) -> Vec<(Conn, String)> {
+    let text = |value: &Value| value.as_str().unwrap_or("").to_string();
+    outputs
+        .iter()
+        .map(|(conn, message)| {
+            let what = match text(&message["type"]).as_str() {
+                "error" => format!("error {} {}", text(&message["code"]), text(&message["sub"])),
+                kind => kind.to_string(),
+            };
+            (*conn, what.trim_end().to_string())
+        })
+        .collect()
+}
+
+/// limits.frame-size: an answer or a push whose frame would be over `frame_bytes_max` is never
+/// sent; `limit_exceeded` goes in its place, and a push's subscription ends.
+#[test]
+fn frames_over_the_frame_limit_are_refused_in_their_place() {
+    let limits = Limits { frame_bytes_max: 700, ..Limits::default() };
+    let mut oracle = Oracle::new(Settings { limits, ..settings() });
+    join(&mut oracle, 1, "u-1", "member");
+    join(&mut oracle, 2, "u-2", "member");
+    let watch = json!({"type":"subscribe","sub":"w","query":{"collection":"wide"}});
+    assert_eq!(kinds(&run(&mut oracle, 2, &watch)), [(2, "query:result".to_string())]);
+    let pad = "x".repeat(300);
+    let create = |mid: u64, doc: &str| {
+        mutate(mid, json!({"op":"create","doc":doc,"doc_type":"wide","data":{"pad":pad}}))
+    };
+    let stage = |mid: u64, doc: &str| {
+        mutate(mid, json!({"op":"stage_put","doc":doc,"doc_type":"wide","data":{"pad":pad}}))
+    };
+    // One document fits in a push.
+    assert_eq!(kinds(&run(&mut oracle, 1, &create(1, "a"))), [(1, "ack".into()), (2, "query:diff".into())]);
+    // Two at once (one staged commit) do not: the subscription ends with the refusal.
+    run(&mut oracle, 1, &stage(2, "b"));
+    run(&mut oracle, 1, &stage(3, "c"));
+    let commit = run(&mut oracle, 1, &mutate(4, json!({"op":"stage_commit"})));
+    assert_eq!(kinds(&commit), [(1, "ack".into()), (2, "error limit_exceeded w".into())]);
+    assert_eq!(kinds(&run(&mut oracle, 1, &create(5, "d"))), [(1, "ack".to_string())]);
+    // A first answer over the limit is refused and makes no subscription; a narrower one fits.
+    assert_eq!(kinds(&run(&mut oracle, 2, &watch)), [(2, "error limit_exceeded w".to_string())]);
+    let unsubscribe = json!({"type":"unsubscribe","sub":"w"});
+    assert_eq!(kinds(&run(&mut oracle, 2, &unsubscribe)), [(2, "error subscription_unknown w".to_string())]);
+    let narrow = json!({"type":"subscribe","sub":"n","query":{"collection":"wide","limit":1}});
+    assert_eq!(kinds(&run(&mut oracle, 2, &narrow)), [(2, "query:result".to_string())]);
+}

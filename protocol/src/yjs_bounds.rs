@@ -25,11 +25,24 @@ fn count(cursor: &mut Cursor<'_>, bytes_each: u64) -> Result<u64, DecodeError> {
     Ok(count)
 }
 
+/// The largest Yjs client id: Yjs numbers clients below 2^53, and yrs asserts it (it panics on
+/// a larger one), so a peer's larger id is refused before yrs reads it.
+pub const YJS_CLIENT_MAX: u64 = (1 << 53) - 1;
+
+/// Reads a client id, refused past [`YJS_CLIENT_MAX`].
+fn client(cursor: &mut Cursor<'_>) -> Result<u64, DecodeError> {
+    let client = cursor.var_uint()?;
+    if client > YJS_CLIENT_MAX {
+        return Err(bad("a client id is 2^53 or more"));
+    }
+    Ok(client)
+}
+
 /// Checks a v1 state vector (sync step 1): each entry is a client and a clock.
 pub fn check_yjs_state_vector(bytes: &[u8]) -> Result<(), DecodeError> {
     let mut cursor = Cursor::new(bytes);
     for _ in 0..count(&mut cursor, 2)? {
-        cursor.var_uint()?;
+        client(&mut cursor)?;
         cursor.var_uint()?;
     }
     Ok(())
@@ -71,14 +84,14 @@ pub fn check_yjs_update(bytes: &[u8]) -> Result<(), DecodeError> {
     let mut cursor = Cursor::new(bytes);
     for _ in 0..count(&mut cursor, 3)? {
         let blocks = count(&mut cursor, 1)?;
-        cursor.var_uint()?; // client
+        client(&mut cursor)?;
         cursor.var_uint()?; // clock
         for _ in 0..blocks {
             block(&mut cursor)?;
         }
     }
     for _ in 0..count(&mut cursor, 2)? {
-        cursor.var_uint()?; // client
+        client(&mut cursor)?;
         for _ in 0..count(&mut cursor, 2)? {
             cursor.var_uint()?; // clock
             cursor.var_uint()?; // length
@@ -100,18 +113,18 @@ fn block(cursor: &mut Cursor<'_>) -> Result<(), DecodeError> {
         return Ok(());
     }
     if info & HAS_ORIGIN != 0 {
-        cursor.var_uint()?;
+        client(cursor)?;
         cursor.var_uint()?;
     }
     if info & HAS_RIGHT_ORIGIN != 0 {
-        cursor.var_uint()?;
+        client(cursor)?;
         cursor.var_uint()?;
     }
     if info & (HAS_ORIGIN | HAS_RIGHT_ORIGIN) == 0 {
         if cursor.var_uint()? == 1 {
             cursor.var_bytes()?; // a root type's name
         } else {
-            cursor.var_uint()?;
+            client(cursor)?; // a parent item's id
             cursor.var_uint()?;
         }
         if info & HAS_PARENT_SUB != 0 {

@@ -189,11 +189,19 @@ async fn read_loop<S>(
     let mut stopping = server.shutdown_signal();
     let mut pings = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     let mut heard = Instant::now();
+    // Stock y-websocket clients are greeted by the server; a protocol client greets itself.
+    let mut greeted = matches!(endpoint, Endpoint::Yjs { .. });
+    let hello_deadline = tokio::time::sleep(Duration::from_millis(config.hello_ms_max));
+    tokio::pin!(hello_deadline);
     loop {
         let frame = tokio::select! {
             biased;
             _ = stopping.wait_for(|stop| *stop) => {
                 outbox.order_close(1001, "server shutting down");
+                return;
+            }
+            _ = &mut hello_deadline, if !greeted => {
+                outbox.order_close(1008, "no hello in time");
                 return;
             }
             frame = stream.next() => frame,
@@ -222,7 +230,10 @@ async fn read_loop<S>(
             Some(Err(_)) => return,
             Some(Ok(Message::Text(text))) if matches!(endpoint, Endpoint::Protocol) => {
                 match decode(text.as_bytes(), frame_bytes_max) {
-                    Ok(message) => Input::Message { conn, message },
+                    Ok(message) => {
+                        greeted |= matches!(message, ClientMessage::Hello { .. });
+                        Input::Message { conn, message }
+                    }
                     Err(DecodeError::TooLarge { .. }) => {
                         outbox.order_close(1009, "frame too large");
                         return;

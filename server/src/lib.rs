@@ -63,6 +63,9 @@ pub struct ServerConfig {
     pub ping_interval_ms: u64,
     /// A connection silent for this long is closed.
     pub silence_close_ms: u64,
+    /// A protocol connection that has not said `hello` this long after its upgrade is closed
+    /// with 1008 (docs/PROTOCOL.md conn.hello.deadline), even if it answers pings.
+    pub hello_ms_max: u64,
     /// Open connections at once; further upgrades are answered 503.
     pub connections_max: usize,
     /// Bytes the WebSocket reader asks of the socket at a time. tungstenite zero-fills this much
@@ -94,6 +97,7 @@ impl ServerConfig {
             idle_close_ms: 60_000,
             ping_interval_ms: 15_000,
             silence_close_ms: 30_000,
+            hello_ms_max: 10_000,
             connections_max: 100_000,
             read_buffer_bytes: 8 * 1024,
             local_tasks: false,

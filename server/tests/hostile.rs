@@ -133,6 +133,19 @@ async fn yjs_decode_bombs_are_refused_before_decoding() {
     // A state vector claiming as many entries.
     let step1 = [0x00, 0x00, 0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
     check("step 1 bomb", Role::Viewer, yjs("y", "body", &step1), Answer::Error("bad_frame")).await;
+    // Client ids of 2^53 and more, which yrs asserts against (it would panic the room): in an
+    // update's structs and in a state vector.
+    let big_client = [0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10];
+    let mut update = vec![0x01, 0x01];
+    update.extend(big_client);
+    update.extend([0x00, 0x00, 0x01, 0x00]);
+    let mut payload = vec![0x00, 0x02, update.len() as u8];
+    payload.extend(&update);
+    check("client id 2^53", Role::Member, yjs("y", "body", &payload), Answer::Error("invalid")).await;
+    let mut step1 = vec![0x00, 0x00, 10, 0x01];
+    step1.extend(big_client);
+    step1.push(0x00);
+    check("step 1 client 2^53", Role::Member, yjs("y", "body", &step1), Answer::Error("bad_frame")).await;
 }
 
 #[tokio::test]
@@ -196,4 +209,25 @@ async fn a_reader_that_reads_nothing_is_closed_within_its_byte_budget() {
     };
     assert_eq!(closed, Some(4008), "closed after {frames} frames");
     assert!(frames < 100, "every answer was queued ({frames} frames): the budget did not hold");
+}
+
+/// A socket that never says `hello` is closed with 1008 once `hello_ms_max` has passed, though it
+/// answers every ping (tungstenite answers them for it while it reads); one that greets in time
+/// stays open past that deadline.
+#[tokio::test]
+async fn a_connection_that_never_says_hello_is_closed() {
+    let world = world_with(|config| {
+        config.hello_ms_max = 300;
+        config.ping_interval_ms = 100;
+    })
+    .await;
+    let url =
+        format!("ws://127.0.0.1:{}/ws/quiet?token={}", world.port, token("quiet", "mute", Role::Member));
+    let started = tokio::time::Instant::now();
+    let (mut mute, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut greeted = connect(&world, "quiet", "talker", Role::Member).await;
+    assert_eq!(next_text(&mut mute).await, Err(Some(1008)));
+    assert!(started.elapsed() >= Duration::from_millis(250), "closed before its deadline");
+    send(&mut greeted, r#"{"type":"ping","nonce":7}"#).await;
+    assert_eq!(next_text(&mut greeted).await.as_deref(), Ok(r#"{"type":"pong","nonce":7}"#));
 }
