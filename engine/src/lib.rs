@@ -7,6 +7,8 @@
 //! and reopening the database restores exactly the committed state.
 
 mod commit;
+/// Fuzzing helpers: the `room_frames` fuzz target's check, replayed on its corpus by `cargo test`.
+pub mod fuzzing;
 pub mod model;
 mod mutate;
 mod room;
