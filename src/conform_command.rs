@@ -45,6 +45,25 @@ pub struct ConformArgs {
     /// Plant this bug in the embedded server (builds with --features mutants).
     #[arg(long, value_name = "NAME")]
     mutant: Option<String>,
+    /// Explore instead of running the cases: seeded random operations from several users, every
+    /// frame checked against the spec's oracle; each deviation is shrunk and written as a case.
+    #[arg(long)]
+    explore: bool,
+    /// Exploration: how many seeds (0..N), or a range A..B.
+    #[arg(long, default_value = "20", requires = "explore")]
+    seeds: String,
+    /// Exploration: operations per seed.
+    #[arg(long, default_value_t = 40, requires = "explore", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    ops: u32,
+    /// Exploration: start no new seed after this many seconds.
+    #[arg(long, value_name = "S", requires = "explore")]
+    time: Option<u64>,
+    /// Exploration: runs spent shrinking each finding.
+    #[arg(long, default_value_t = 150, requires = "explore")]
+    shrink_runs: usize,
+    /// Exploration: the directory the shrunk cases are written to (one .cases file per finding).
+    #[arg(long, value_name = "DIR", default_value = "explore-findings", requires = "explore")]
+    explore_out: PathBuf,
 }
 
 /// Parses a mutant name, or explains why it cannot be planted.
@@ -89,6 +108,11 @@ pub fn run_conform(args: ConformArgs) -> Result<u8> {
             println!("{name:<12} {promise}");
         }
         return Ok(0);
+    }
+    if args.explore {
+        let plan = args.explore_plan()?;
+        let (target, mutant) = (args.target.as_deref(), args.mutant.as_deref());
+        return crate::explore_command::run_explore(&plan, &args.explore_out, target, mutant);
     }
     let mut cases = roomlab_conformance::cases().context("the built-in cases")?;
     if let Some(dir) = &args.cases {
@@ -157,6 +181,19 @@ pub fn run_conform(args: ConformArgs) -> Result<u8> {
     }
     // The report's codes are 0, 1 and 2.
     Ok(u8::try_from(code).unwrap_or(2))
+}
+
+impl ConformArgs {
+    /// What `--explore` is asked to do.
+    fn explore_plan(&self) -> Result<roomlab_conformance::ExplorePlan> {
+        Ok(roomlab_conformance::ExplorePlan {
+            seeds: crate::sim_command::seeds_named(&self.seeds)?,
+            ops: self.ops as usize,
+            time_max: self.time.map(std::time::Duration::from_secs),
+            shrink_runs_max: self.shrink_runs,
+            room_prefix: "explore".into(),
+        })
+    }
 }
 
 fn write_reports(report: &RunReport, args: &ConformArgs) -> Result<()> {

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 mod conform_command;
 mod connect_command;
 mod embedded;
+mod explore_command;
 mod frame_command;
 mod load_command;
 mod mutants_command;

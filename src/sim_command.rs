@@ -119,8 +119,13 @@ fn sweep_seeds(args: &SimArgs) -> Result<Vec<u64>> {
     if let Some(seed) = args.seed {
         return Ok(vec![seed]);
     }
+    seeds_named(&args.seeds)
+}
+
+/// The seeds `--seeds` names: a count N (seeds 0 to N-1) or a range A..B (B not run).
+pub fn seeds_named(text: &str) -> Result<Vec<u64>> {
     let seed = |text: &str| parse_seed(text.trim()).map_err(usage);
-    match args.seeds.split_once("..") {
+    match text.split_once("..") {
         Some((a, b)) => {
             let (a, b) = (seed(a)?, seed(b)?);
             if a >= b {
@@ -130,7 +135,7 @@ fn sweep_seeds(args: &SimArgs) -> Result<Vec<u64>> {
             }
             Ok((a..b).collect())
         }
-        None => match seed(&args.seeds)? {
+        None => match seed(text)? {
             0 => Err(usage("--seeds must be at least 1 (it is how many seeds to run, from 0)")),
             count => Ok((0..count).collect()),
         },
@@ -661,7 +666,10 @@ fn rule_rows(reports: &[&Report]) -> Vec<(&'static str, String)> {
     let checked: u64 = rules.values().map(|count| count.checked).sum();
     let mut rows = vec![(
         "rules exercised",
-        format!("{exercised} of {} server MUST rules; {checked} received frames checked", server_must.len()),
+        format!(
+            "{exercised} of {} server MUST rules; {checked} checks of received frames by rule",
+            server_must.len()
+        ),
     )];
     let missing = roomlab_sim::unexercised_rules(&rules);
     if !missing.is_empty() {

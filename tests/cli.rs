@@ -180,3 +180,22 @@ fn token_takes_the_secret_as_serve_does() {
     let from_env = String::from_utf8(output.stdout).unwrap();
     assert!(roomlab_server::verify(b"s2", Some(from_env.trim()), &room, 0).is_ok(), "{from_env}");
 }
+
+/// `conform --explore`: its usage errors exit 2, and a short clean exploration of the embedded
+/// server says what it checked and exits 0.
+#[test]
+fn explore_checks_frames_and_explains_its_mistakes() {
+    check(&["conform", "--explore", "--seeds", "0"], "", 2, &["--seeds must be at least 1"]);
+    check(&["conform", "--seeds", "3"], "", 2, &["--explore"]);
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("yws.toml");
+    std::fs::write(
+        &target,
+        "name = \"stock\"\nyjs_url = \"ws://127.0.0.1:9/{room}\"\ncapabilities = [\"y-websocket\"]\n",
+    )
+    .unwrap();
+    let target = target.to_str().unwrap();
+    check(&["conform", "--explore", "--target", target], "", 2, &["does not declare `core`"]);
+    let text = check(&["conform", "--explore", "--seeds", "1", "--ops", "8"], "", 0, &["no deviation"]);
+    assert!(text.contains("explored 1 seed (8 operations sent"), "{text}");
+}

@@ -7,6 +7,7 @@
 //! cases run concurrently. The suite talks to the target only through the wire.
 
 mod case;
+mod explore;
 mod load;
 mod pattern;
 mod report;
@@ -16,6 +17,7 @@ mod wire;
 mod ypeer;
 
 pub use case::{parse_cases, Case, CaseError, Level, PeerStep, Step};
+pub use explore::{explore, ExplorePlan, ExploreReport, Finding};
 pub use load::{load, LoadPlan, LoadReport};
 pub use pattern::Bindings;
 pub use report::{Baseline, CaseReport, FrameRecord, RunReport, Verdict};
