@@ -186,12 +186,12 @@ fn token_takes_the_secret_as_serve_does() {
 #[test]
 fn explore_checks_frames_and_explains_its_mistakes() {
     check(&["conform", "--explore", "--seeds", "0"], "", 2, &["--seeds must be at least 1"]);
-    check(&["conform", "--seeds", "3"], "", 2, &["--explore"]);
+    check(&["conform", "--seeds", "3"], "", 2, &["required arguments were not provided"]);
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("yws.toml");
     std::fs::write(
         &target,
-        "name = \"stock\"\nyjs_url = \"ws://127.0.0.1:9/{room}\"\ncapabilities = [\"y-websocket\"]\n",
+        "name = \"stock\"\nyjs_url = \"ws://127.0.0.1:9/{room}/{doc}/{field}\"\ncapabilities = [\"y-websocket\"]\n",
     )
     .unwrap();
     let target = target.to_str().unwrap();
