@@ -20,7 +20,9 @@ fn error_to(conn: Conn, rule: &'static str, body: ErrorBody) -> Output {
 /// limits.frame-size: `None` when the message's frame (its JSON text) fits in `frame_bytes_max`,
 /// else the `limit_exceeded` refusal that goes out in its place.
 pub(crate) fn oversized(message: &ServerMessage, frame_bytes_max: usize) -> Option<Refusal> {
-    let bytes = serde_json::to_string(message).expect("server messages serialize").len();
+    let mut counter = ByteCount(0);
+    serde_json::to_writer(&mut counter, message).expect("server messages serialize");
+    let bytes = counter.0;
     (bytes > frame_bytes_max).then(|| {
         Refusal::new(
             "limits.frame-size",
@@ -28,6 +30,20 @@ pub(crate) fn oversized(message: &ServerMessage, frame_bytes_max: usize) -> Opti
             format!("the frame would be {bytes} bytes, over frame_bytes_max ({frame_bytes_max})"),
         )
     })
+}
+
+/// Counts what is written to it: a frame's length without building the frame.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Oracle {

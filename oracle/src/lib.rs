@@ -25,6 +25,7 @@ mod state;
 mod teams;
 mod views;
 mod yjs;
+mod yjs_walk;
 
 use roomlab_protocol::{
     BucketName, ClientId, ClientMessage, DocId, DocType, FieldName, Limits, Mutation, Plan, Role, RoomId,

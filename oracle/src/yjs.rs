@@ -196,9 +196,11 @@ impl Oracle {
     /// yjs.sync: sync step 2 with what the client lacks, then the room's own step 1; the field is
     /// open on this connection from then on.
     fn sync_step_1(&mut self, conn: Conn, frame: &YjsFrame, state_vector: &[u8]) -> Vec<Output> {
-        let Ok(state_vector) = StateVector::decode_v1(state_vector) else {
+        // limits.decode-work: the state vector's counts are walked before it is decoded.
+        let walked = crate::yjs_walk::state_vector_fits(state_vector);
+        let Some(state_vector) = walked.then(|| StateVector::decode_v1(state_vector).ok()).flatten() else {
             let refusal = yjs_refusal(
-                "conn.malformed.survives",
+                if walked { "conn.malformed.survives" } else { "limits.decode-work" },
                 ErrorCode::BadFrame,
                 frame,
                 "bad Yjs state vector".into(),
@@ -247,7 +249,7 @@ impl Oracle {
             let message = format!("you may not write {}", frame.doc);
             return vec![refused(conn, yjs_refusal("yjs.access", ErrorCode::Forbidden, &frame, message))];
         }
-        if Update::decode_v1(update).is_err() {
+        if !crate::yjs_walk::update_fits(update) || Update::decode_v1(update).is_err() {
             let refusal =
                 yjs_refusal("limits.decode-work", ErrorCode::Invalid, &frame, "bad Yjs update".into());
             return vec![refused(conn, refusal)];
