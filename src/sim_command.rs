@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args)]
 pub struct SimArgs {
     /// An embedded scenario (swarm, reconnect-storm, fracdex-contention, delete-restore-race,
-    /// quota-pressure, bucket-contracts, yjs-typing, crash-recovery) or the path of a scenario
-    /// file.
+    /// quota-pressure, bucket-contracts, yjs-typing, crash-recovery, hostile) or the path of a
+    /// scenario file.
     #[arg(long, default_value = "swarm")]
     scenario: String,
     /// How many seeds (0..N), or a range A..B.

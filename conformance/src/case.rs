@@ -15,7 +15,7 @@
 //!   WebSocket with a token for (room, user, role), send `hello` and expect `welcome`.
 //! - `A> JSON`: send a frame; `"$name"` strings are replaced by bound values (`"$name+1"` adds).
 //! - `A>raw TEXT`: send TEXT as a text frame, as is. `A>oversize`: a frame one byte over the
-//!   `frame_bytes_max` the server announced.
+//!   `frame_bytes_max` the server announced. `A>not-utf8`: a text frame whose bytes are not UTF-8.
 //! - `A< PATTERN`: a frame matching PATTERN arrives before the deadline (earlier frames that do not
 //!   match stay for later steps). `A<< PATTERN`: the next unread frame matches.
 //! - `A!< PATTERN`: no unread frame received so far matches (place it after a barrier frame).
@@ -156,6 +156,11 @@ pub enum Step {
     },
     /// Send a frame one byte over the announced `frame_bytes_max`.
     SendOversize {
+        /// The connection.
+        conn: String,
+    },
+    /// Send a text frame whose payload is not UTF-8.
+    SendNotUtf8 {
         /// The connection.
         conn: String,
     },
@@ -336,6 +341,7 @@ impl Step {
             | Step::Send { .. }
             | Step::SendRaw { .. }
             | Step::SendOversize { .. }
+            | Step::SendNotUtf8 { .. }
             | Step::Expect { .. }
             | Step::ExpectNone { .. }
             | Step::Closed { .. }
@@ -537,6 +543,7 @@ fn parse_connection_step(head: &str, rest: &str) -> Result<Step, String> {
         (">", frame) => Ok(Step::Send { conn, frame: json(frame)? }),
         (">raw", text) => Ok(Step::SendRaw { conn, text: text.to_string() }),
         (">oversize", "") => Ok(Step::SendOversize { conn }),
+        (">not-utf8", "") => Ok(Step::SendNotUtf8 { conn }),
         ("<", pattern) => Ok(Step::Expect { conn, pattern: json(pattern)?, next: false }),
         ("<<", pattern) => Ok(Step::Expect { conn, pattern: json(pattern)?, next: true }),
         ("!<", pattern) => Ok(Step::ExpectNone { conn, pattern: json(pattern)? }),

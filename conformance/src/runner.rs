@@ -170,6 +170,7 @@ impl Run<'_> {
             }
             Step::SendRaw { conn, text } => self.send_text(conn, text.clone()).await,
             Step::SendOversize { conn } => self.send_oversize(conn).await,
+            Step::SendNotUtf8 { conn } => self.send_not_utf8(conn).await,
             Step::Expect { conn, pattern, next } => self.expect(conn, pattern, *next).await.map(drop),
             Step::ExpectNone { conn, pattern } => self.expect_none(conn, pattern),
             Step::Closed { conn, codes } => self.closed(conn, codes).await,
@@ -336,6 +337,15 @@ impl Run<'_> {
         let text = format!("{head}{}\"}}", "x".repeat(padding));
         self.record(conn, true, format!("(a ping padded to {} bytes)", text.len()));
         self.connection(conn)?.send(Message::Text(text.into())).await.map_err(failed)
+    }
+
+    async fn send_not_utf8(&mut self, conn: &str) -> Result<(), Stop> {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        let bytes: &[u8] = &[b'{', 0xff, 0xfe, b'}'];
+        self.record(conn, true, "(a text frame of the bytes 7b ff fe 7d, which are not UTF-8)".into());
+        let frame = Frame::message(bytes.to_vec(), OpCode::Data(Data::Text), true);
+        self.connection(conn)?.send(Message::Frame(frame)).await.map_err(failed)
     }
 
     /// Waits for a frame that `accept` takes; returns what it returned. On the deadline the case

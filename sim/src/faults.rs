@@ -2,6 +2,7 @@
 //! kills, reconnect storms, slow consumers, server crashes and restarts. In swarm mode each seed
 //! draws its own rates, so some runs see a storm of one fault and none of another.
 
+use crate::hostile::{Attack, Order, HOSTILE_INDEX_BASE};
 use crate::scenario::{Faults, Scenario};
 use crate::world::{ServerSlot, World};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -24,12 +25,16 @@ pub(crate) struct FaultDriver {
     fired: BTreeMap<String, u64>,
     hosts: usize,
     clients: usize,
+    /// Hostile connections ordered so far.
+    hostile_count: usize,
+    /// Where the round of attacks starts, drawn at the first.
+    hostile_start: Option<usize>,
 }
 
-const KINDS: [&str; 8] =
-    ["partition", "oneway-partition", "clog", "latency", "kill", "crash", "stall", "storm"];
+const KINDS: [&str; 9] =
+    ["partition", "oneway-partition", "clog", "latency", "kill", "crash", "stall", "storm", "hostile"];
 
-fn rates_of(faults: &Faults) -> [f64; 8] {
+fn rates_of(faults: &Faults) -> [f64; 9] {
     [
         faults.partitions,
         faults.oneway_partitions,
@@ -39,6 +44,7 @@ fn rates_of(faults: &Faults) -> [f64; 8] {
         faults.crashes,
         faults.stalls,
         faults.storms,
+        faults.hostile,
     ]
 }
 
@@ -48,9 +54,12 @@ impl FaultDriver {
         let mut rates: Vec<(&'static str, f64)> =
             KINDS.iter().copied().zip(rates_of(&scenario.faults)).collect();
         if scenario.swarm {
-            for (_, rate) in &mut rates {
+            // Hostile connections came later: they draw from their own stream, so that every
+            // other kind keeps the rates (and a seed the run) it had before them.
+            let mut later = ChaCha8Rng::seed_from_u64(seed ^ 0x4057_11e0_4057_11e0);
+            for (kind, rate) in &mut rates {
                 // About a third of the faults are off for this seed; the rest run at 0x to 2x.
-                let draw = rng.next_u64() % 300;
+                let draw = if *kind == "hostile" { later.next_u64() } else { rng.next_u64() } % 300;
                 *rate = if draw < 100 { 0.0 } else { *rate * (draw - 100) as f64 / 100.0 };
             }
         }
@@ -63,6 +72,8 @@ impl FaultDriver {
             fired,
             hosts: scenario.client_hosts,
             clients: scenario.clients,
+            hostile_count: 0,
+            hostile_start: None,
         }
     }
 
@@ -157,6 +168,22 @@ impl FaultDriver {
                 let until_ms = now_ms + 200 + self.below(3_000);
                 self.active.push(Active::Crashed { until_ms });
                 "crash the server".to_string()
+            }
+            "hostile" => {
+                let Some(hostile) = world.hostile else { return false };
+                // Round the attacks from a seeded start, so that a short run still meets most.
+                let start = *self.hostile_start.get_or_insert_with(|| self.rng.next_u64() as usize);
+                let attack = Attack::ALL[start.wrapping_add(self.hostile_count) % Attack::ALL.len()];
+                let as_client = self.below(self.clients as u64) as usize;
+                let index = HOSTILE_INDEX_BASE + self.hostile_count;
+                self.hostile_count += 1;
+                let path = world.socket_path(as_client);
+                hostile.order(Order { attack, index, path, seed: self.rng.next_u64() });
+                format!(
+                    "hostile connection h{} ({}) as c{as_client}'s user",
+                    self.hostile_count - 1,
+                    attack.name()
+                )
             }
             _ => return false,
         };

@@ -14,6 +14,7 @@
 mod check;
 mod faults;
 mod history;
+mod hostile;
 mod scenario;
 mod shrink;
 mod trace;

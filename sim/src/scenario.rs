@@ -48,6 +48,11 @@ pub struct Scenario {
     /// from; fewer make races on one document likelier.
     #[serde(default = "default_shared_docs")]
     pub shared_docs: u64,
+    /// If set, the longest a well-behaved client's mutation may wait for its answer while the
+    /// network is healthy (a scenario whose only faults are hostile clients sets it: what they send
+    /// must not hold anyone else up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_ms_max: Option<u64>,
     /// Whether every seed draws its own mix: each weight and fault rate is scaled by a random factor
     /// in [0, 2), and about a third are turned off, so that rare combinations get their turn.
     #[serde(default)]
@@ -244,6 +249,9 @@ pub struct Faults {
     /// batch reordered, a silence timeout firing early): the percent of opportunities at which each
     /// point a seed turns on fires; 0 turns them all off.
     pub buggify: f64,
+    /// Hostile connections (malformed, oversized, deeply nested and invalid UTF-8 frames, Yjs
+    /// bombs, boundary mutation ids, unread floods, silence), each one attack.
+    pub hostile: f64,
     /// The BUGGIFY points every seed turns on, by name without the `buggify:` prefix (`room-stall`,
     /// `broadcast-reorder`, `silence-early`, `storage-fails`, `ack-lost`); absent, each seed draws
     /// its own. A shrink pins the points that fired in the failing run, so that its later, smaller
@@ -271,6 +279,7 @@ impl Default for Faults {
             stalls: 2.0,
             storms: 0.5,
             buggify: 0.0,
+            hostile: 0.0,
             buggify_points: None,
         }
     }
@@ -312,6 +321,7 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("bucket-contracts", include_str!("../../scenarios/bucket-contracts.toml")),
     ("yjs-typing", include_str!("../../scenarios/yjs-typing.toml")),
     ("crash-recovery", include_str!("../../scenarios/crash-recovery.toml")),
+    ("hostile", include_str!("../../scenarios/hostile.toml")),
 ];
 
 /// The names of the embedded scenarios.
@@ -324,6 +334,7 @@ pub const NAMES: &[&str] = &[
     "bucket-contracts",
     "yjs-typing",
     "crash-recovery",
+    "hostile",
 ];
 
 impl Scenario {

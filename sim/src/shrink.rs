@@ -61,7 +61,7 @@ const KILLS_PER_MIN_MAX: f64 = 120.0;
 
 /// Every kind of fault: its name, its rate in `faults`, and the highest rate a shrink makes it
 /// (`None`: a shrink only turns it off; the others are faults a bug may need to strike).
-fn fault_knobs(faults: &mut Faults) -> [(&'static str, &mut f64, Option<f64>); 9] {
+fn fault_knobs(faults: &mut Faults) -> [(&'static str, &mut f64, Option<f64>); 10] {
     [
         ("partitions", &mut faults.partitions, None),
         ("one-way partitions", &mut faults.oneway_partitions, None),
@@ -72,6 +72,7 @@ fn fault_knobs(faults: &mut Faults) -> [(&'static str, &mut f64, Option<f64>); 9
         ("stalls", &mut faults.stalls, None),
         ("storms", &mut faults.storms, Some(STORMS_PER_MIN_MAX)),
         ("BUGGIFY points", &mut faults.buggify, Some(BUGGIFY_PERCENT_MAX)),
+        ("hostile connections", &mut faults.hostile, None),
     ]
 }
 

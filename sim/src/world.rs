@@ -4,6 +4,7 @@
 use crate::check::{self, Failures};
 use crate::faults::FaultDriver;
 use crate::history::{Frame, JournalLog, Observed};
+use crate::hostile::Hostile;
 use crate::scenario::{Scenario, Workload};
 use crate::trace::{SharedTrace, Trace};
 use crate::workload::{role_of, Actor, QuotaEdge, PHASE_LIVENESS, PHASE_SAFETY, PHASE_SETUP};
@@ -312,15 +313,7 @@ fn client_config(
     (trace, observed): (&SharedTrace, &Arc<Observed>),
     decode_cache: &Arc<roomlab_client::DecodeCache>,
 ) -> ClientConfig {
-    let claims = Claims {
-        sub: identity.user.to_string(),
-        room: ROOM.into(),
-        role: identity.role,
-        exp: EPOCH_S + 86_400 * 365,
-        plan: Some(identity.plan),
-        addons: Some(identity.addons),
-    };
-    let path = format!("/ws/{ROOM}?token={}", mint(SECRET, &claims));
+    let path = socket_path(identity);
     let id = ClientId::new(format!("sim-{index}")).expect("valid");
     let mut config = ClientConfig::new("server", PORT, path, id);
     config.seed = seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -330,6 +323,19 @@ fn client_config(
     config.read_buffer_bytes = READ_BUFFER_BYTES;
     config.mutant = mutant;
     config
+}
+
+/// The room's WebSocket path with a valid token for `identity`.
+fn socket_path(identity: &Identity) -> String {
+    let claims = Claims {
+        sub: identity.user.to_string(),
+        room: ROOM.into(),
+        role: identity.role,
+        exp: EPOCH_S + 86_400 * 365,
+        plan: Some(identity.plan),
+        addons: Some(identity.addons),
+    };
+    format!("/ws/{ROOM}?token={}", mint(SECRET, &claims))
 }
 
 struct SimListener(turmoil::net::TcpListener);
@@ -366,7 +372,7 @@ fn build(
     (trace, recording): (&SharedTrace, &Recording),
     buggify: Option<Arc<roomlab_server::Buggify>>,
     quota_edges: Option<Rc<std::cell::Cell<u64>>>,
-) -> (turmoil::Sim<'static>, ServerSlot, Clients, Arc<AtomicU8>) {
+) -> (turmoil::Sim<'static>, ServerSlot, Clients, Arc<AtomicU8>, Option<Hostile>) {
     let scenario = &config.scenario;
     let total_s = scenario.setup_s * 10 + scenario.safety_s + scenario.liveness_s + 60;
     let mut sim = turmoil::Builder::new()
@@ -384,6 +390,18 @@ fn build(
     let journal = recording.journal.clone();
     server_config.journal =
         Some(roomlab_server::Journal::new(move |entry| journal.lock().expect("journal lock").push(entry)));
+    let hostile = (scenario.faults.hostile > 0.0).then(|| {
+        let context = crate::hostile::Context {
+            server: ("server", PORT),
+            observed: recording.observed.clone(),
+            trace: trace.clone(),
+            hello_ms_max: server_config.hello_ms_max,
+            note: (crate::workload::note(0), crate::workload::body()),
+        };
+        let (hostile, host) = Hostile::new(context);
+        sim.client("hostile", host);
+        hostile
+    });
     let host_slot = slot.clone();
     sim.host("server", move || {
         let (config, slot) = (server_config.clone(), host_slot.clone());
@@ -453,7 +471,7 @@ fn build(
             Ok(())
         });
     }
-    (sim, slot, clients, phase)
+    (sim, slot, clients, phase, hostile)
 }
 
 /// Runs one seed of a scenario and checks every invariant.
@@ -466,8 +484,9 @@ pub fn run(config: &RunConfig) -> Report {
     let buggify = buggify_for(config);
     let quota_edges = quota_edge_on(config).then(|| Rc::new(std::cell::Cell::new(0)));
     let recording = Recording::default();
-    let (mut sim, slot, clients, phase) =
+    let (mut sim, slot, clients, phase, hostile) =
         build(config, data.path(), (&trace, &recording), buggify.clone(), quota_edges.clone());
+    let mut waiting = Waiting::default();
     let mut failures = Failures::default();
     let mut faults = FaultDriver::new(scenario, config.seed);
     let world = World {
@@ -477,6 +496,7 @@ pub fn run(config: &RunConfig) -> Report {
         scenario,
         recording: &recording,
         engine_checks: config.engine_checks,
+        hostile: hostile.as_ref(),
     };
 
     let setup_deadline_ms = scenario.setup_s * 10_000;
@@ -508,7 +528,10 @@ pub fn run(config: &RunConfig) -> Report {
                     phase.store(PHASE_LIVENESS, Ordering::Relaxed);
                     liveness_deadline_ms = now + scenario.liveness_s * 1000;
                 }
-                PHASE_SAFETY => faults.step(&mut sim, &slot, &world, now, POLL_MS),
+                PHASE_SAFETY => {
+                    faults.step(&mut sim, &slot, &world, now, POLL_MS);
+                    failures.extend(waiting.check(&world, now));
+                }
                 PHASE_LIVENESS => {
                     if world.all_settled(scenario.clients) {
                         let since = *quiet_since.get_or_insert(now);
@@ -544,6 +567,9 @@ pub fn run(config: &RunConfig) -> Report {
                 failures.push(format!("the simulated network panicked at {now} ms"));
             }
         }
+        if let Some(hostile) = &hostile {
+            failures.extend(std::mem::take(&mut *hostile.findings.borrow_mut()));
+        }
         let panics: Vec<String> =
             PANICS.with(|p| p.borrow_mut().as_mut().map(std::mem::take).unwrap_or_default());
         if !panics.is_empty() || !failures.is_empty() {
@@ -565,6 +591,11 @@ pub fn run(config: &RunConfig) -> Report {
     }
     let mut report = world.report(config, sim_ms, fired);
     report.failures = failures.into_vec();
+    for (rule, count) in hostile.iter().flat_map(|hostile| hostile.checked.take()) {
+        let total = rules.entry(rule.to_string()).or_default();
+        total.checked += count;
+        total.exercised = total.exercised.max(total.checked);
+    }
     report.rules = rules;
     for failure in &report.failures {
         trace.lock().expect("trace lock").record(sim_ms, "world", &format!("FAILED {failure}"));
@@ -609,6 +640,43 @@ pub(crate) struct World<'a> {
     pub recording: &'a Recording,
     /// Whether the engine's self-checks run at checkpoints ([`RunConfig::engine_checks`]).
     pub engine_checks: bool,
+    /// Where hostile connections are ordered, if the scenario has them.
+    pub hostile: Option<&'a Hostile>,
+}
+
+/// Since when each well-behaved client's unanswered mutation has waited, for
+/// [`Scenario::op_ms_max`].
+#[derive(Default)]
+struct Waiting {
+    since_ms: BTreeMap<(usize, u64), u64>,
+}
+
+impl Waiting {
+    /// Failures for mutations that have waited longer than the scenario allows.
+    fn check(&mut self, world: &World<'_>, now_ms: u64) -> Vec<String> {
+        let Some(op_ms_max) = world.scenario.op_ms_max else { return Vec::new() };
+        let mut pending = BTreeMap::new();
+        for v in world.clients.lock().expect("clients lock").iter() {
+            v.client.with_core(|core| {
+                for (mid, _) in core.pending() {
+                    let since = self.since_ms.get(&(v.index, mid)).copied().unwrap_or(now_ms);
+                    pending.insert((v.index, mid), since);
+                }
+            });
+        }
+        self.since_ms = pending;
+        self.since_ms
+            .iter()
+            .filter(|(_, since)| now_ms - **since > op_ms_max)
+            .take(1)
+            .map(|((index, mid), since)| {
+                format!(
+                    "liveness.op-bound: c{index}'s mutation {mid} has waited {} ms for its answer, over op_ms_max ({op_ms_max} ms)",
+                    now_ms - since
+                )
+            })
+            .collect()
+    }
 }
 
 /// What the history checker reads: the room's journal and every client's frames.
@@ -629,8 +697,12 @@ impl World<'_> {
         server.open_rooms().into_iter().find(|(id, _)| *id == room).map(|(_, room)| room)
     }
 
-    /// Every client started, connected, resynced, and without unanswered mutations.
+    /// Every client started, connected, resynced, and without unanswered mutations, and every
+    /// hostile attack over.
     pub fn all_settled(&self, expected: usize) -> bool {
+        if self.hostile.is_some_and(|hostile| hostile.running.get() > 0) {
+            return false;
+        }
         let clients = self.clients.lock().expect("clients lock");
         clients.len() == expected
             && clients
@@ -649,6 +721,11 @@ impl World<'_> {
                 })
             })
             .collect();
+        if let Some(running) = self.hostile.map(|hostile| hostile.running.get()).filter(|n| *n > 0) {
+            reasons.push(format!(
+                "liveness: {running} hostile attacks still running {liveness_s} s after faults stopped"
+            ));
+        }
         let total = reasons.len();
         reasons.truncate(5);
         if total > 5 {
@@ -689,6 +766,11 @@ impl World<'_> {
 }
 
 impl World<'_> {
+    /// The WebSocket path with a valid token for client `index`'s user.
+    pub fn socket_path(&self, index: usize) -> String {
+        socket_path(&identity_of(self.scenario, index))
+    }
+
     /// Runs `act` on virtual client `index`.
     pub fn with_client(&self, index: usize, act: impl FnOnce(&roomlab_client::Client)) {
         let clients = self.clients.lock().expect("clients lock");

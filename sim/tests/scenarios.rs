@@ -105,6 +105,18 @@ fn crash_recovery() {
     check("crash-recovery");
 }
 
+/// Every attack of the hostile connections runs in the sweep, and a hostile run is deterministic
+/// like any other.
+#[test]
+fn hostile() {
+    let fired = check("hostile");
+    assert!(fired.get("hostile").is_some_and(|count| *count >= seeds()), "{fired:?}");
+    let scenario = Scenario::load("hostile").unwrap();
+    if let Err(divergence) = check_determinism(&scenario, 3) {
+        panic!("{divergence}");
+    }
+}
+
 /// Ten seeds of the swarm, each run twice: the traces (every frame, fault and check with its
 /// simulated time) must be identical.
 #[test]
