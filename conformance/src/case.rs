@@ -18,6 +18,8 @@
 //!   `frame_bytes_max` the server announced. `A>not-utf8`: a text frame whose bytes are not UTF-8.
 //! - `A< PATTERN`: a frame matching PATTERN arrives before the deadline (earlier frames that do not
 //!   match stay for later steps). `A<< PATTERN`: the next unread frame matches.
+//!   Either may end with ` keep=NAME`, which keeps the matched frame's text under NAME.
+//! - `A< same=NAME` / `A<< same=NAME`: a frame byte for byte equal to the one kept as NAME arrives.
 //! - `A!< PATTERN`: no unread frame received so far matches (place it after a barrier frame).
 //! - `A closed CODE[|CODE...]`: the server closes the connection with one of these codes.
 //! - `A close`: the client closes the connection.
@@ -170,6 +172,17 @@ pub enum Step {
         conn: String,
         /// The pattern.
         pattern: Value,
+        /// Only the next unread frame may match.
+        next: bool,
+        /// The name the matched frame's text is kept under, for a later `same=`.
+        keep: Option<String>,
+    },
+    /// Expect a frame byte for byte equal to one kept earlier.
+    ExpectSame {
+        /// The connection.
+        conn: String,
+        /// The name the earlier frame was kept under.
+        name: String,
         /// Only the next unread frame may match.
         next: bool,
     },
@@ -343,6 +356,7 @@ impl Step {
             | Step::SendOversize { .. }
             | Step::SendNotUtf8 { .. }
             | Step::Expect { .. }
+            | Step::ExpectSame { .. }
             | Step::ExpectNone { .. }
             | Step::Closed { .. }
             | Step::Refused { .. }
@@ -514,6 +528,18 @@ fn parse_step(line: &str) -> Result<Step, String> {
     }
 }
 
+/// `PATTERN [keep=NAME]` or `same=NAME`.
+fn parse_expect(conn: String, pattern: &str, next: bool) -> Result<Step, String> {
+    if let Some(name) = pattern.strip_prefix("same=") {
+        return Ok(Step::ExpectSame { conn, name: name.trim().to_string(), next });
+    }
+    let (pattern, keep) = match pattern.rsplit_once(" keep=") {
+        Some((pattern, name)) if !name.contains(['"', '}', ' ']) => (pattern, Some(name.to_string())),
+        _ => (pattern, None),
+    };
+    Ok(Step::Expect { conn, pattern: json(pattern)?, next, keep })
+}
+
 fn parse_connection_step(head: &str, rest: &str) -> Result<Step, String> {
     let split = head.find(['<', '>', '!']).unwrap_or(head.len());
     let (conn, arrow) = head.split_at(split);
@@ -544,8 +570,7 @@ fn parse_connection_step(head: &str, rest: &str) -> Result<Step, String> {
         (">raw", text) => Ok(Step::SendRaw { conn, text: text.to_string() }),
         (">oversize", "") => Ok(Step::SendOversize { conn }),
         (">not-utf8", "") => Ok(Step::SendNotUtf8 { conn }),
-        ("<", pattern) => Ok(Step::Expect { conn, pattern: json(pattern)?, next: false }),
-        ("<<", pattern) => Ok(Step::Expect { conn, pattern: json(pattern)?, next: true }),
+        ("<" | "<<", pattern) => parse_expect(conn, pattern, arrow == "<<"),
         ("!<", pattern) => Ok(Step::ExpectNone { conn, pattern: json(pattern)? }),
         (">yjs", args) => parse_yjs_send(conn, args),
         ("<yjs", args) => parse_yjs_expect(conn, args, false),

@@ -69,6 +69,8 @@ struct Run<'a> {
     peers: BTreeMap<String, crate::ypeer::YPeer>,
     /// Documents the case's stock clients needed created on the main socket.
     created: std::collections::BTreeSet<String>,
+    /// Frames kept by `keep=NAME`, as received.
+    kept: BTreeMap<String, String>,
 }
 
 /// Runs `case` in `room` (a room no other case uses).
@@ -93,6 +95,7 @@ pub async fn run_case(target: &Target, case: &Case, room: String) -> CaseReport 
         step_deadline,
         peers: BTreeMap::new(),
         created: Default::default(),
+        kept: BTreeMap::new(),
     };
     if target.capabilities.contains("quota-small") {
         for (name, bytes) in [("quota_free", 1000), ("quota_pro", 2000), ("quota_addon", 1000)] {
@@ -171,7 +174,14 @@ impl Run<'_> {
             Step::SendRaw { conn, text } => self.send_text(conn, text.clone()).await,
             Step::SendOversize { conn } => self.send_oversize(conn).await,
             Step::SendNotUtf8 { conn } => self.send_not_utf8(conn).await,
-            Step::Expect { conn, pattern, next } => self.expect(conn, pattern, *next).await.map(drop),
+            Step::Expect { conn, pattern, next, keep } => {
+                let text = self.expect_text(conn, pattern, *next).await?;
+                if let Some(name) = keep {
+                    self.kept.insert(name.clone(), text);
+                }
+                Ok(())
+            }
+            Step::ExpectSame { conn, name, next } => self.expect_same(conn, name, *next).await,
             Step::ExpectNone { conn, pattern } => self.expect_none(conn, pattern),
             Step::Closed { conn, codes } => self.closed(conn, codes).await,
             Step::Close { conn } => {
@@ -392,6 +402,29 @@ impl Run<'_> {
                 let value: Value = serde_json::from_str(text).ok()?;
                 bindings.matches(pattern, &value).then_some(value)
             }
+            _ => None,
+        })
+        .await
+    }
+
+    /// As [`Self::expect`], returning the matched frame's text.
+    async fn expect_text(&mut self, conn: &str, pattern: &Value, next: bool) -> Result<String, Stop> {
+        self.wait_for(conn, &pattern.to_string(), next, |bindings, incoming| match incoming {
+            Incoming::Text(text) => {
+                let value: Value = serde_json::from_str(text).ok()?;
+                bindings.matches(pattern, &value).then(|| text.clone())
+            }
+            _ => None,
+        })
+        .await
+    }
+
+    /// mutation.replay.same-answer and the like: a frame equal, byte for byte, to one kept before.
+    async fn expect_same(&mut self, conn: &str, name: &str, next: bool) -> Result<(), Stop> {
+        let kept = self.kept.get(name).cloned().ok_or_else(|| error(format!("no frame kept as {name}")))?;
+        let what = format!("{kept} (byte for byte the frame kept as {name})");
+        self.wait_for(conn, &what, next, |_, incoming| match incoming {
+            Incoming::Text(text) => (*text == kept).then_some(()),
             _ => None,
         })
         .await
