@@ -8,8 +8,6 @@
 
 mod commit;
 /// Fuzzing helpers: the `room_frames` fuzz target's check, replayed on its corpus by `cargo test`.
-pub mod fuzzing;
-pub mod model;
 mod mutate;
 mod room;
 mod schema;
@@ -18,7 +16,7 @@ mod storage;
 mod watch;
 mod yjs;
 
-pub use room::{Config, ConnId, Effect, Identity, Room, StorageFaults};
+pub use room::{Config, ConnId, Effect, Export, Identity, Room, StorageFaults};
 pub use state::Quotas;
 
 /// Why the engine could not open or use its database.

@@ -198,10 +198,7 @@ impl Room {
                 }))
             }
             Mutation::AssetUpload { bucket, name, content_type, data_b64 } => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(data_b64.as_bytes())
-                    .map_err(|e| refuse(ErrorCode::Invalid, format!("data_b64 is not base64: {e}")))?;
-                self.plan_upload(writer, bucket, name, content_type, bytes, seq)
+                self.plan_upload(writer, bucket, name, content_type, &data_b64, seq)
             }
             Mutation::AssetDelete { bucket, object_key } => {
                 self.plan_asset_delete(writer, bucket, object_key)
@@ -597,20 +594,27 @@ impl Room {
         Ok(Change { version: Some(version), ..Change::bucket(write) })
     }
 
-    /// docs/PROTOCOL.md assets.upload: the server names the asset `a<seq>`.
+    /// docs/PROTOCOL.md assets.upload: the server names the asset `a<seq>`. The payload is
+    /// decoded only after the bucket, access and storage checks, because errors.precedence puts
+    /// existence and permission before a malformed field.
     pub(crate) fn plan_upload(
         &self,
         writer: &Identity,
         name: BucketName,
         file_name: String,
         content_type: String,
-        bytes: Vec<u8>,
+        data_b64: &str,
         seq: u64,
     ) -> Result<Change, Refusal> {
         let bucket = self.writable_bucket(writer, &name, Some(Backend::R2Assets))?;
         storage_enabled(writer)?;
         check_name("the file name", &file_name)?;
         check_name("the content type", &content_type)?;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(data_b64.as_bytes()).map_err(|e| {
+            let mut body = refuse(ErrorCode::Invalid, format!("data_b64 is not base64: {e}"));
+            body.field = Some("data_b64".to_owned());
+            body
+        })?;
         let max = self.config.limits.asset_bytes_max;
         if bytes.len() > max {
             return Err(refuse(

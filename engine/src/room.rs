@@ -42,6 +42,22 @@ impl Identity {
     }
 }
 
+/// A room's committed state, as [`Room::export`] returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Export {
+    /// The room sequence.
+    pub seq: u64,
+    /// Every stored document with its deletion (sequence, time), if deleted.
+    pub docs: Vec<(roomlab_protocol::DocSnapshot, Option<(u64, u64)>)>,
+    /// Usage per user.
+    pub usage: std::collections::BTreeMap<UserId, u64>,
+    /// Every bucket as (contract, version, value, setter).
+    pub buckets: std::collections::BTreeMap<
+        roomlab_protocol::BucketName,
+        (roomlab_protocol::Contract, u64, serde_json::Value, Option<UserId>),
+    >,
+}
+
 /// What the host must do after the room handled an input.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
@@ -365,8 +381,9 @@ impl Room {
         self.users.get(user).map_or(0, |record| record.usage)
     }
 
-    /// The state the reference model is compared on: sequence, documents, usage, buckets.
-    pub fn export(&self) -> crate::model::Export {
+    /// The room's committed state, for a host's reports and checks: sequence, documents, usage,
+    /// buckets.
+    pub fn export(&self) -> Export {
         let docs = self.docs.iter().map(|(id, d)| (d.snapshot(id), d.deleted)).collect();
         let usage = self.users.iter().map(|(user, record)| (user.clone(), record.usage)).collect();
         let buckets = self
@@ -376,7 +393,7 @@ impl Room {
                 (name.clone(), (b.contract.clone(), b.version, b.value.clone(), b.setter.clone()))
             })
             .collect();
-        crate::model::Export { seq: self.seq, docs, usage, buckets }
+        Export { seq: self.seq, docs, usage, buckets }
     }
 
     /// Asserts the room's invariants; panics on a broken one, since that is a bug of the engine:

@@ -1,10 +1,13 @@
 //! Replays the `engine_ops` fuzz corpus (fuzz/corpus/engine_ops) under `cargo test`: every script
-//! runs on a room and on the reference model, which must agree.
+//! runs on a room and on the oracle, which must agree.
 
-use roomlab_engine::model::check_script;
+mod frames;
+mod twin;
+
 use roomlab_engine::{Config, Quotas};
 use roomlab_protocol::Limits;
 use std::path::Path;
+use twin::check_script;
 
 /// The inputs of the fuzz corpus `name`, in file-name order, and where they are.
 fn corpus(name: &str) -> (Vec<Vec<u8>>, String) {
@@ -42,7 +45,7 @@ fn room_frames_corpus_replays_clean() {
     let (inputs, directory) = corpus("room_frames");
     let (mut transcripts, mut records) = (0, 0);
     for input in inputs {
-        records += roomlab_engine::fuzzing::check_frames(&input);
+        records += frames::check_frames(&input);
         transcripts += 1;
     }
     assert!(

@@ -6,6 +6,9 @@
 
 use libfuzzer_sys::fuzz_target;
 
+#[path = "../../engine/tests/frames/mod.rs"]
+mod frames;
+
 fuzz_target!(|input: &[u8]| {
-    roomlab_engine::fuzzing::check_frames(input);
+    frames::check_frames(input);
 });

@@ -1,5 +1,5 @@
 //! Live queries: a collection, a `where` filter, an order and a limit, with the one evaluation that
-//! servers, clients and the reference model all share.
+//! the engine and the client share (the oracle evaluates queries on its own).
 
 use crate::ids::{DocId, DocType, UserId};
 use crate::message::DocSnapshot;

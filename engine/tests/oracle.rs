@@ -1,15 +1,17 @@
-//! The engine against its reference model (`roomlab_engine::model`): random operation sequences from
-//! several users and roles, with crashes, must get the same replies, the same pushes and leave the
-//! same state.
+//! The engine against the oracle (`roomlab_oracle`, the spec as plain code): random operation
+//! sequences from several users and roles, with crashes and commit groups, must get the same replies,
+//! the same pushes and leave the same state.
+
+mod twin;
 
 use proptest::prelude::*;
-use roomlab_engine::model::{Twin, PEOPLE};
 use roomlab_engine::{Config, Quotas};
 use roomlab_protocol::{
     Backend, BucketName, ClientMessage, Contract, DocId, DocType, FieldName, ItemId, Limits, ListKey,
     Mutation, Query, SubId, Target,
 };
 use serde_json::{json, Value};
+use twin::{Twin, PEOPLE};
 
 fn config() -> Config {
     let limits = Limits {
@@ -183,7 +185,7 @@ fn step(twin: &mut Twin, next_mid: &mut [u64], op: Op) {
     twin.handle(conn, message);
 }
 
-/// Runs `ops` on the engine and the model side by side; the twin asserts that every reply, every
+/// Runs `ops` on the engine and the oracle side by side; the twin asserts that every reply, every
 /// push and the final state agree.
 fn check(ops: Vec<Op>) {
     let directory = tempfile::tempdir().unwrap();
@@ -203,7 +205,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn engine_agrees_with_the_model(ops in prop::collection::vec(op(), 1..80)) {
+    fn engine_agrees_with_the_oracle(ops in prop::collection::vec(op(), 1..80)) {
         check(ops);
     }
 }
@@ -243,7 +245,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
-    fn list_diffs_agree_with_the_model(ops in prop::collection::vec(list_op(), 1..60)) {
+    fn list_diffs_agree_with_the_oracle(ops in prop::collection::vec(list_op(), 1..60)) {
         check(ops);
     }
 }

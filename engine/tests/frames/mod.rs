@@ -1,10 +1,11 @@
-//! The fuzz target `room_frames` and its corpus replay: whole connection transcripts of raw peer
+//! The fuzz target `room_frames` and its corpus replay (fuzz/fuzz_targets/room_frames.rs includes
+//! this file by path): whole connection transcripts of raw peer
 //! bytes (text frames, enveloped Yjs frames, bare y-websocket payloads, connects and disconnects)
 //! against a room, decoded at the edge as the server decodes them. Nothing may panic, the room's
 //! invariants hold after every input, and every frame the room sends is one a conforming client
 //! reads (docs/PROTOCOL.md limits.frame-size, limits.json-depth).
 
-use crate::{Config, ConnId, Effect, Identity, Room};
+use roomlab_engine::{Config, ConnId, Effect, Identity, Room};
 use roomlab_protocol::{
     decode, decode_server, encode_server, ClientId, ClientMessage, DocId, FieldName, Role, RoomId, UserId,
     YjsFrame, PROTOCOL_VERSION,
