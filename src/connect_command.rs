@@ -249,19 +249,22 @@ fn parse_line(line: &str, tracker: &mut Tracker) -> Input {
 }
 
 /// A close code in words, with what to do about it (docs/PROTOCOL.md §2).
-fn close_words(code: u16) -> &'static str {
+fn close_words(number: u16) -> &'static str {
+    use roomlab_protocol::CloseCode;
+    let Some(code) = CloseCode::from_number(number) else {
+        return if number == 1005 { "no code given" } else { "a code the protocol does not define" };
+    };
     match code {
-        1000 => "normal closure",
-        1001 => "the server is going away (shutting down); reconnect later",
-        1005 => "no code given",
-        1007 => "a text frame was not valid UTF-8",
-        1008 => "no hello was sent within the server's deadline",
-        1009 => "a frame was too large for the server",
-        1011 => "the room failed (a mutation was answered internal, or a commit failed); reconnect and resend what was not acknowledged",
-        4001 => "unauthorized: the token is missing, forged, expired or for another room; mint a new one",
-        4002 => "the server does not speak this protocol version",
-        4008 => "slow consumer: too many messages were waiting for this connection",
-        _ => "a code the protocol does not define",
+        CloseCode::Normal => "normal closure",
+        CloseCode::GoingAway => "the server is going away (shutting down); reconnect later",
+        CloseCode::InvalidText => "a text frame was not valid UTF-8",
+        CloseCode::PolicyViolation => "no hello was sent within the server's deadline",
+        CloseCode::TooLarge => "a frame was too large for the server",
+        CloseCode::InternalError => "the room failed (a mutation was answered internal, or a commit failed); reconnect and resend what was not acknowledged",
+        CloseCode::TryAgainLater => "the server holds as many connections as it may; reconnect later",
+        CloseCode::Unauthorized => "unauthorized: the token is missing, forged, expired or for another room; mint a new one",
+        CloseCode::UnsupportedProtocol => "the server does not speak this protocol version",
+        CloseCode::SlowConsumer => "slow consumer: too many messages were waiting for this connection",
     }
 }
 

@@ -70,7 +70,7 @@ pub(crate) async fn drive<C: Connector>(shared: Arc<Shared>, connector: C) {
         match connect(&shared, &connector).await {
             Err(Failure::Unauthorized(reason)) => {
                 shared.tap(TapEvent::Disconnected { reason: &reason });
-                shared.set_refused(4001);
+                shared.set_refused(roomlab_protocol::CloseCode::Unauthorized.number());
                 return;
             }
             Ok(ws) => match session(&shared, ws).await {
@@ -260,7 +260,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut ws: Web
                     frame.as_ref().map(|f| f.reason.as_str()).unwrap_or("")
                 );
                 shared.tap(TapEvent::Disconnected { reason: &reason });
-                if code == 4001 || code == 4002 {
+                use roomlab_protocol::CloseCode;
+                if matches!(
+                    CloseCode::from_number(code),
+                    Some(CloseCode::Unauthorized | CloseCode::UnsupportedProtocol)
+                ) {
                     return End::Refused(code);
                 }
                 return End::Dropped { resynced };

@@ -276,7 +276,11 @@ impl Room {
             return None;
         }
         let e = self.db.execute_batch("COMMIT").err()?;
-        Some(vec![Effect::Close { conn, code: 1011, reason: format!("storage failed: {e}") }])
+        Some(vec![Effect::Close {
+            conn,
+            code: roomlab_protocol::CloseCode::InternalError,
+            reason: format!("storage failed: {e}"),
+        }])
     }
 
     /// Remembers a refusal in its own transaction: `remembered` is the client's key and how many of

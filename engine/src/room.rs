@@ -80,7 +80,7 @@ pub enum Effect {
         /// The connection.
         conn: ConnId,
         /// The close code (docs/PROTOCOL.md §2).
-        code: u16,
+        code: roomlab_protocol::CloseCode,
         /// The reason, for humans.
         reason: String,
     },
@@ -443,7 +443,11 @@ impl Room {
             transaction.commit()
         })();
         if let Err(e) = written {
-            return vec![Effect::Close { conn, code: 1011, reason: format!("storage failed: {e}") }];
+            return vec![Effect::Close {
+                conn,
+                code: roomlab_protocol::CloseCode::InternalError,
+                reason: format!("storage failed: {e}"),
+            }];
         }
         let peer = Peer { identity: identity.clone(), client: None, subscriptions: BTreeMap::new() };
         let previous = self.connections.insert(conn, peer);
@@ -517,7 +521,7 @@ impl Room {
         if effects.iter().any(internal) && !Mutant::InternalKeepsConnection.planted(self.config.mutant) {
             effects.extend(self.disconnect(conn));
             let reason = "the room failed to process a mutation".to_string();
-            effects.push(Effect::Close { conn, code: 1011, reason });
+            effects.push(Effect::Close { conn, code: roomlab_protocol::CloseCode::InternalError, reason });
         }
         effects
     }
@@ -538,7 +542,11 @@ impl Room {
             );
             return vec![
                 Effect::Send { conn, message },
-                Effect::Close { conn, code: 4002, reason: "unsupported protocol version".into() },
+                Effect::Close {
+                    conn,
+                    code: roomlab_protocol::CloseCode::UnsupportedProtocol,
+                    reason: "unsupported protocol version".into(),
+                },
             ];
         }
         connection.client = Some(client);

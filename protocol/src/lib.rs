@@ -10,6 +10,7 @@
 //! assert_eq!(decode(frame, 1024).unwrap(), ClientMessage::Ping { nonce: 7 });
 //! ```
 
+mod close;
 mod codec;
 mod error;
 pub mod fracdex;
@@ -20,6 +21,7 @@ mod mutant;
 pub mod query;
 mod yjs_bounds;
 
+pub use close::CloseCode;
 pub use codec::{
     decode, decode_server, encode, encode_server, write_var_uint, Cursor, YSync, YjsFrame, JSON_DEPTH_MAX,
     SERVER_JSON_DEPTH_EXTRA, YJS_FRAME_TAG,

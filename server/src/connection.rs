@@ -6,14 +6,13 @@ use crate::Server;
 use futures_util::{SinkExt, StreamExt};
 use roomlab_engine::{ConnId, Identity};
 use roomlab_protocol::{
-    decode, ClientId, ClientMessage, DecodeError, DocId, ErrorCode, FieldName, RoomId, YjsFrame,
+    decode, ClientId, ClientMessage, CloseCode, DecodeError, DocId, ErrorCode, FieldName, RoomId, YjsFrame,
     PROTOCOL_VERSION,
 };
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -50,7 +49,7 @@ pub(crate) async fn run<S>(
 {
     if !server.connection_opened() {
         let (mut sink, _) = ws.split();
-        let _ = send_close(&mut sink, 1013, "too many connections").await;
+        let _ = send_close(&mut sink, CloseCode::TryAgainLater, "too many connections").await;
         return;
     }
     serve_connection(&server, ws, who, endpoint).await;
@@ -81,12 +80,12 @@ async fn serve_connection<S>(
         Err(e) => {
             // The cause can name the server's files; it goes to the log, not to the peer.
             tracing::warn!(room = %room_id, "room unavailable: {e}");
-            let _ = send_close(&mut sink, 1011, "room unavailable").await;
+            let _ = send_close(&mut sink, CloseCode::InternalError, "room unavailable").await;
             return;
         }
     };
     if inputs.send(Input::Connect { conn, identity, peer, outbox: outbox.clone() }).await.is_err() {
-        let _ = send_close(&mut sink, 1001, "room closing").await;
+        let _ = send_close(&mut sink, CloseCode::GoingAway, "room closing").await;
         return;
     }
     if let Endpoint::Yjs { .. } = endpoint {
@@ -106,11 +105,11 @@ async fn serve_connection<S>(
     }
     let _ = inputs.send(Input::Disconnect { conn }).await;
     let order = close_orders.borrow().clone();
-    let (code, reason) = order.unwrap_or((1000, String::new()));
+    let (code, reason) = order.unwrap_or((CloseCode::Normal, String::new()));
     // What the room answered before it asked for the close (unsupported_protocol before 4002,
     // say) still leaves first; a slow consumer's queue is what it could not take, so it is dropped,
     // and its close frame waits for the peer to read again.
-    let close_ms_max = if code == 4008 {
+    let close_ms_max = if code == CloseCode::SlowConsumer {
         SLOW_CONSUMER_CLOSE_MS_MAX
     } else {
         let deadline = Duration::from_millis(CLOSE_SEND_MS_MAX);
@@ -118,7 +117,7 @@ async fn serve_connection<S>(
         CLOSE_SEND_MS_MAX
     };
     let _ = send_close_within(&mut sink, code, &reason, close_ms_max).await;
-    if code == 1009 {
+    if code == CloseCode::TooLarge {
         if let Ok(ws) = stream.reunite(sink) {
             linger(ws).await;
         }
@@ -197,18 +196,18 @@ async fn read_loop<S>(
         let frame = tokio::select! {
             biased;
             _ = stopping.wait_for(|stop| *stop) => {
-                outbox.order_close(1001, "server shutting down");
+                outbox.order_close(CloseCode::GoingAway, "server shutting down");
                 return;
             }
             _ = &mut hello_deadline, if !greeted => {
-                outbox.order_close(1008, "no hello in time");
+                outbox.order_close(CloseCode::PolicyViolation, "no hello in time");
                 return;
             }
             frame = stream.next() => frame,
             _ = pings.tick() => {
                 let early = config.buggify.as_ref().is_some_and(|b| b.fire(FaultPoint::SilenceEarly));
                 if early || heard.elapsed() > Duration::from_millis(config.silence_close_ms) {
-                    outbox.order_close(1001, "no answer to pings");
+                    outbox.order_close(CloseCode::GoingAway, "no answer to pings");
                     return;
                 }
                 let _ = outbox.messages.try_send(Outbound::Ping);
@@ -219,12 +218,12 @@ async fn read_loop<S>(
         let input = match frame {
             None | Some(Ok(Message::Close(_))) => return,
             Some(Err(WsError::Capacity(_))) => {
-                outbox.order_close(1009, "frame too large");
+                outbox.order_close(CloseCode::TooLarge, "frame too large");
                 return;
             }
             Some(Err(WsError::Utf8(_))) => {
                 // RFC 6455 7.4.1: 1007 is the close code for a text frame that is not UTF-8.
-                outbox.order_close(1007, "text frame is not valid UTF-8");
+                outbox.order_close(CloseCode::InvalidText, "text frame is not valid UTF-8");
                 return;
             }
             Some(Err(_)) => return,
@@ -235,7 +234,7 @@ async fn read_loop<S>(
                         Input::Message { conn, message }
                     }
                     Err(DecodeError::TooLarge { .. }) => {
-                        outbox.order_close(1009, "frame too large");
+                        outbox.order_close(CloseCode::TooLarge, "frame too large");
                         return;
                     }
                     Err(e) => {
@@ -260,7 +259,7 @@ async fn read_loop<S>(
             Some(Ok(_)) => continue,
         };
         if inputs.send(input).await.is_err() {
-            outbox.order_close(1001, "room closed");
+            outbox.order_close(CloseCode::GoingAway, "room closed");
             return;
         }
     }
@@ -327,7 +326,7 @@ where
 /// Sends a close frame, giving up after `CLOSE_SEND_MS_MAX`.
 async fn send_close<S>(
     sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
-    code: u16,
+    code: CloseCode,
     reason: &str,
 ) -> Result<(), WsError>
 where
@@ -339,14 +338,14 @@ where
 /// Sends a close frame, giving up after `deadline_ms`.
 async fn send_close_within<S>(
     sink: &mut futures_util::stream::SplitSink<WebSocketStream<S>, Message>,
-    code: u16,
+    code: CloseCode,
     reason: &str,
     deadline_ms: u64,
 ) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_string().into() };
+    let frame = CloseFrame { code: code.number().into(), reason: reason.to_string().into() };
     let deadline = Duration::from_millis(deadline_ms);
     match tokio::time::timeout(deadline, sink.send(Message::Close(Some(frame)))).await {
         Ok(sent) => sent,

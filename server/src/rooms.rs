@@ -7,7 +7,7 @@ use crate::{Clock, ServerConfig};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use roomlab_engine::{ConnId, Effect, Identity, Room};
-use roomlab_protocol::{encode_server, ClientMessage, ErrorCode, RoomId, ServerMessage, YjsFrame};
+use roomlab_protocol::{encode_server, ClientMessage, CloseCode, ErrorCode, RoomId, ServerMessage, YjsFrame};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,7 @@ pub(crate) enum Outbound {
 }
 
 /// Why and how a connection must close: a WebSocket close code and a reason.
-pub(crate) type CloseOrder = Option<(u16, String)>;
+pub(crate) type CloseOrder = Option<(CloseCode, String)>;
 
 impl Outbound {
     /// What the frame holds in memory while it waits, in bytes.
@@ -66,12 +66,12 @@ impl Outbox {
         let queued = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
         if queued > self.queued_bytes_max {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            self.order_close(4008, SLOW_CONSUMER);
+            self.order_close(CloseCode::SlowConsumer, SLOW_CONSUMER);
             return;
         }
         if self.messages.try_send(frame).is_err() {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-            self.order_close(4008, SLOW_CONSUMER);
+            self.order_close(CloseCode::SlowConsumer, SLOW_CONSUMER);
         }
     }
 
@@ -81,7 +81,7 @@ impl Outbox {
     }
 
     /// Asks the connection to close with `code`, unless a close was already asked for.
-    pub fn order_close(&self, code: u16, reason: &str) {
+    pub fn order_close(&self, code: CloseCode, reason: &str) {
         self.close.send_if_modified(|order| {
             let first = order.is_none();
             if first {
@@ -343,7 +343,7 @@ impl Actor {
             tracing::warn!(room = %self.id, "group commit failed; closing every connection: {e}");
             let reason = format!("storage failed: {e}");
             for outbox in std::mem::take(&mut self.outboxes).values() {
-                outbox.order_close(1011, &reason);
+                outbox.order_close(CloseCode::InternalError, &reason);
             }
             for (reply, _) in replies {
                 let body = roomlab_protocol::ErrorBody::new(ErrorCode::Internal, reason.clone());
@@ -411,7 +411,7 @@ impl Actor {
         let Some(position) = effects.iter().position(acked) else { return };
         if self.buggify.as_ref().is_some_and(|b| b.fire(FaultPoint::AckLost)) {
             let reason = "connection lost (BUGGIFY ack-lost)".to_string();
-            effects[position] = Effect::Close { conn, code: 1001, reason };
+            effects[position] = Effect::Close { conn, code: CloseCode::GoingAway, reason };
         }
     }
 
