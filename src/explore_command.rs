@@ -191,7 +191,7 @@ mod tests {
         }
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
-            for mutant in Mutant::ALL.into_iter().filter(|m| m.in_server()) {
+            for mutant in Mutant::ALL.into_iter().filter(|m| m.wire_visible()) {
                 let embedded = Embedded::start(Some(mutant)).await.unwrap();
                 let mut plan = plan(0..30);
                 plan.shrink_runs_max = 60;

@@ -50,6 +50,7 @@ pub fn scenario_for(mutant: Mutant) -> &'static str {
         Mutant::QuotaEdgeRefused => "quota-pressure",
         Mutant::AckBeforeCommit | Mutant::CommitErrorIgnored => "crash-recovery",
         Mutant::InternalKeepsConnection => "crash-recovery",
+        Mutant::AckBeforeSync => "power-loss",
         Mutant::CreateDeletedAnswersExists => "quota-pressure",
         Mutant::ListTiesByArrival => "fracdex-contention",
         Mutant::BucketGuardIgnored => "bucket-contracts",

@@ -16,13 +16,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// The help of `--scenario`, naming every embedded scenario (one per file of scenarios/).
+fn scenario_help() -> String {
+    format!("An embedded scenario ({}) or the path of a scenario file", roomlab_sim::NAMES.join(", "))
+}
+
 /// The options of `roomlab sim`.
 #[derive(clap::Args)]
 pub struct SimArgs {
-    /// An embedded scenario (swarm, reconnect-storm, fracdex-contention, delete-restore-race,
-    /// quota-pressure, bucket-contracts, yjs-typing, crash-recovery, hostile) or the path of a
-    /// scenario file.
-    #[arg(long, default_value = "swarm")]
+    #[arg(long, default_value = "swarm", help = scenario_help())]
     scenario: String,
     /// How many seeds (0..N), or a range A..B.
     #[arg(long, default_value = "100", conflicts_with = "seed")]

@@ -204,7 +204,10 @@ impl Room {
         });
         let (answer, change) = match written {
             Ok(written) => written,
-            Err(e) => return vec![Effect::Send { conn, message: internal(mid, &e) }],
+            Err(e) => {
+                self.storage_failures += 1;
+                return vec![Effect::Send { conn, message: internal(mid, &e) }];
+            }
         };
         if let Some((key, (window, _))) = after {
             self.replays.insert((key.0.to_string(), key.1.to_string()), window);
@@ -262,7 +265,7 @@ impl Room {
         let _ = self.db.execute_batch("ROLLBACK");
         let db = std::mem::replace(&mut self.db, Connection::open_in_memory()?);
         match Room::load(self.id.clone(), db, self.config.clone()) {
-            Ok(room) => *self = room,
+            Ok(room) => *self = Room { storage_failures: self.storage_failures + 1, ..room },
             // A room left on the placeholder would answer from memory and write nowhere durable.
             Err(reload) => panic!("room {}: the committed state does not reload after a failed group commit ({error}): {reload}", self.id),
         }

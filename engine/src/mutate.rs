@@ -78,7 +78,10 @@ impl Room {
         match self.replayed(&key, mid) {
             Ok(Some(message)) => return vec![Effect::Send { conn, message }],
             Ok(None) => {}
-            Err(e) => return vec![Effect::Send { conn, message: crate::commit::internal(mid, &e) }],
+            Err(e) => {
+                self.storage_failures += 1;
+                return vec![Effect::Send { conn, message: crate::commit::internal(mid, &e) }];
+            }
         }
         let planned = self.plan(&writer, mutation, self.seq + 1, now_ms);
         self.commit(conn, mid, Some((&key.0, &key.1)), planned, now_ms)

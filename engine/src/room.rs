@@ -106,6 +106,9 @@ pub struct Config {
     pub mutant: Option<roomlab_protocol::Mutant>,
     /// A BUGGIFY fault point of the storage (off unless a host turns it on).
     pub storage_faults: StorageFaults,
+    /// The SQLite VFS the room's database is opened with, by its registered name (a simulation's
+    /// disk); `None` is the operating system's.
+    pub vfs: Option<String>,
 }
 
 /// A BUGGIFY-style fault point inside the engine: asked before each mutation's commit (with the
@@ -225,6 +228,8 @@ pub struct Room {
     /// storage on first use and kept in step with every commit, so a fresh mutation needs no
     /// lookup and the window's trim needs no count.
     pub(crate) replays: BTreeMap<(String, String), ReplayWindow>,
+    /// How many mutations the database refused (answered `internal`) since the room opened.
+    pub(crate) storage_failures: u64,
 }
 
 /// What the room knows of one client's replay window.
@@ -258,7 +263,14 @@ fn parse_text<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, EngineErr
 impl Room {
     /// Opens the room's database (in memory when `path` is `None`) and loads its committed state.
     pub fn open(id: RoomId, path: Option<&Path>, config: Config) -> Result<Room, EngineError> {
-        Room::load(id, storage::open(path)?, config)
+        let synchronous = if Mutant::AckBeforeSync.planted(config.mutant) {
+            // The planted bug: in WAL mode NORMAL syncs only at checkpoints, so a commit is
+            // acknowledged while it is still in the page cache and a power loss takes it.
+            storage::Synchronous::Normal
+        } else {
+            storage::Synchronous::Full
+        };
+        Room::load(id, storage::open(path, config.vfs.as_deref(), synchronous)?, config)
     }
 
     /// Loads the committed state of an open database.
@@ -284,6 +296,7 @@ impl Room {
             deferred_commit: false,
             group: None,
             replays: BTreeMap::new(),
+            storage_failures: 0,
             db,
         };
         room.load_documents()?;
@@ -374,6 +387,12 @@ impl Room {
     /// The room's committed sequence.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// How many mutations the database refused since the room opened: each was answered
+    /// `internal` and kept nothing. A host that journals what the room did reads it around an input.
+    pub fn storage_failures(&self) -> u64 {
+        self.storage_failures
     }
 
     /// The bytes charged to `user` (0 for a user the room has not seen).

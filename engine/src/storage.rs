@@ -1,6 +1,7 @@
 //! The room's SQLite database: schema, migration, and the rows the engine keeps.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::hooks::{CheckpointMode, Wal};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 
 /// How many prepared statements a room keeps (more than the engine's distinct statements).
@@ -9,8 +10,20 @@ const STATEMENT_CACHE_CAPACITY: usize = 64;
 /// The page size of new room databases, in bytes.
 const PAGE_BYTES: i64 = 1024;
 
-/// How much WAL a room writes before it checkpoints, in bytes.
-const WAL_CHECKPOINT_BYTES: i64 = 4 << 20;
+/// How much WAL a room writes before it checkpoints, in pages of [`PAGE_BYTES`]: the 4 MiB that
+/// SQLite's default (1,000 pages of 4 KiB) allows, or small pages would checkpoint (and fsync) four
+/// times as often. A database made with larger pages checkpoints after as many of its own pages.
+const WAL_CHECKPOINT_PAGES: i32 = (4 << 20) / PAGE_BYTES as i32;
+
+/// When a commit returns: after the WAL is synced (ack.durable), or before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Synchronous {
+    /// The WAL is synced at every commit (`synchronous=FULL`).
+    Full,
+    /// The WAL is synced only at checkpoints (`synchronous=NORMAL`): what the `ack-before-sync`
+    /// mutant plants.
+    Normal,
+}
 
 /// The schema version this engine writes; older databases are migrated on open, one step at a time.
 const SCHEMA_VERSION: i64 = 5;
@@ -199,15 +212,24 @@ ALTER TABLE users DROP COLUMN usage;
 
 const MIGRATIONS: [&str; 5] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
-/// Opens (creating and migrating) a room database at `path`, or in memory when `path` is `None`.
-pub fn open(path: Option<&Path>) -> rusqlite::Result<Connection> {
-    let connection = match path {
-        Some(path) => Connection::open(path)?,
-        None => Connection::open_in_memory()?,
+/// Opens (creating and migrating) a room database at `path` through the VFS named `vfs` (the
+/// system's when `None`), or in memory when `path` is `None`.
+pub(crate) fn open(
+    path: Option<&Path>,
+    vfs: Option<&str>,
+    synchronous: Synchronous,
+) -> rusqlite::Result<Connection> {
+    let connection = match (path, vfs) {
+        (Some(path), Some(vfs)) => Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs)?,
+        (Some(path), None) => Connection::open(path)?,
+        (None, _) => Connection::open_in_memory()?,
     };
     // The hot statements are prepared once; rusqlite's default cache of 16 is fewer than the engine
     // uses, and a statement pushed out is parsed again on its next use.
     connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    // One connection owns the file. Taken before WAL mode is entered, the exclusive lock also keeps
+    // the WAL index in the process's memory, so a VFS needs no shared memory.
+    connection.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
     // Rows are small JSON documents and every change rewrites a few whole pages into the WAL, so
     // small pages write less: 1 KiB pages made confirmed creates about 1.4 times faster than the
     // default 4 KiB (BENCHMARKS.md). A database that exists keeps the page size it was made with.
@@ -216,12 +238,12 @@ pub fn open(path: Option<&Path>) -> rusqlite::Result<Connection> {
     // ack.durable: with WAL, NORMAL syncs only at checkpoints, so a commit acknowledged before the
     // next one could vanish in a power loss; FULL syncs the WAL at every commit, and group commit
     // pays that sync once per group (BENCHMARKS.md has the cost).
-    connection.pragma_update(None, "synchronous", "FULL")?;
-    connection.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
-    // The checkpoint threshold counts pages: keep it at the 4 MiB of WAL that SQLite's default
-    // (1,000 pages of 4 KiB) allows, or small pages would checkpoint (and fsync) four times as often.
-    let page_bytes: i64 = connection.pragma_query_value(None, "page_size", |row| row.get(0))?;
-    connection.pragma_update(None, "wal_autocheckpoint", WAL_CHECKPOINT_BYTES / page_bytes)?;
+    let mode = match synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    connection.pragma_update(None, "synchronous", mode)?;
+    connection.wal_hook(Some(checkpoint_after_commit));
     let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
     for (step, migration) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         let transaction = connection.unchecked_transaction()?;
@@ -231,6 +253,18 @@ pub fn open(path: Option<&Path>) -> rusqlite::Result<Connection> {
     }
     debug_assert_eq!(MIGRATIONS.len() as i64, SCHEMA_VERSION);
     Ok(connection)
+}
+
+/// The room's checkpoint, run by SQLite after each commit with the WAL's length in pages. It stands
+/// in for SQLite's own autocheckpoint, whose failure SQLite reports as the failure of the COMMIT
+/// that triggered it: that transaction is durable, yet its writer would be answered `internal`
+/// (ack.after-commit). A checkpoint that fails here leaves the WAL longer, and the next commit tries
+/// again.
+fn checkpoint_after_commit(wal: &Wal, pages: std::os::raw::c_int) -> rusqlite::Result<()> {
+    if pages >= WAL_CHECKPOINT_PAGES {
+        let _ = wal.checkpoint_v2(CheckpointMode::PASSIVE);
+    }
+    Ok(())
 }
 
 /// Reads a counter of the meta table.
@@ -737,7 +771,7 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("room.sqlite");
         version_3(&path);
-        let connection = open(Some(&path)).unwrap();
+        let connection = open(Some(&path), None, Synchronous::Full).unwrap();
         let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
         assert_eq!(version, SCHEMA_VERSION);
         assert_eq!(sequence(&connection).unwrap(), 5);
@@ -759,7 +793,7 @@ mod tests {
 
     #[test]
     fn remembering_forgets_the_oldest_answers_it_is_told_to() {
-        let connection = open(None).unwrap();
+        let connection = open(None, None, Synchronous::Full).unwrap();
         for mid in [3, 5, 8, 13] {
             remember_answer(&connection, ("u1", "c1"), mid, &format!("answer {mid}"), 0).unwrap();
         }

@@ -196,8 +196,13 @@ impl Room {
         if self.yjs.docs.contains_key(key) {
             return Ok(());
         }
-        let updates = storage::yjs_field_updates(&self.db, key.0.as_str(), key.1.as_str())
-            .map_err(|e| refuse(ErrorCode::Internal, format!("storage failed: {e}")))?;
+        let updates = match storage::yjs_field_updates(&self.db, key.0.as_str(), key.1.as_str()) {
+            Ok(updates) => updates,
+            Err(e) => {
+                self.storage_failures += 1;
+                return Err(refuse(ErrorCode::Internal, format!("storage failed: {e}")));
+            }
+        };
         // A 53-bit client id, as Yjs requires; the guid, too, comes from the caller's RNG.
         let client_id = rng.next_u64() & ((1 << 53) - 1);
         let mut options = yrs::Options::with_client_id(yrs::block::ClientID::new(client_id));
@@ -259,6 +264,7 @@ impl Room {
             // The merge cannot be undone in memory; drop the loaded document so the next access
             // reloads the committed state.
             self.yjs.docs.remove(key);
+            self.storage_failures += 1;
             return Err(refuse(ErrorCode::Internal, format!("storage failed: {e}")));
         }
         Ok(self.relay(conn, key, &YSync::Update(bytes).encode()))

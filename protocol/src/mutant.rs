@@ -50,11 +50,15 @@ pub enum Mutant {
     /// After a mutation answered `internal` the connection stays open and the room goes on with
     /// what it sent next (docs/PROTOCOL.md mutation.replay.internal-not-remembered).
     InternalKeepsConnection,
+    /// The room acknowledges a commit before the disk has it: the WAL is synced only at checkpoints
+    /// (SQLite's `synchronous=NORMAL`), so a power loss takes acknowledged writes (docs/PROTOCOL.md
+    /// ack.durable).
+    AckBeforeSync,
 }
 
 impl Mutant {
     /// Every mutant, in catalogue order.
-    pub const ALL: [Mutant; 17] = [
+    pub const ALL: [Mutant; 18] = [
         Mutant::SkipResubscribe,
         Mutant::NoDocDeletedPush,
         Mutant::RestoreBumpsSeq,
@@ -72,6 +76,7 @@ impl Mutant {
         Mutant::QuotaEdgeRefused,
         Mutant::CommitErrorIgnored,
         Mutant::InternalKeepsConnection,
+        Mutant::AckBeforeSync,
     ];
 
     /// Whether this build can plant mutants (the `mutants` feature).
@@ -97,6 +102,7 @@ impl Mutant {
             Mutant::QuotaEdgeRefused => "quota-edge-refused",
             Mutant::CommitErrorIgnored => "commit-error-ignored",
             Mutant::InternalKeepsConnection => "internal-keeps-connection",
+            Mutant::AckBeforeSync => "ack-before-sync",
         }
     }
 
@@ -110,7 +116,7 @@ impl Mutant {
         match self {
             Mutant::SkipResubscribe | Mutant::ReplayAppliedTwice | Mutant::OwnerReadByAdmin => 'R',
             Mutant::ViewerCanWrite | Mutant::AckBeforeCommit | Mutant::ViewerYjsApplied => 'R',
-            Mutant::CommitErrorIgnored | Mutant::InternalKeepsConnection => 'R',
+            Mutant::CommitErrorIgnored | Mutant::InternalKeepsConnection | Mutant::AckBeforeSync => 'R',
             Mutant::NoDocDeletedPush | Mutant::RestoreBumpsSeq | Mutant::CreateDeletedAnswersExists => 'D',
             Mutant::ListTiesByArrival | Mutant::SysDocRemovable => 'D',
             Mutant::PurgeKeepsUsage | Mutant::QuotaCheckedBeforeWrite | Mutant::BucketGuardIgnored => 'S',
@@ -125,9 +131,10 @@ impl Mutant {
     }
 
     /// Whether the conformance suite, which sees a server over the wire (and through the target's
-    /// hooks: restart, a failed commit), can make it show: every mutant of the server.
+    /// hooks: restart, a failed commit), can make it show: every mutant of the server but
+    /// `ack-before-sync`, which only a power loss shows (a restart keeps the page cache).
     pub fn wire_visible(self) -> bool {
-        self.in_server()
+        self.in_server() && self != Mutant::AckBeforeSync
     }
 
     /// Whether `self` is planted, given the configured mutant. Always false without the feature.

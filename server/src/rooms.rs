@@ -319,9 +319,12 @@ impl Actor {
             for input in group {
                 let journaled = self.journal.is_some().then(|| journal_input(&input));
                 self.commit_failed.store(false, Ordering::Relaxed);
+                let failures = room.storage_failures();
                 held.push(self.handle(&mut room, input, now_ms, &mut replies));
                 if let Some(mut journaled) = journaled {
-                    journaled.commit_failed = self.commit_failed.load(Ordering::Relaxed);
+                    // The storage fault point fired, or the disk itself refused the write.
+                    journaled.commit_failed =
+                        self.commit_failed.load(Ordering::Relaxed) || room.storage_failures() > failures;
                     journal.push(journaled);
                 }
             }

@@ -29,12 +29,24 @@ pub(crate) struct FaultDriver {
     hostile_count: usize,
     /// Where the round of attacks starts, drawn at the first.
     hostile_start: Option<usize>,
+    /// When the armed power loss was armed, until the power goes out.
+    armed_at_ms: Option<u64>,
 }
 
-const KINDS: [&str; 9] =
-    ["partition", "oneway-partition", "clog", "latency", "kill", "crash", "stall", "storm", "hostile"];
+const KINDS: [&str; 10] = [
+    "partition",
+    "oneway-partition",
+    "clog",
+    "latency",
+    "kill",
+    "crash",
+    "stall",
+    "storm",
+    "hostile",
+    "power-loss",
+];
 
-fn rates_of(faults: &Faults) -> [f64; 9] {
+fn rates_of(faults: &Faults) -> [f64; 10] {
     [
         faults.partitions,
         faults.oneway_partitions,
@@ -45,21 +57,32 @@ fn rates_of(faults: &Faults) -> [f64; 9] {
         faults.stalls,
         faults.storms,
         faults.hostile,
+        faults.power_losses,
     ]
 }
+
+impl Faults {
+    /// Each fault kind by the name reports give it, with its rate per simulated minute.
+    pub fn rates(&self) -> Vec<(&'static str, f64)> {
+        KINDS.iter().copied().zip(rates_of(self)).collect()
+    }
+}
+
+/// How long an armed power loss waits for its write before the power is cut between writes.
+const ARMED_MS_MAX: u64 = 2_000;
 
 impl FaultDriver {
     pub fn new(scenario: &Scenario, seed: u64) -> FaultDriver {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xfa17_fa17_fa17_fa17);
-        let mut rates: Vec<(&'static str, f64)> =
-            KINDS.iter().copied().zip(rates_of(&scenario.faults)).collect();
+        let mut rates = scenario.faults.rates();
         if scenario.swarm {
-            // Hostile connections came later: they draw from their own stream, so that every
-            // other kind keeps the rates (and a seed the run) it had before them.
+            // Hostile connections and power losses came later: they draw from their own stream,
+            // so that every other kind keeps the rates (and a seed the run) it had before them.
             let mut later = ChaCha8Rng::seed_from_u64(seed ^ 0x4057_11e0_4057_11e0);
             for (kind, rate) in &mut rates {
                 // About a third of the faults are off for this seed; the rest run at 0x to 2x.
-                let draw = if *kind == "hostile" { later.next_u64() } else { rng.next_u64() } % 300;
+                let stream = if matches!(*kind, "hostile" | "power-loss") { &mut later } else { &mut rng };
+                let draw = stream.next_u64() % 300;
                 *rate = if draw < 100 { 0.0 } else { *rate * (draw - 100) as f64 / 100.0 };
             }
         }
@@ -74,6 +97,7 @@ impl FaultDriver {
             clients: scenario.clients,
             hostile_count: 0,
             hostile_start: None,
+            armed_at_ms: None,
         }
     }
 
@@ -162,7 +186,18 @@ impl FaultDriver {
                 world.with_client(index, |client| client.stall(Duration::from_millis(duration_ms)));
                 format!("stall c{index} for {duration_ms} ms")
             }
-            "crash" if !self.active.iter().any(|a| matches!(a, Active::Crashed { .. })) => {
+            "power-loss" if !self.crashed() && self.armed_at_ms.is_none() => {
+                self.armed_at_ms = Some(now_ms);
+                if self.below(4) == 0 {
+                    world.disk.cut();
+                    "power loss between writes".to_string()
+                } else {
+                    let writes_left = self.below(12);
+                    world.disk.arm(writes_left);
+                    format!("power loss armed: it strikes {writes_left} writes from now")
+                }
+            }
+            "crash" if !self.crashed() => {
                 slot.borrow_mut().take();
                 sim.crash("server");
                 let until_ms = now_ms + 200 + self.below(3_000);
@@ -189,6 +224,48 @@ impl FaultDriver {
         };
         world.note(now_ms, &format!("fault: {text}"));
         true
+    }
+
+    fn crashed(&self) -> bool {
+        self.active.iter().any(|a| matches!(a, Active::Crashed { .. }))
+    }
+
+    /// Once the disk's power is out (an armed loss struck, or it was cut), kills the server at
+    /// once, before it can answer from a disk that no longer takes writes, and applies the loss
+    /// to the disk; the server restarts like a crashed one. Called at every step of the safety
+    /// phase; an armed loss that meets no write within [`ARMED_MS_MAX`] cuts the power between
+    /// writes.
+    pub fn watch_power(
+        &mut self,
+        sim: &mut turmoil::Sim<'_>,
+        slot: &ServerSlot,
+        world: &World<'_>,
+        now_ms: u64,
+    ) {
+        let Some(armed_at_ms) = self.armed_at_ms else { return };
+        if !world.disk.is_out() {
+            if now_ms < armed_at_ms + ARMED_MS_MAX {
+                return;
+            }
+            world.disk.cut();
+        }
+        self.armed_at_ms = None;
+        if !self.crashed() {
+            slot.borrow_mut().take();
+            sim.crash("server");
+            let until_ms = now_ms + 200 + self.below(3_000);
+            self.active.push(Active::Crashed { until_ms });
+        }
+        let loss = world.disk.restore(self.rng.next_u64());
+        let torn = match loss.torn_bytes {
+            Some(bytes) => format!(", the interrupted write torn after {bytes} bytes"),
+            None => String::new(),
+        };
+        let text = format!(
+            "power lost: the server is down; of its unsynced writes {} reached the disk and {} did not{torn}",
+            loss.kept, loss.dropped
+        );
+        world.note(now_ms, &format!("fault: {text}"));
     }
 
     fn expire(&mut self, sim: &mut turmoil::Sim<'_>, world: &World<'_>, now_ms: u64, all: bool) {
@@ -232,7 +309,12 @@ impl FaultDriver {
     /// Ends every fault: the liveness phase starts from a healthy network, a running server and
     /// clients that read their sockets (a stall ordered late in the fault phase would otherwise
     /// outlast it).
-    pub fn heal(&mut self, sim: &mut turmoil::Sim<'_>, _slot: &ServerSlot, world: &World<'_>, now_ms: u64) {
+    pub fn heal(&mut self, sim: &mut turmoil::Sim<'_>, slot: &ServerSlot, world: &World<'_>, now_ms: u64) {
+        if world.disk.is_out() {
+            self.watch_power(sim, slot, world, now_ms);
+        }
+        world.disk.disarm();
+        self.armed_at_ms = None;
         self.expire(sim, world, now_ms, true);
         world.for_each_client(|client| client.resume());
         sim.set_max_message_latency(Duration::from_millis(5));

@@ -12,6 +12,7 @@
 //! ```
 
 mod check;
+mod disk;
 mod faults;
 mod history;
 mod hostile;

@@ -61,7 +61,7 @@ const KILLS_PER_MIN_MAX: f64 = 120.0;
 
 /// Every kind of fault: its name, its rate in `faults`, and the highest rate a shrink makes it
 /// (`None`: a shrink only turns it off; the others are faults a bug may need to strike).
-fn fault_knobs(faults: &mut Faults) -> [(&'static str, &mut f64, Option<f64>); 10] {
+fn fault_knobs(faults: &mut Faults) -> [(&'static str, &mut f64, Option<f64>); 11] {
     [
         ("partitions", &mut faults.partitions, None),
         ("one-way partitions", &mut faults.oneway_partitions, None),
@@ -69,6 +69,7 @@ fn fault_knobs(faults: &mut Faults) -> [(&'static str, &mut f64, Option<f64>); 1
         ("latency changes", &mut faults.latency, None),
         ("kills", &mut faults.kills, Some(KILLS_PER_MIN_MAX)),
         ("crashes", &mut faults.crashes, Some(CRASHES_PER_MIN_MAX)),
+        ("power losses", &mut faults.power_losses, Some(CRASHES_PER_MIN_MAX)),
         ("stalls", &mut faults.stalls, None),
         ("storms", &mut faults.storms, Some(STORMS_PER_MIN_MAX)),
         ("BUGGIFY points", &mut faults.buggify, Some(BUGGIFY_PERCENT_MAX)),
@@ -401,6 +402,7 @@ mod tests {
         none.steps_per_client_max = Some(0);
         none.faults.buggify = BUGGIFY_PERCENT_MAX;
         none.faults.crashes = CRASHES_PER_MIN_MAX;
+        none.faults.power_losses = CRASHES_PER_MIN_MAX;
         none.faults.storms = STORMS_PER_MIN_MAX;
         none.faults.kills = KILLS_PER_MIN_MAX;
         let alone: Vec<_> =

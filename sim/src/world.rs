@@ -2,6 +2,7 @@
 //! driver, and the checks at checkpoints and at the end.
 
 use crate::check::{self, Failures};
+use crate::disk::Disk;
 use crate::faults::FaultDriver;
 use crate::history::{Frame, JournalLog, Observed};
 use crate::hostile::Hostile;
@@ -234,6 +235,7 @@ fn server_config(
     config.data = Some(data.to_path_buf());
     config.engine = engine_config(scenario);
     config.engine.mutant = mutant;
+    config.engine.vfs = Some(crate::disk::VFS_NAME.to_string());
     config.epoch_ms = EPOCH_S * 1000;
     config.seed = seed;
     config.idle_close_ms = 3_600_000;
@@ -480,6 +482,7 @@ pub fn run(config: &RunConfig) -> Report {
     PANICS.with(|p| *p.borrow_mut() = Some(Vec::new()));
     let scenario = &config.scenario;
     let data = tempfile::tempdir().expect("a temporary directory for the room database");
+    let disk = Disk::mount(data.path());
     let trace: SharedTrace = Arc::new(Mutex::new(Trace::new(config.keep_trace)));
     let buggify = buggify_for(config);
     let quota_edges = quota_edge_on(config).then(|| Rc::new(std::cell::Cell::new(0)));
@@ -497,6 +500,7 @@ pub fn run(config: &RunConfig) -> Report {
         recording: &recording,
         engine_checks: config.engine_checks,
         hostile: hostile.as_ref(),
+        disk: &disk,
     };
 
     let setup_deadline_ms = scenario.setup_s * 10_000;
@@ -548,6 +552,9 @@ pub fn run(config: &RunConfig) -> Report {
                 }
                 _ => {}
             }
+        }
+        if phase.load(Ordering::Relaxed) == PHASE_SAFETY {
+            faults.watch_power(&mut sim, &slot, &world, now);
         }
         if now >= next_checkpoint {
             next_checkpoint = now + CHECKPOINT_MS;
@@ -642,6 +649,8 @@ pub(crate) struct World<'a> {
     pub engine_checks: bool,
     /// Where hostile connections are ordered, if the scenario has them.
     pub hostile: Option<&'a Hostile>,
+    /// The disk the room databases live on.
+    pub disk: &'a Disk,
 }
 
 /// Since when each well-behaved client's unanswered mutation has waited, for
