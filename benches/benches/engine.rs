@@ -61,13 +61,20 @@ fn mutations(c: &mut Criterion) {
         })
     });
     let raw = |name: &str| directory.path().join(name);
-    raw_inserts(&mut group, &raw("raw.sqlite"), None, 1, "raw rusqlite insert (baseline)");
+    raw_inserts(&mut group, &raw("raw.sqlite"), (None, "NORMAL"), 1, "raw rusqlite insert (baseline)");
     raw_inserts(
         &mut group,
         &raw("raw-1k.sqlite"),
-        Some(1024),
+        (Some(1024), "NORMAL"),
         1,
         "raw rusqlite insert, 1 KiB pages like the room",
+    );
+    raw_inserts(
+        &mut group,
+        &raw("raw-1k-full.sqlite"),
+        (Some(1024), "FULL"),
+        1,
+        "raw rusqlite insert, 1 KiB pages, synchronous=FULL like the room",
     );
     group.throughput(Throughput::Elements(GROUP));
     group.bench_function("room confirmed creates, commit groups of 8", |b| {
@@ -84,20 +91,27 @@ fn mutations(c: &mut Criterion) {
     raw_inserts(
         &mut group,
         &raw("raw-1k-8.sqlite"),
-        Some(1024),
+        (Some(1024), "NORMAL"),
         GROUP,
         "raw rusqlite, 8 inserts per transaction, 1 KiB pages",
+    );
+    raw_inserts(
+        &mut group,
+        &raw("raw-1k-8-full.sqlite"),
+        (Some(1024), "FULL"),
+        GROUP,
+        "raw rusqlite, 8 inserts per transaction, 1 KiB pages, synchronous=FULL",
     );
     group.finish();
 }
 
-/// Raw rusqlite inserting the same rows, `per_transaction` to a transaction, with the room's
-/// pragmas (WAL, `synchronous=NORMAL`, exclusive locking) and SQLite's default page size unless one
-/// is given.
+/// Raw rusqlite inserting the same rows, `per_transaction` to a transaction, in WAL mode with
+/// exclusive locking, SQLite's default page size unless one is given, and the given `synchronous`
+/// (the room runs FULL: ack.durable; NORMAL is the baseline the first figures were measured on).
 fn raw_inserts(
     group: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
     path: &std::path::Path,
-    page_bytes: Option<i64>,
+    (page_bytes, synchronous): (Option<i64>, &str),
     per_transaction: u64,
     name: &str,
 ) {
@@ -106,7 +120,7 @@ fn raw_inserts(
         raw.pragma_update(None, "page_size", page_bytes).unwrap();
     }
     raw.pragma_update(None, "journal_mode", "WAL").unwrap();
-    raw.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    raw.pragma_update(None, "synchronous", synchronous).unwrap();
     raw.pragma_update(None, "locking_mode", "EXCLUSIVE").unwrap();
     raw.execute_batch(
         "CREATE TABLE documents (id TEXT PRIMARY KEY, doc_type TEXT, seq INTEGER, owner TEXT, data TEXT)",

@@ -20,7 +20,7 @@ enum Active {
 
 pub(crate) struct FaultDriver {
     rng: ChaCha8Rng,
-    rates: Vec<(&'static str, f64)>,
+    rates: Vec<(FaultKind, f64)>,
     active: Vec<Active>,
     fired: BTreeMap<String, u64>,
     hosts: usize,
@@ -33,38 +33,107 @@ pub(crate) struct FaultDriver {
     armed_at_ms: Option<u64>,
 }
 
-const KINDS: [&str; 10] = [
-    "partition",
-    "oneway-partition",
-    "clog",
-    "latency",
-    "kill",
-    "crash",
-    "stall",
-    "storm",
-    "hostile",
-    "power-loss",
-];
+/// A kind of fault: its name in reports, its rate in a scenario's `[faults]`, how far a shrink may
+/// raise it, and its handler (the arm of [`FaultDriver::inject`] that matches it). Adding a kind is
+/// a variant here, its arms below, and its field in [`Faults`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// A both-way partition between the server and one client host.
+    Partition,
+    /// A one-way partition.
+    OnewayPartition,
+    /// A link held, then released.
+    Clog,
+    /// A change of the network's latency range.
+    Latency,
+    /// One client's connection dropped.
+    Kill,
+    /// The server crashed, then restarted.
+    Crash,
+    /// A client that stops reading for a while.
+    Stall,
+    /// Every client's connection dropped at once.
+    Storm,
+    /// A hostile connection running one attack.
+    Hostile,
+    /// The server dies with its disk (sim/src/disk.rs), then restarts.
+    PowerLoss,
+}
 
-fn rates_of(faults: &Faults) -> [f64; 10] {
-    [
-        faults.partitions,
-        faults.oneway_partitions,
-        faults.clogs,
-        faults.latency,
-        faults.kills,
-        faults.crashes,
-        faults.stalls,
-        faults.storms,
-        faults.hostile,
-        faults.power_losses,
-    ]
+impl FaultKind {
+    /// Every kind, in the order a swarm seed draws their rates.
+    pub const ALL: [FaultKind; 10] = [
+        FaultKind::Partition,
+        FaultKind::OnewayPartition,
+        FaultKind::Clog,
+        FaultKind::Latency,
+        FaultKind::Kill,
+        FaultKind::Crash,
+        FaultKind::Stall,
+        FaultKind::Storm,
+        FaultKind::Hostile,
+        FaultKind::PowerLoss,
+    ];
+
+    /// The kind's name in reports and traces.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Partition => "partition",
+            FaultKind::OnewayPartition => "oneway-partition",
+            FaultKind::Clog => "clog",
+            FaultKind::Latency => "latency",
+            FaultKind::Kill => "kill",
+            FaultKind::Crash => "crash",
+            FaultKind::Stall => "stall",
+            FaultKind::Storm => "storm",
+            FaultKind::Hostile => "hostile",
+            FaultKind::PowerLoss => "power-loss",
+        }
+    }
+
+    /// Its rate, per simulated minute, in `faults`.
+    pub fn rate_mut(self, faults: &mut Faults) -> &mut f64 {
+        match self {
+            FaultKind::Partition => &mut faults.partitions,
+            FaultKind::OnewayPartition => &mut faults.oneway_partitions,
+            FaultKind::Clog => &mut faults.clogs,
+            FaultKind::Latency => &mut faults.latency,
+            FaultKind::Kill => &mut faults.kills,
+            FaultKind::Crash => &mut faults.crashes,
+            FaultKind::Stall => &mut faults.stalls,
+            FaultKind::Storm => &mut faults.storms,
+            FaultKind::Hostile => &mut faults.hostile,
+            FaultKind::PowerLoss => &mut faults.power_losses,
+        }
+    }
+
+    /// Its rate, per simulated minute, in `faults`.
+    pub fn rate(self, faults: &Faults) -> f64 {
+        *self.rate_mut(&mut faults.clone())
+    }
+
+    /// The most a shrink makes it per simulated minute, for the kinds a bug may need to strike;
+    /// `None`: a shrink only turns it off.
+    pub fn shrink_max(self) -> Option<f64> {
+        match self {
+            FaultKind::Kill => Some(120.0),
+            FaultKind::Crash | FaultKind::Storm | FaultKind::PowerLoss => Some(30.0),
+            FaultKind::Partition | FaultKind::OnewayPartition | FaultKind::Clog => None,
+            FaultKind::Latency | FaultKind::Stall | FaultKind::Hostile => None,
+        }
+    }
+
+    /// Whether a swarm seed draws its rate from the stream of the kinds that came later, so that
+    /// adding them left every other kind's rates (and so every earlier seed's run) as it was.
+    fn drawn_later(self) -> bool {
+        matches!(self, FaultKind::Hostile | FaultKind::PowerLoss)
+    }
 }
 
 impl Faults {
     /// Each fault kind by the name reports give it, with its rate per simulated minute.
     pub fn rates(&self) -> Vec<(&'static str, f64)> {
-        KINDS.iter().copied().zip(rates_of(self)).collect()
+        FaultKind::ALL.into_iter().map(|kind| (kind.name(), kind.rate(self))).collect()
     }
 }
 
@@ -74,20 +143,22 @@ const ARMED_MS_MAX: u64 = 2_000;
 impl FaultDriver {
     pub fn new(scenario: &Scenario, seed: u64) -> FaultDriver {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xfa17_fa17_fa17_fa17);
-        let mut rates = scenario.faults.rates();
+        let mut rates: Vec<(FaultKind, f64)> =
+            FaultKind::ALL.into_iter().map(|kind| (kind, kind.rate(&scenario.faults))).collect();
         if scenario.swarm {
-            // Hostile connections and power losses came later: they draw from their own stream,
-            // so that every other kind keeps the rates (and a seed the run) it had before them.
             let mut later = ChaCha8Rng::seed_from_u64(seed ^ 0x4057_11e0_4057_11e0);
             for (kind, rate) in &mut rates {
                 // About a third of the faults are off for this seed; the rest run at 0x to 2x.
-                let stream = if matches!(*kind, "hostile" | "power-loss") { &mut later } else { &mut rng };
+                let stream = if kind.drawn_later() { &mut later } else { &mut rng };
                 let draw = stream.next_u64() % 300;
                 *rate = if draw < 100 { 0.0 } else { *rate * (draw - 100) as f64 / 100.0 };
             }
         }
-        let fired =
-            rates.iter().filter(|(_, rate)| *rate > 0.0).map(|(kind, _)| (kind.to_string(), 0)).collect();
+        let fired = rates
+            .iter()
+            .filter(|(_, rate)| *rate > 0.0)
+            .map(|(kind, _)| (kind.name().to_string(), 0))
+            .collect();
         FaultDriver {
             rng,
             rates,
@@ -132,14 +203,14 @@ impl FaultDriver {
                 continue;
             }
             if self.inject(kind, sim, slot, world, now_ms) {
-                *self.fired.entry(kind.to_string()).or_default() += 1;
+                *self.fired.entry(kind.name().to_string()).or_default() += 1;
             }
         }
     }
 
     fn inject(
         &mut self,
-        kind: &str,
+        kind: FaultKind,
         sim: &mut turmoil::Sim<'_>,
         slot: &ServerSlot,
         world: &World<'_>,
@@ -151,42 +222,53 @@ impl FaultDriver {
         let busy = |active: &[Active]| {
             active.iter().any(|a| matches!(a, Active::Partition { host: h, .. } | Active::Clog { host: h, .. } if *h == host))
         };
+        // A kind that cannot strike now (its host is busy, the server is already down) skips.
+        let blocked = match kind {
+            FaultKind::Partition | FaultKind::OnewayPartition | FaultKind::Clog => busy(&self.active),
+            FaultKind::Crash => self.crashed(),
+            FaultKind::PowerLoss => self.crashed() || self.armed_at_ms.is_some(),
+            FaultKind::Hostile => world.hostile.is_none(),
+            FaultKind::Latency | FaultKind::Kill | FaultKind::Storm | FaultKind::Stall => false,
+        };
+        if blocked {
+            return false;
+        }
         let text = match kind {
-            "partition" | "oneway-partition" if !busy(&self.active) => {
-                let oneway = kind == "oneway-partition";
+            FaultKind::Partition | FaultKind::OnewayPartition => {
+                let oneway = kind == FaultKind::OnewayPartition;
                 if oneway {
                     sim.partition_oneway("server", Self::host_name(host));
                 } else {
                     sim.partition("server", Self::host_name(host));
                 }
                 self.active.push(Active::Partition { host, oneway, until_ms });
-                format!("{kind} server / clients-{host} for {duration_ms} ms")
+                format!("{} server / clients-{host} for {duration_ms} ms", kind.name())
             }
-            "clog" if !busy(&self.active) => {
+            FaultKind::Clog => {
                 sim.hold("server", Self::host_name(host));
                 self.active.push(Active::Clog { host, until_ms });
                 format!("clog server / clients-{host} for {duration_ms} ms")
             }
-            "latency" => {
+            FaultKind::Latency => {
                 let max_ms = 1 + self.below(200);
                 sim.set_max_message_latency(Duration::from_millis(max_ms));
                 format!("latency up to {max_ms} ms")
             }
-            "kill" => {
+            FaultKind::Kill => {
                 let index = self.below(self.clients as u64) as usize;
                 world.with_client(index, |client| client.kill_connection());
                 format!("kill c{index}'s connection")
             }
-            "storm" => {
+            FaultKind::Storm => {
                 world.for_each_client(|client| client.kill_connection());
                 "reconnect storm: every connection killed".to_string()
             }
-            "stall" => {
+            FaultKind::Stall => {
                 let index = self.below(self.clients as u64) as usize;
                 world.with_client(index, |client| client.stall(Duration::from_millis(duration_ms)));
                 format!("stall c{index} for {duration_ms} ms")
             }
-            "power-loss" if !self.crashed() && self.armed_at_ms.is_none() => {
+            FaultKind::PowerLoss => {
                 self.armed_at_ms = Some(now_ms);
                 if self.below(4) == 0 {
                     world.disk.cut();
@@ -197,14 +279,14 @@ impl FaultDriver {
                     format!("power loss armed: it strikes {writes_left} writes from now")
                 }
             }
-            "crash" if !self.crashed() => {
+            FaultKind::Crash => {
                 slot.borrow_mut().take();
                 sim.crash("server");
                 let until_ms = now_ms + 200 + self.below(3_000);
                 self.active.push(Active::Crashed { until_ms });
                 "crash the server".to_string()
             }
-            "hostile" => {
+            FaultKind::Hostile => {
                 let Some(hostile) = world.hostile else { return false };
                 // Round the attacks from a seeded start, so that a short run still meets most.
                 let start = *self.hostile_start.get_or_insert_with(|| self.rng.next_u64() as usize);
@@ -220,7 +302,6 @@ impl FaultDriver {
                     attack.name()
                 )
             }
-            _ => return false,
         };
         world.note(now_ms, &format!("fault: {text}"));
         true

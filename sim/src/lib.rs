@@ -22,6 +22,7 @@ mod trace;
 mod workload;
 mod world;
 
+pub use faults::FaultKind;
 pub use history::RuleCount;
 pub use scenario::{Faults, QuotaLimits, Scenario, ScenarioError, Workload, NAMES};
 pub use shrink::{shrink, Shrunk, SHRINK_SEEDS_PER_CANDIDATE, SHRINK_STEP_SEEDS_PER_CANDIDATE};

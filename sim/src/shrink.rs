@@ -11,6 +11,7 @@
 //! makes a needed fault (crashes, storms, kills, BUGGIFY) likelier, or turns on one server fault
 //! point alone at its likeliest; then the first pass again.
 
+use crate::faults::FaultKind;
 use crate::scenario::{Faults, Workload};
 use crate::{run, Report, RunConfig, Scenario};
 
@@ -50,31 +51,42 @@ const STEP_PASS_RUNS_MIN: usize = 60;
 /// The likeliest a shrink makes a BUGGIFY point, in percent of its opportunities.
 const BUGGIFY_PERCENT_MAX: f64 = 25.0;
 
-/// The most server crashes per simulated minute a shrink asks for.
-const CRASHES_PER_MIN_MAX: f64 = 30.0;
+/// A rate a shrink turns down or up: a fault kind's, or the BUGGIFY points' odds.
+#[derive(Clone, Copy)]
+enum Knob {
+    Kind(FaultKind),
+    Buggify,
+}
 
-/// The most reconnect storms per simulated minute a shrink asks for.
-const STORMS_PER_MIN_MAX: f64 = 30.0;
+impl Knob {
+    /// Every knob: the fault kinds in their order, then BUGGIFY.
+    fn all() -> impl Iterator<Item = Knob> {
+        FaultKind::ALL.into_iter().map(Knob::Kind).chain([Knob::Buggify])
+    }
 
-/// The most connection kills per simulated minute a shrink asks for.
-const KILLS_PER_MIN_MAX: f64 = 120.0;
+    /// What a candidate calls it ("no power-loss", "BUGGIFY points four times as likely").
+    fn name(self) -> &'static str {
+        match self {
+            Knob::Kind(kind) => kind.name(),
+            Knob::Buggify => "BUGGIFY points",
+        }
+    }
 
-/// Every kind of fault: its name, its rate in `faults`, and the highest rate a shrink makes it
-/// (`None`: a shrink only turns it off; the others are faults a bug may need to strike).
-fn fault_knobs(faults: &mut Faults) -> [(&'static str, &mut f64, Option<f64>); 11] {
-    [
-        ("partitions", &mut faults.partitions, None),
-        ("one-way partitions", &mut faults.oneway_partitions, None),
-        ("clogs", &mut faults.clogs, None),
-        ("latency changes", &mut faults.latency, None),
-        ("kills", &mut faults.kills, Some(KILLS_PER_MIN_MAX)),
-        ("crashes", &mut faults.crashes, Some(CRASHES_PER_MIN_MAX)),
-        ("power losses", &mut faults.power_losses, Some(CRASHES_PER_MIN_MAX)),
-        ("stalls", &mut faults.stalls, None),
-        ("storms", &mut faults.storms, Some(STORMS_PER_MIN_MAX)),
-        ("BUGGIFY points", &mut faults.buggify, Some(BUGGIFY_PERCENT_MAX)),
-        ("hostile connections", &mut faults.hostile, None),
-    ]
+    fn rate_mut(self, faults: &mut Faults) -> &mut f64 {
+        match self {
+            Knob::Kind(kind) => kind.rate_mut(faults),
+            Knob::Buggify => &mut faults.buggify,
+        }
+    }
+
+    /// The highest a shrink makes it (`None`: a shrink only turns it off; the others are faults a
+    /// bug may need to strike).
+    fn max(self) -> Option<f64> {
+        match self {
+            Knob::Kind(kind) => kind.shrink_max(),
+            Knob::Buggify => Some(BUGGIFY_PERCENT_MAX),
+        }
+    }
 }
 
 /// The candidates made from one scenario: each described and changed, leaving out any that
@@ -113,11 +125,12 @@ fn step_candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
             s.steps_per_client_max = Some(fewer);
         });
     }
-    for (index, (name, rate, max)) in fault_knobs(&mut scenario.faults.clone()).into_iter().enumerate() {
-        if let Some(max) = max.filter(|max| *rate > 0.0 && *rate < *max) {
-            let likelier = (*rate * 4.0).min(max);
-            candidates.push(format!("{name} four times as likely"), |s| {
-                *fault_knobs(&mut s.faults)[index].1 = likelier;
+    for knob in Knob::all() {
+        let rate = *knob.rate_mut(&mut scenario.faults.clone());
+        if let Some(max) = knob.max().filter(|max| rate > 0.0 && rate < *max) {
+            let likelier = (rate * 4.0).min(max);
+            candidates.push(format!("{} four times as likely", knob.name()), |s| {
+                *knob.rate_mut(&mut s.faults) = likelier;
             });
         }
     }
@@ -223,9 +236,8 @@ fn candidates(scenario: &Scenario) -> Vec<(String, Scenario)> {
         }
     }
     // A fault already off changes nothing, and such candidates are left out.
-    let names = fault_knobs(&mut scenario.faults.clone()).map(|(name, _, _)| name);
-    for (index, name) in names.into_iter().enumerate() {
-        push(format!("no {name}"), &|s| *fault_knobs(&mut s.faults)[index].1 = 0.0);
+    for knob in Knob::all() {
+        push(format!("no {}", knob.name()), &|s| *knob.rate_mut(&mut s.faults) = 0.0);
     }
     // Last, since it rarely shrinks a run by itself: fewer shared documents make races on one
     // of them likelier, so that a later step may take fewer steps or clients.
@@ -380,9 +392,11 @@ mod tests {
         for (what, smaller) in step_candidates(&scenario) {
             let Some(steps) = smaller.steps_per_client_max else {
                 assert!(smaller.faults.buggify <= BUGGIFY_PERCENT_MAX, "{what}");
-                assert!(smaller.faults.crashes <= CRASHES_PER_MIN_MAX, "{what}");
-                assert!(smaller.faults.storms <= STORMS_PER_MIN_MAX, "{what}");
-                assert!(smaller.faults.kills <= KILLS_PER_MIN_MAX, "{what}");
+                for knob in Knob::all() {
+                    let before = *knob.rate_mut(&mut scenario.faults.clone());
+                    let max = knob.max().map_or(before, |max| max.max(before));
+                    assert!(*knob.rate_mut(&mut smaller.faults.clone()) <= max, "{what}");
+                }
                 continue;
             };
             assert!(
@@ -401,10 +415,11 @@ mod tests {
         let mut none = scenario.clone();
         none.steps_per_client_max = Some(0);
         none.faults.buggify = BUGGIFY_PERCENT_MAX;
-        none.faults.crashes = CRASHES_PER_MIN_MAX;
-        none.faults.power_losses = CRASHES_PER_MIN_MAX;
-        none.faults.storms = STORMS_PER_MIN_MAX;
-        none.faults.kills = KILLS_PER_MIN_MAX;
+        for knob in Knob::all() {
+            if let Some(max) = knob.max() {
+                *knob.rate_mut(&mut none.faults) = max;
+            }
+        }
         let alone: Vec<_> =
             step_candidates(&none).into_iter().filter_map(|(_, s)| s.faults.buggify_points).collect();
         assert_eq!(alone.len(), roomlab_server::FaultPoint::ALL.len(), "one candidate per point, alone");
