@@ -50,7 +50,7 @@ fn check_in(dir: &std::path::Path, args: &[&str], stdin: &str, code: i32, expect
 #[test]
 fn usage_errors_say_what_is_wrong_and_exit_2() {
     check(&["sim", "--scenario", "./missing.toml"], "", 2, &["file not found: ./missing.toml"]);
-    check(&["sim", "--scenario", "swam"], "", 2, &["no scenario named \"swam\"", "swarm, reconnect-storm"]);
+    check(&["sim", "--scenario", "swam"], "", 2, &["no scenario named \"swam\"", "reconnect-storm, swarm"]);
     check(&["sim", "--scenario", "regressions"], "", 2, &["roomlab sim --regressions"]);
     let text = check(&["sim", "--seeds", "0"], "", 2, &["--seeds must be at least 1"]);
     assert!(!text.contains("shard"), "{text}");

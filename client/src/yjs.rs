@@ -24,6 +24,9 @@ struct Field {
     /// The server refused the field before syncing it (a missing or deleted document, no read
     /// access) on this link: settled, with nothing to wait for until the next connection.
     refused: Option<ErrorCode>,
+    /// The server refused an edit of the field after its sync, on this link: the local text holds
+    /// edits the server does not have.
+    diverged: bool,
 }
 
 /// The client's open rich-text fields, each a local Yjs document.
@@ -92,7 +95,8 @@ impl YjsFields {
         let doc = yrs::Doc::with_options(options);
         doc.get_or_insert_text(key.1.as_str());
         let step1 = self.step1(key, &doc);
-        self.fields.insert(key.clone(), Field { doc, refs: 1, synced: false, refused: None });
+        self.fields
+            .insert(key.clone(), Field { doc, refs: 1, synced: false, refused: None, diverged: false });
         Ok(Some(step1))
     }
 
@@ -198,6 +202,13 @@ impl YjsFields {
         self.fields.get(key).and_then(|field| field.refused)
     }
 
+    /// Whether the server refused an edit of the field since its sync on this connection (the
+    /// document went away, or the user may no longer write it): until the next sync, the local
+    /// text holds edits the server does not.
+    pub fn diverged(&self, key: &FieldKey) -> bool {
+        self.fields.get(key).is_some_and(|field| field.diverged)
+    }
+
     /// Edits that changed a text, since the client began.
     pub fn edits_made(&self) -> u64 {
         self.edits_made
@@ -214,11 +225,14 @@ impl YjsFields {
     }
 
     /// The server refused a frame of a field. Before the sync that can only be the sync itself;
-    /// after it, an update (a reader's), which leaves the sync standing.
+    /// after it, an update (a reader's, or one to a document gone meanwhile), which leaves the sync
+    /// standing and the local text ahead of the server's.
     pub(crate) fn refused_frame(&mut self, key: &FieldKey, code: ErrorCode) {
         if let Some(field) = self.fields.get_mut(key) {
             if !field.synced {
                 field.refused = Some(code);
+            } else {
+                field.diverged = true;
             }
         }
     }
@@ -228,6 +242,7 @@ impl YjsFields {
         for field in self.fields.values_mut() {
             field.synced = false;
             field.refused = None;
+            field.diverged = false;
         }
     }
 }

@@ -171,6 +171,10 @@ impl Room {
 
     /// docs/PROTOCOL.md yjs.doc-live, yjs.access (read), yjs.richtext-field.
     fn check_yjs_field(&self, doc: &DocId, field: &FieldName, reader: &Identity) -> Result<(), Refusal> {
+        // errors.precedence: a `sys:` id is `protected` before its existence or its access count.
+        if doc.is_system() {
+            return Err(refuse(ErrorCode::Protected, format!("{doc} has no Yjs fields")));
+        }
         let document =
             self.docs.get(doc).ok_or_else(|| refuse(ErrorCode::NotFound, format!("no document {doc}")))?;
         if document.deleted.is_some() {
@@ -178,7 +182,7 @@ impl Room {
                 ErrorBody::new(ErrorCode::Deleted, format!("{doc} is deleted")).with_seq(document.seq),
             ));
         }
-        if doc.is_system() || !self.can_read(reader, doc, document) {
+        if !self.can_read(reader, doc, document) {
             return Err(refuse(ErrorCode::Forbidden, format!("you may not read {doc}")));
         }
         let schema = self.schema(&document.doc_type);

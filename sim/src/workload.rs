@@ -651,6 +651,14 @@ impl Actor {
         let id = note(self.below(NOTES));
         let position = match self.texts.iter().position(|(open, _)| *open == id) {
             Some(position) => position,
+            None if self.chance(15) => {
+                let (id, field) = self.stray_field();
+                match self.client.yjs_text(id.clone(), field) {
+                    Ok(text) => self.texts.push((id, text)),
+                    Err(_) => return,
+                }
+                self.texts.len() - 1
+            }
             None => match self.client.yjs_text(id.clone(), body()) {
                 Ok(text) => {
                     self.texts.push((id, text));
@@ -671,6 +679,21 @@ impl Actor {
         } else {
             let count = 1 + self.below(3) as u32;
             self.texts[position].1.remove(at, count);
+        }
+    }
+
+    /// A rich-text field other than a shared note's, for yjs.doc-live, yjs.access and
+    /// yjs.richtext-field: a task's body (the task may be live, deleted, purged or never made), a
+    /// form's declared rich-text field, a form's string field, a system document, a note that was
+    /// never created. The room refuses the field or syncs it; typing goes on either way.
+    fn stray_field(&mut self) -> (DocId, FieldName) {
+        let form = doc(format!("f{}", self.below(4)));
+        match self.below(5) {
+            0 => (self.shared_doc(), body()),
+            1 => (form, body()),
+            2 => (form, FieldName::new("title").expect("valid field")),
+            3 => (doc("sys:schema:forms"), body()),
+            _ => (note(NOTES + self.below(2)), body()),
         }
     }
 
