@@ -89,6 +89,7 @@ impl Disk {
     pub fn restore(&self, seed: u64) -> Loss {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut state = self.volume.lock();
+        debug_assert_eq!(state.power, Power::Out, "power comes back only after it went out");
         let mut loss = Loss::default();
         for image in state.files.values_mut() {
             image.lose_power(&mut rng, &mut loss);
@@ -163,6 +164,10 @@ impl Op {
         match self {
             Op::Write { offset, data } | Op::Torn { offset, data } => {
                 let data = &data[..prefix.min(data.len())];
+                if data.is_empty() {
+                    // Nothing of the write reached the medium: the file does not grow either.
+                    return;
+                }
                 let end = offset + data.len();
                 if bytes.len() < end {
                     bytes.resize(end, 0);
@@ -261,8 +266,9 @@ impl Volume {
             }
             Power::Armed { .. } => {
                 state.power = Power::Out;
-                let torn = Op::Torn { offset, data: data.to_vec() };
-                state.files.entry(name.to_string()).or_default().unsynced.push(torn);
+                if let Some(image) = state.files.get_mut(name) {
+                    image.unsynced.push(Op::Torn { offset, data: data.to_vec() });
+                }
                 return Err(ffi::SQLITE_IOERR_WRITE);
             }
             Power::Out => return Err(ffi::SQLITE_IOERR_WRITE),
