@@ -163,16 +163,7 @@ impl Op {
     fn apply(&self, bytes: &mut Vec<u8>, prefix: usize) {
         match self {
             Op::Write { offset, data } | Op::Torn { offset, data } => {
-                let data = &data[..prefix.min(data.len())];
-                if data.is_empty() {
-                    // Nothing of the write reached the medium: the file does not grow either.
-                    return;
-                }
-                let end = offset + data.len();
-                if bytes.len() < end {
-                    bytes.resize(end, 0);
-                }
-                bytes[*offset..end].copy_from_slice(data);
+                write_at(bytes, *offset, &data[..prefix.min(data.len())])
             }
             Op::Truncate { size } => bytes.truncate(*size),
         }
@@ -300,6 +291,19 @@ impl Volume {
     fn size(&self, name: &str) -> usize {
         self.lock().files.get(name).map_or(0, |image| image.live.len())
     }
+}
+
+/// Writes `data` at `offset`, growing the file (zero-filled) to reach it; nothing written, nothing
+/// grown (a torn write that kept nothing).
+fn write_at(bytes: &mut Vec<u8>, offset: usize, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let end = offset + data.len();
+    if bytes.len() < end {
+        bytes.resize(end, 0);
+    }
+    bytes[offset..end].copy_from_slice(data);
 }
 
 /// Reads `buffer.len()` bytes at `offset`; a read past the end is zero-filled and reported short.
@@ -469,7 +473,7 @@ unsafe extern "C" fn x_write(
     code(match unsafe { handle(file) } {
         Handle::Named { volume, name, .. } => volume.write(name, offset, data),
         Handle::Anonymous(bytes) => {
-            Op::Write { offset, data: data.to_vec() }.apply(bytes, usize::MAX);
+            write_at(bytes, offset, data);
             Ok(())
         }
     })

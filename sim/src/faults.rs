@@ -130,13 +130,6 @@ impl FaultKind {
     }
 }
 
-impl Faults {
-    /// Each fault kind by the name reports give it, with its rate per simulated minute.
-    pub fn rates(&self) -> Vec<(&'static str, f64)> {
-        FaultKind::ALL.into_iter().map(|kind| (kind.name(), kind.rate(self))).collect()
-    }
-}
-
 /// How long an armed power loss waits for its write before the power is cut between writes.
 const ARMED_MS_MAX: u64 = 2_000;
 
@@ -280,10 +273,7 @@ impl FaultDriver {
                 }
             }
             FaultKind::Crash => {
-                slot.borrow_mut().take();
-                sim.crash("server");
-                let until_ms = now_ms + 200 + self.below(3_000);
-                self.active.push(Active::Crashed { until_ms });
+                self.crash_server(sim, slot, now_ms);
                 "crash the server".to_string()
             }
             FaultKind::Hostile => {
@@ -305,6 +295,14 @@ impl FaultDriver {
         };
         world.note(now_ms, &format!("fault: {text}"));
         true
+    }
+
+    /// Kills the server host; it restarts 0.2 to 3.2 s later (see `expire`).
+    fn crash_server(&mut self, sim: &mut turmoil::Sim<'_>, slot: &ServerSlot, now_ms: u64) {
+        slot.borrow_mut().take();
+        sim.crash("server");
+        let until_ms = now_ms + 200 + self.below(3_000);
+        self.active.push(Active::Crashed { until_ms });
     }
 
     fn crashed(&self) -> bool {
@@ -332,10 +330,7 @@ impl FaultDriver {
         }
         self.armed_at_ms = None;
         if !self.crashed() {
-            slot.borrow_mut().take();
-            sim.crash("server");
-            let until_ms = now_ms + 200 + self.below(3_000);
-            self.active.push(Active::Crashed { until_ms });
+            self.crash_server(sim, slot, now_ms);
         }
         let loss = world.disk.restore(self.rng.next_u64());
         let torn = match loss.torn_bytes {

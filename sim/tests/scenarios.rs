@@ -6,7 +6,7 @@
 //! whole `cargo test --workspace` under half an hour on two cores; `roomlab sim` runs scenarios at
 //! full length. Each failure prints its repro line.
 
-use roomlab_sim::{check_determinism, repro_line, run, Report, RunConfig, Scenario, NAMES};
+use roomlab_sim::{check_determinism, repro_line, run, FaultKind, Report, RunConfig, Scenario, NAMES};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -61,12 +61,11 @@ fn sweep(name: &str) -> Result<BTreeMap<String, u64>, String> {
 fn dead_knobs(scenario: &Scenario, fired: &BTreeMap<String, u64>) -> Vec<String> {
     let on = if scenario.swarm { 2.0 / 3.0 } else { 1.0 };
     let minutes = scenario.safety_s.min(safety_s()) as f64 / 60.0 * seeds() as f64 * on;
-    let mut dead: Vec<String> = scenario
-        .faults
-        .rates()
+    let mut dead: Vec<String> = FaultKind::ALL
         .into_iter()
-        .filter(|(kind, rate)| rate * minutes >= 10.0 && fired.get(*kind).copied().unwrap_or(0) == 0)
-        .map(|(kind, _)| kind.to_string())
+        .filter(|kind| kind.rate(&scenario.faults) * minutes >= 10.0)
+        .filter(|kind| fired.get(kind.name()).copied().unwrap_or(0) == 0)
+        .map(|kind| kind.name().to_string())
         .collect();
     if scenario.faults.buggify > 0.0
         && !fired.iter().any(|(kind, count)| kind.starts_with("buggify:") && *count > 0)
